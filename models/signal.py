@@ -1,0 +1,113 @@
+"""`signal`: a weight-free, no-reference video quality model built from classic signals.
+
+Every dimension is computed from luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (values in [0, 1])
+with plain tensor ops, so the forward exports to ONNX/TensorRT unchanged. Per-frame values
+are averaged over the real (unpadded) frames of each video. All scores lie in [0, 1] and
+higher is better:
+
+- ``sharpness = v / (v + 0.002)`` where ``v`` is the variance of the 3x3 Laplacian of Y
+  (kernel [[0,1,0],[1,-4,1],[0,1,0]]). Blur removes high frequencies and lowers ``v``.
+- ``temporal_stability = exp(-F / 0.03)`` where ``F`` is the mean over consecutive frame
+  pairs of the mean absolute change of 4x4 regional mean luma. Averaging over large regions
+  discounts motion (content moves within a region, its mean hardly changes), while flicker
+  shifts every region's brightness.
+- ``motion_smoothness = 1 / (1 + 4 R)`` with ``R = sum_t e_t / (sum_t m_t + 1/255 * N)``
+  over the N triplets (t-1, t, t+1) of low-passed luma (the means of an 8x8 grid of regions):
+  ``e_t = mean|Y_t - (Y_{t-1} + Y_{t+1}) / 2|`` (how badly frame t is predicted by its
+  neighbours) and ``m_t = mean|Y_{t+1} - Y_{t-1}| / 2`` (how much happens). Steady motion
+  interpolates well; dropped or duplicated frames do not. Static video scores 1.
+- ``exposure = (1 - |2 mu - 1|) * (1 - c)`` with ``mu`` the mean luma and ``c`` the fraction
+  of pixels crushed to black (Y <= 2/255) or blown to white (Y >= 253/255).
+- ``contrast = 2 * std(Y)`` (RMS contrast; 1 would be half the pixels black, half white).
+- ``colourfulness = M / (M + 50)`` with Hasler and Suesstrunk's
+  ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2)`` on 0..255 values,
+  ``rg = R - G``, ``yb = (R + G) / 2 - B``; ``M = 50`` ("averagely colourful") maps to 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Resolution
+
+SPEC = ModelSpec(
+    name="signal",
+    version="1.0.0",
+    description="Weight-free no-reference video quality signals (built in).",
+    dimensions=(
+        Dimension(name="sharpness", range=(0.0, 1.0), description="v/(v+0.002), v = variance of the Laplacian of luma"),
+        Dimension(
+            name="temporal_stability",
+            range=(0.0, 1.0),
+            description="exp(-F/0.03), F = mean abs change of 4x4 regional mean luma between consecutive frames",
+        ),
+        Dimension(
+            name="motion_smoothness",
+            range=(0.0, 1.0),
+            description="1/(1+4R), R = error of predicting frame t by the mean of t-1 and t+1, relative to motion",
+        ),
+        Dimension(name="exposure", range=(0.0, 1.0), description="(1-|2*mean luma-1|) * (1-clipped fraction)"),
+        Dimension(name="contrast", range=(0.0, 1.0), description="2 * std of luma (RMS contrast)"),
+        Dimension(name="colourfulness", range=(0.0, 1.0), description="M/(M+50), M = Hasler-Suesstrunk colourfulness"),
+    ),
+    # Consecutive frames matter for flicker and smoothness: take every frame up to 64.
+    sampling=FrameSampling(mode="count", count=64, min_frames=1, max_frames=64),
+    resolution=Resolution(max_pixels=256 * 256, min_pixels=32 * 32, size_factor=16, filter="bilinear"),
+    needs_prompt=False,
+    batching=Batching(max_batch_size=16, max_wait_ms=5.0),
+)
+
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of [B, N] values over the True entries of mask, per row (0 where none)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
+    """Score a padded batch: uint8 [B, T, H, W, 3] with per-item frame counts [B] -> float32 [B, 6]."""
+    del prompts  # signal needs no prompt
+    b, t, h, w, _ = frames.shape
+    rgb = frames.float() / 255.0  # [B,T,H,W,3]
+    luma = (rgb * _LUMA.to(rgb.device)).sum(-1)  # [B,T,H,W]
+    valid = torch.arange(t, device=frames.device)[None, :] < num_frames.to(frames.device)[:, None]  # [B,T]
+
+    flat = luma.reshape(b * t, 1, h, w)
+    laplacian = F.conv2d(flat, _LAPLACIAN.to(rgb.device))
+    sharp_v = laplacian.var(dim=(1, 2, 3), unbiased=False).view(b, t)
+    sharpness = _masked_mean(sharp_v / (sharp_v + 0.002), valid)
+
+    regions = F.adaptive_avg_pool2d(flat, 4).view(b, t, 16)
+    region_change = (regions[:, 1:] - regions[:, :-1]).abs().mean(-1)  # [B,T-1]
+    pair_valid = valid[:, 1:] & valid[:, :-1]
+    stability = torch.exp(-_masked_mean(region_change, pair_valid) / 0.03)
+
+    low = F.adaptive_avg_pool2d(flat, 8).view(b, t, 64)
+    prev, mid, nxt = low[:, :-2], low[:, 1:-1], low[:, 2:]
+    triplet_valid = (valid[:, 2:] & valid[:, 1:-1] & valid[:, :-2]).to(low.dtype)
+    error = (mid - 0.5 * (prev + nxt)).abs().mean(-1) * triplet_valid
+    motion = 0.5 * (nxt - prev).abs().mean(-1) * triplet_valid
+    ratio = error.sum(1) / (motion.sum(1) + triplet_valid.sum(1) / 255.0 + 1e-8)
+    smoothness = 1.0 / (1.0 + 4.0 * ratio)
+
+    mu = luma.mean(dim=(2, 3))
+    clipped = ((luma <= 2.0 / 255.0) | (luma >= 253.0 / 255.0)).to(luma.dtype).mean(dim=(2, 3))
+    exposure = _masked_mean((1.0 - (2.0 * mu - 1.0).abs()) * (1.0 - clipped), valid)
+
+    contrast = _masked_mean(2.0 * luma.std(dim=(2, 3), unbiased=False), valid)
+
+    r, g, bl = rgb[..., 0] * 255.0, rgb[..., 1] * 255.0, rgb[..., 2] * 255.0
+    rg = r - g
+    yb = 0.5 * (r + g) - bl
+    m = torch.sqrt(rg.var(dim=(2, 3), unbiased=False) + yb.var(dim=(2, 3), unbiased=False)) + 0.3 * torch.sqrt(
+        rg.mean(dim=(2, 3)) ** 2 + yb.mean(dim=(2, 3)) ** 2
+    )
+    colourfulness = _masked_mean(m / (m + 50.0), valid)
+
+    return torch.stack([sharpness, stability, smoothness, exposure, contrast, colourfulness], dim=1).float()

@@ -1,0 +1,1 @@
+"""The gateway: ingest -> decode/sample -> batch -> backend -> scoring, behind a FastAPI app."""

@@ -1,0 +1,272 @@
+"""HTTP layer: converts wire types to engine calls and errors to JSON. No scoring logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+
+from models.registry import RewardModel, builtin_models
+from service import ingest, scoring
+from service.backends.inprocess import InProcessBackend
+from service.config import Settings
+from service.engine import Engine, ScoreInput
+from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
+from service.schemas import (
+    ErrorResponse,
+    ItemScore,
+    ModelRef,
+    ModelsResponse,
+    ScoreRequest,
+    ScoreResponse,
+    VideoRef,
+)
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 503, 504)}
+
+
+def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
+    """Build the gateway app; the engine starts and stops with the app's lifespan."""
+    settings = settings or Settings()
+    available = models if models is not None else builtin_models()
+    missing = [name for name in settings.models if name not in available]
+    if missing:
+        raise ValueError(f"configured models not available: {missing}; available: {sorted(available)}")
+    loaded = {name: available[name] for name in settings.models}
+    engine = Engine(settings, loaded, InProcessBackend(loaded, settings.inference_threads))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.stop()
+
+    app = FastAPI(
+        title="Video reward-model service",
+        version="0.1.0",
+        description="Scores generated videos with reward models. See README.md.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else None
+        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _invalid(exc.errors())
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"error": {"code": "internal", "message": "internal error", "item": None}}, status_code=500)
+
+    @app.get("/healthz", summary="Alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Models loaded and backend reachable", responses={503: {"model": ErrorResponse}})
+    async def readyz():
+        ok, reason = await engine.ready()
+        if not ok:
+            return JSONResponse({"error": {"code": "not_ready", "message": reason, "item": None}}, status_code=503)
+        return {"status": "ready", "models": sorted(engine.models)}
+
+    @app.get("/v1/models", response_model=ModelsResponse, summary="Specs of the loaded models")
+    async def list_models() -> ModelsResponse:
+        return ModelsResponse(models=[m.spec for m in engine.models.values()])
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses=_ERRORS,
+        summary="Score videos (pointwise)",
+        description=(
+            "JSON body: a ScoreRequest. Or multipart/form-data: video file parts, plus either a `request` "
+            "field holding a ScoreRequest whose videos name parts as `{\"file\": \"<part name>\"}`, or "
+            "plain `prompt` / `model` fields applying to every file part. Any bad item fails the whole "
+            "request with an error naming the item (and listing the other bad items)."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "request": {"type": "string", "description": "ScoreRequest as JSON"},
+                                "prompt": {"type": "string"},
+                                "model": {"type": "string"},
+                                "video": {"type": "string", "format": "binary"},
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def score(request: Request) -> ScoreResponse:
+        body, files = await _read_score_request(request, settings)
+        model_names = body.models or [settings.default_model]
+        specs = [engine.spec(name) for name in model_names]
+        weights = scoring.resolve_weights(body.weights, specs)
+        inputs = await run_in_threadpool(_to_inputs, body, files, settings)
+        raw = await engine.score(inputs, model_names)
+        results = []
+        for i, per_model in enumerate(raw):
+            flat = {f"{spec.name}.{d}": float(v) for spec in specs for d, v in zip(spec.dimension_names, per_model[spec.name])}
+            results.append(ItemScore(index=i, scores=flat, overall=scoring.overall(flat, weights)))
+        return ScoreResponse(
+            models=[ModelRef(name=s.name, version=s.version) for s in specs], weights=weights, results=results
+        )
+
+    _add_wire_schemas(app)
+    return app
+
+
+def _invalid(errors: list[dict]) -> JSONResponse:
+    """422 naming the first invalid field and, when it is inside an item, that item's index."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    item = loc[1] if len(loc) > 1 and loc[0] == "items" and isinstance(loc[1], int) else None
+    where = ".".join(str(p) for p in loc) or "body"
+    body = {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}", "item": item}
+    return JSONResponse({"error": body}, status_code=422)
+
+
+async def _read_score_request(request: Request, settings: Settings) -> tuple[ScoreRequest, dict[str, bytes]]:
+    """Parse a JSON or multipart score request into a ScoreRequest plus uploaded file bytes."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _read_multipart(request, settings)
+    if content_type.split(";")[0].strip() not in ("application/json", ""):
+        raise UnsupportedMedia(f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type")
+    raw = await request.body()
+    try:
+        return await run_in_threadpool(ScoreRequest.model_validate_json, raw), {}
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+async def _read_multipart(request: Request, settings: Settings) -> tuple[ScoreRequest, dict[str, bytes]]:
+    form = await request.form(max_files=settings.max_items, max_fields=64)
+    files: dict[str, bytes] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if value.size is not None and value.size > settings.max_video_bytes:
+                raise TooLarge(f"file part {name!r} is {value.size} bytes; the limit is {settings.max_video_bytes}")
+            if name in files:
+                raise BadInput(f"two file parts named {name!r}; give each a distinct name", code="bad_multipart")
+            files[name] = await value.read()
+    try:
+        if "request" in form:
+            body = ScoreRequest.model_validate_json(str(form["request"]))
+        else:
+            if not files:
+                raise BadInput("multipart request has no file parts", code="no_items")
+            prompt = form.get("prompt")
+            models = [str(m) for m in form.getlist("model")] or None
+            weights = json.loads(str(form["weights"])) if "weights" in form else None
+            body = ScoreRequest(
+                items=[{"video": {"file": name}, "prompt": prompt} for name in files], models=models, weights=weights
+            )
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"weights field is not JSON: {exc}", code="bad_weights") from None
+    return body, files
+
+
+def _to_inputs(body: ScoreRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
+    """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
+    inputs = []
+    for i, item in enumerate(body.items):
+        try:
+            inputs.append(ScoreInput(source=_to_source(item.video, files, settings), prompt=item.prompt))
+        except ServiceError as exc:
+            raise exc.for_item(i)
+    return inputs
+
+
+def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> ingest.VideoSource:
+    limit = settings.max_video_bytes
+    if ref.url is not None:
+        return ingest.VideoURL(ref.url)
+    if ref.data is not None:
+        return ingest.EncodedVideo(ingest.decode_base64(ref.data, max_bytes=limit, what="data"))
+    if ref.frames is not None:
+        raw = ingest.decode_base64(ref.frames, max_bytes=limit, what="frames")
+        return ingest.parse_frames_npy(raw, ref.fps or 0.0)
+    if ref.file not in files:
+        raise BadInput(f"no file part named {ref.file!r} in the upload", code="missing_file")
+    data = files[ref.file]
+    if len(data) > limit:
+        raise TooLarge(f"file part {ref.file!r} is {len(data)} bytes; the limit is {limit}")
+    return ingest.EncodedVideo(data)
+
+
+def _add_wire_schemas(app: FastAPI) -> None:
+    """Put ScoreRequest into the OpenAPI components (the route reads its body by hand)."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        extra = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(extra.pop("$defs", {}))
+        components["ScoreRequest"] = extra
+        return schema
+
+    app.openapi = openapi
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes``, declared or streamed."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _too_large(self.max_bytes, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise TooLarge(f"request body exceeds {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _too_large(limit: int, send) -> None:
+    body = json.dumps({"error": TooLarge(f"request body exceeds {limit} bytes").to_dict()}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,31 @@
+"""The ``vrs`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vrs", description="Video reward-model service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="Run the HTTP gateway (settings from VRS_* environment variables).")
+    serve.add_argument("--host", default=None, help="Bind address (default: VRS_HOST or 127.0.0.1).")
+    serve.add_argument("--port", type=int, default=None, help="Port (default: VRS_PORT or 8000).")
+    serve.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        from service.api import create_app
+        from service.config import Settings
+
+        overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+        settings = Settings(**overrides)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""Decode and sample: pick the frames a model's spec asks for and return them resized.
+
+Containers are decoded with PyAV (FFmpeg). Limits are checked from the container header
+before any frame is decoded, only the demuxers of real video containers are enabled, and
+the decoder itself refuses frames larger than the pixel limit (a header can lie). Frames
+the model does not need are decoded only when the codec needs them as references and are
+never converted to RGB; a keyframe seek skips whole GOPs between far-apart samples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+
+from models.spec import FrameSampling, ModelSpec
+from service import preprocess
+from service.errors import TooLarge, Unprocessable, UnsupportedMedia
+from service.ingest import EncodedVideo, RawFrames
+
+# Demuxers we accept. Playlist and concat formats (hls, concat, ...) are deliberately absent:
+# they open further URLs or files named inside the upload.
+CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,gif,mpeg,nut"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    max_duration_s: float
+    max_total_frames: int
+
+
+@dataclass
+class Clip:
+    """Sampled, resized frames of one video for one model."""
+
+    frames: np.ndarray  # uint8 [n, h, w, 3]
+    indices: list[int]  # which source frames (0-based, presentation order)
+    total_frames: int
+    fps: float
+    source_size: tuple[int, int]  # (height, width) before resizing
+
+
+def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]:
+    """Source frame indices to take from a video of ``total`` frames at ``fps``."""
+    m = sampling.multiple_of
+    if sampling.mode == "segments":
+        n = sampling.segments
+        return [min(total - 1, int((s + 0.5) * total / n)) for s in range(n)]
+    wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
+    lo = math.ceil(sampling.min_frames / m) * m
+    hi = math.floor(min(sampling.max_frames, total) / m) * m
+    n = math.floor(min(max(wanted, lo), hi, total) / m) * m
+    if n < max(1, sampling.min_frames):
+        raise Unprocessable(
+            f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}", code="too_few_frames"
+        )
+    return torch.linspace(0, total - 1, n).round().long().tolist()
+
+
+def sample_frames(video: EncodedVideo | RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
+    """Decode (if needed), sample and resize ``video`` as ``spec`` asks. Blocking: run in a worker."""
+    if isinstance(video, RawFrames):
+        return _sample_raw(video, spec, limits)
+    return _sample_container(video.data, spec, limits)
+
+
+def _check_size(height: int, width: int, limits: Limits) -> None:
+    if height <= 0 or width <= 0:
+        raise Unprocessable(f"video has no valid frame size ({width}x{height})", code="bad_frame_size")
+    if height * width > limits.max_pixels:
+        raise TooLarge(f"frame size {width}x{height} exceeds the limit of {limits.max_pixels} pixels")
+
+
+def _check_length(total: int, fps: float, limits: Limits) -> None:
+    if total > limits.max_total_frames:
+        raise TooLarge(f"video has more than {limits.max_total_frames} frames")
+    if total / fps > limits.max_duration_s:
+        raise TooLarge(f"video lasts {total / fps:.1f} s; the limit is {limits.max_duration_s:g} s")
+
+
+def _sample_raw(video: RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
+    total, height, width, _ = video.frames.shape
+    _check_size(height, width, limits)
+    _check_length(total, video.fps, limits)
+    indices = sample_indices(total, video.fps, spec.sampling)
+    size = preprocess.target_size(height, width, spec.resolution)
+    frames = preprocess.resize(video.frames[indices], size, spec.resolution)
+    return Clip(frames, indices, total, video.fps, (height, width))
+
+
+def _open(data: bytes) -> av.container.InputContainer:
+    try:
+        return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": CONTAINER_FORMATS})
+    except av.FFmpegError as exc:
+        raise UnsupportedMedia(f"not a recognised video container ({exc.strerror or exc})") from exc
+
+
+def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
+    with _open(data) as container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")
+        stream = container.streams.video[0]
+        height, width = stream.codec_context.height, stream.codec_context.width
+        _check_size(height, width, limits)
+        header_seconds = float(stream.duration * stream.time_base) if stream.duration else None
+        if header_seconds is None and container.duration:
+            header_seconds = container.duration / av.time_base
+        if header_seconds and header_seconds > limits.max_duration_s:
+            raise TooLarge(f"video lasts {header_seconds:.1f} s; the limit is {limits.max_duration_s:g} s")
+
+        try:
+            timestamps, keyframes = _index(container, stream, limits)
+            if not timestamps:
+                raise Unprocessable("video has no frames", code="no_frames")
+            fps = _frame_rate(stream, timestamps)
+            _check_length(len(timestamps), fps, limits)
+            indices = sample_indices(len(timestamps), fps, spec.sampling)
+            size = preprocess.target_size(height, width, spec.resolution)
+            stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+            stream.thread_type = "AUTO"
+            frames = _decode_at(container, stream, timestamps, keyframes, indices)
+        except av.FFmpegError as exc:
+            raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
+        resized = preprocess.resize(np.stack(frames), size, spec.resolution)
+        return Clip(resized, indices, len(timestamps), fps, (height, width))
+
+
+def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[int]]:
+    """Demux (no decoding) to list every frame's timestamp in presentation order and the keyframes'."""
+    stamps: list[int | None] = []
+    keyframes: list[int] = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue  # flush packet
+        stamps.append(packet.pts)
+        if packet.is_keyframe and packet.pts is not None:
+            keyframes.append(packet.pts)
+        if len(stamps) > limits.max_total_frames:
+            raise TooLarge(f"video has more than {limits.max_total_frames} frames")
+    if any(s is None for s in stamps):
+        return [None] * len(stamps), []  # no timestamps: fall back to counting frames in order
+    return sorted(stamps), sorted(keyframes)
+
+
+def _frame_rate(stream, timestamps: list[int | None]) -> float:
+    if stream.average_rate:
+        return float(stream.average_rate)
+    if len(timestamps) > 1 and timestamps[0] is not None:
+        span = (timestamps[-1] - timestamps[0]) * stream.time_base
+        if span > 0:
+            return float((len(timestamps) - 1) / span)
+    return float(Fraction(stream.guessed_rate or 25))
+
+
+def _to_rgb(frame: av.VideoFrame, limit: int) -> np.ndarray:
+    if frame.width * frame.height > limit:
+        raise TooLarge(f"decoded frame is {frame.width}x{frame.height}, over the pixel limit")
+    return frame.to_ndarray(format="rgb24")
+
+
+def _decode_at(container, stream, timestamps, keyframes, indices) -> list[np.ndarray]:
+    """Decode the frames at ``indices``; frames are matched by timestamp, or by order without one."""
+    limit = int(stream.codec_context.options["max_pixels"])
+    if timestamps[0] is None:
+        return _decode_in_order(container, stream, indices, limit)
+    wanted = {timestamps[i] for i in indices}
+    targets = sorted(wanted)
+    got: dict[int, np.ndarray] = {}
+    position: int | None = None  # timestamp of the last decoded frame
+    t = 0
+    while t < len(targets):
+        target = targets[t]
+        # Seek when starting, or when a keyframe lies between here and the target (skips a GOP).
+        k = bisect.bisect_right(keyframes, target) - 1
+        if position is None or (k >= 0 and keyframes[k] > position):
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        reached = False
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                break
+            position = frame.pts
+            if frame.pts in wanted and frame.pts not in got:
+                got[frame.pts] = _to_rgb(frame, limit)
+            while t < len(targets) and targets[t] <= position:
+                t += 1
+            if t >= len(targets):
+                break
+            k = bisect.bisect_right(keyframes, targets[t]) - 1
+            if k >= 0 and keyframes[k] > position:
+                reached = True
+                break  # a seek is cheaper than decoding up to the next target
+        else:
+            if not reached:
+                break  # end of stream
+    if len(got) < len(targets):
+        # Timestamps from the decoder did not line up with the demuxer's: count frames instead.
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        return _decode_in_order(container, stream, indices, limit)
+    return [got[timestamps[i]] for i in indices]
+
+
+def _decode_in_order(container, stream, indices, limit) -> list[np.ndarray]:
+    wanted = set(indices)
+    last = max(indices)
+    got: dict[int, np.ndarray] = {}
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+            got[i] = _to_rgb(frame, limit)
+        if i >= last:
+            break
+    if not got:
+        raise Unprocessable("no frame could be decoded", code="corrupt_video")
+    # A stream shorter than its index promised (truncated): reuse the nearest earlier frame.
+    missing = [i for i in indices if i not in got]
+    if len(missing) > len(indices) // 2:
+        raise Unprocessable(f"only {len(got)} of {len(wanted)} sampled frames could be decoded", code="corrupt_video")
+    decoded = sorted(got)
+    return [got[i] if i in got else got[decoded[max(0, bisect.bisect_right(decoded, i) - 1)]] for i in indices]

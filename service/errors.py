@@ -1,0 +1,60 @@
+"""Errors the gateway reports to clients: a code, a message, the item it concerns, a status."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class; subclasses fix the HTTP status. ``item`` is the request item's index."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, item: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.item = item
+        self.others: list["ServiceError"] = []  # further failed items of the same request
+        if code:
+            self.code = code
+
+    def for_item(self, item: int) -> "ServiceError":
+        self.item = item
+        return self
+
+    def to_dict(self) -> dict:
+        body: dict = {"code": self.code, "message": self.message, "item": self.item}
+        if self.others:
+            body["others"] = [{"code": e.code, "message": e.message, "item": e.item} for e in self.others]
+        return body
+
+
+class BadInput(ServiceError):
+    status, code = 400, "bad_input"
+
+
+class UnsupportedMedia(ServiceError):
+    status, code = 415, "unsupported_media"
+
+
+class Unprocessable(ServiceError):
+    status, code = 422, "unprocessable_video"
+
+
+class TooLarge(ServiceError):
+    status, code = 413, "too_large"
+
+
+class Overloaded(ServiceError):
+    status, code = 429, "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+
+class BackendUnavailable(ServiceError):
+    status, code = 503, "backend_unavailable"
+
+
+class Timeout(ServiceError):
+    status, code = 504, "timeout"

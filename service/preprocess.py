@@ -1,0 +1,46 @@
+"""Resize frames to a model's resolution policy (keep aspect ratio, snap to a size factor)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.spec import Resolution
+from service.errors import Unprocessable
+
+
+def target_size(height: int, width: int, policy: Resolution) -> tuple[int, int]:
+    """Output (height, width): sides multiples of ``size_factor``, area within the policy's bounds.
+
+    Same rule as qwen-vl-utils' ``smart_resize``: round each side to the factor, then scale
+    both sides down (or up) by one factor if the area is out of bounds.
+    """
+    f = policy.size_factor
+    if max(height, width) / min(height, width) > 200:
+        raise Unprocessable(f"aspect ratio of {width}x{height} is beyond 200:1", code="bad_aspect_ratio")
+    h = max(f, round(height / f) * f)
+    w = max(f, round(width / f) * f)
+    if h * w > policy.max_pixels:
+        beta = math.sqrt(height * width / policy.max_pixels)
+        h = max(f, math.floor(height / beta / f) * f)
+        w = max(f, math.floor(width / beta / f) * f)
+    elif h * w < policy.min_pixels:
+        beta = math.sqrt(policy.min_pixels / (height * width))
+        h = math.ceil(height * beta / f) * f
+        w = math.ceil(width * beta / f) * f
+    return h, w
+
+
+def resize(frames: np.ndarray, size: tuple[int, int], policy: Resolution) -> np.ndarray:
+    """Resize uint8 [N, H, W, 3] to uint8 [N, h, w, 3] with the policy's filter."""
+    if frames.shape[1:3] == size:
+        return np.ascontiguousarray(frames)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    if policy.filter == "area":
+        y = F.interpolate(x, size=size, mode="area")
+    else:
+        y = F.interpolate(x, size=size, mode=policy.filter, align_corners=False, antialias=policy.antialias)
+    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

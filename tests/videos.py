@@ -1,0 +1,110 @@
+"""Synthetic test videos: a textured scene in smooth motion, its controlled degradations,
+and real encodings of it (H.264 mp4, VP9 webm) made with PyAV.
+
+The scene is deterministic, so a clean clip and its degraded twin differ only by the
+degradation under test.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+
+import av
+import numpy as np
+
+
+def moving_scene(frames: int = 33, height: int = 240, width: int = 416, speed: float = 2.0) -> np.ndarray:
+    """A sharp, colourful scene translating diagonally at `speed` px/frame: uint8 [T,H,W,3]."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for t in range(frames):
+        x = xx + speed * t
+        y = yy + 0.5 * speed * t
+        checker = ((np.floor(x / 16) + np.floor(y / 16)) % 2) * 60.0
+        waves = 40.0 * np.sin(x / 9.0) * np.cos(y / 13.0)
+        r = 70 + checker + waves
+        g = 110 + 0.5 * checker - waves + 30 * np.sin((x + y) / 31.0)
+        b = 150 - 0.6 * checker + 35 * np.cos(x / 23.0)
+        out[t] = np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+    return out
+
+
+def blur(frames: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Box blur applied `radius` times per axis (close to a Gaussian): lowers sharpness."""
+    x = frames.astype(np.float32)
+    k = 2 * radius + 1
+    for axis in (1, 2):
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(x, pad, mode="edge")
+        c = np.cumsum(padded, axis=axis, dtype=np.float64)
+        zero = np.zeros_like(np.take(c, [0], axis=axis))
+        c = np.concatenate([zero, c], axis=axis)
+        n = x.shape[axis]
+        x = (np.take(c, np.arange(k, k + n), axis=axis) - np.take(c, np.arange(0, n), axis=axis)) / k
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def flicker(frames: np.ndarray, amount: float = 0.35) -> np.ndarray:
+    """Alternate frame brightness by +-`amount`: lowers temporal stability."""
+    gain = np.where(np.arange(len(frames)) % 2 == 0, 1.0 + amount, 1.0 - amount)
+    return np.clip(frames.astype(np.float32) * gain[:, None, None, None], 0, 255).astype(np.uint8)
+
+
+def stutter(frames: np.ndarray) -> np.ndarray:
+    """Drop every third frame and duplicate its neighbour (same length): lowers motion smoothness."""
+    idx = np.arange(len(frames))
+    idx[2::3] = idx[1::3][: len(idx[2::3])]
+    idx[5::6] = np.minimum(idx[5::6] + 1, len(frames) - 1)
+    return frames[idx]
+
+
+def exposure(frames: np.ndarray, gain: float) -> np.ndarray:
+    """Scale brightness by `gain` (<1 under-exposes, >1 over-exposes and clips)."""
+    return np.clip(frames.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def encode(frames: np.ndarray, fmt: str = "mp4", fps: int = 16, codec: str | None = None, crf: int = 18) -> bytes:
+    """Encode uint8 [T,H,W,3] frames into a container in memory (mp4/H.264 or webm/VP9)."""
+    codec = codec or {"mp4": "libx264", "webm": "libvpx-vp9", "mkv": "libx264"}[fmt]
+    buf = io.BytesIO()
+    fmt_name = {"mkv": "matroska"}.get(fmt, fmt)
+    with av.open(buf, mode="w", format=fmt_name) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps))
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        elif codec == "libvpx-vp9":
+            stream.options = {"crf": str(crf + 12), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def audio_only(seconds: float = 1.0, rate: int = 16000) -> bytes:
+    """An m4a (AAC) file with no video stream."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        t = np.arange(int(seconds * rate)) / rate
+        samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        for start in range(0, samples.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="fltp", layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Serialise an array as a .npy file."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
