@@ -99,7 +99,8 @@ def _open(data: bytes) -> av.container.InputContainer:
     try:
         return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": CONTAINER_FORMATS})
     except av.FFmpegError as exc:
-        raise UnsupportedMedia(f"not a recognised video container ({exc.strerror or exc})") from exc
+        reason = exc.strerror or str(exc)
+        raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
 
 
 def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
@@ -110,11 +111,9 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
         stream = container.streams.video[0]
         height, width = stream.codec_context.height, stream.codec_context.width
         _check_size(height, width, limits)
-        header_seconds = float(stream.duration * stream.time_base) if stream.duration else None
-        if header_seconds is None and container.duration:
-            header_seconds = container.duration / av.time_base
-        if header_seconds and header_seconds > limits.max_duration_s:
-            raise TooLarge(f"video lasts {header_seconds:.1f} s; the limit is {limits.max_duration_s:g} s")
+        declared = _declared_seconds(container, stream)
+        if declared and declared > limits.max_duration_s:
+            raise TooLarge(f"video lasts {declared:.1f} s; the limit is {limits.max_duration_s:g} s")
 
         try:
             timestamps, keyframes = _index(container, stream, limits)
@@ -122,6 +121,12 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
                 raise Unprocessable("video has no frames", code="no_frames")
             fps = _frame_rate(stream, timestamps)
             _check_length(len(timestamps), fps, limits)
+            present = len(timestamps) / fps
+            if declared and present < 0.9 * declared - 1 / fps:
+                raise Unprocessable(
+                    f"truncated video: the header declares {declared:.2f} s but only {present:.2f} s of frames are present",
+                    code="truncated_video",
+                )
             indices = sample_indices(len(timestamps), fps, spec.sampling)
             size = preprocess.target_size(height, width, spec.resolution)
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
@@ -131,6 +136,15 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
         resized = preprocess.resize(np.stack(frames), size, spec.resolution)
         return Clip(resized, indices, len(timestamps), fps, (height, width))
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The video's duration according to the header: the stream's, else the file's if it has one stream."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
 
 
 def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[int]]:

@@ -65,8 +65,12 @@ def exposure(frames: np.ndarray, gain: float) -> np.ndarray:
     return np.clip(frames.astype(np.float32) * gain, 0, 255).astype(np.uint8)
 
 
-def encode(frames: np.ndarray, fmt: str = "mp4", fps: int = 16, codec: str | None = None, crf: int = 18) -> bytes:
-    """Encode uint8 [T,H,W,3] frames into a container in memory (mp4/H.264 or webm/VP9)."""
+def encode(
+    frames: np.ndarray, fmt: str = "mp4", fps: int = 16, codec: str | None = None, crf: int = 18, gop: int | None = None
+) -> bytes:
+    """Encode uint8 [T,H,W,3] frames into a container in memory (mp4/H.264 or webm/VP9).
+
+    ``gop`` sets the keyframe interval (short GOPs exercise the decoder's seeking)."""
     codec = codec or {"mp4": "libx264", "webm": "libvpx-vp9", "mkv": "libx264"}[fmt]
     buf = io.BytesIO()
     fmt_name = {"mkv": "matroska"}.get(fmt, fmt)
@@ -74,8 +78,10 @@ def encode(frames: np.ndarray, fmt: str = "mp4", fps: int = 16, codec: str | Non
         stream = container.add_stream(codec, rate=Fraction(fps))
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.options = {"crf": str(crf), "preset": "veryfast"} | ({"keyint": str(gop), "min-keyint": str(gop)} if gop else {})
         elif codec == "libvpx-vp9":
             stream.options = {"crf": str(crf + 12), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         for frame in frames:
@@ -108,3 +114,21 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def lying_header_avi(width: int = 16000, height: int = 16000) -> bytes:
+    """A tiny raw-video AVI whose headers claim ``width`` x ``height`` frames (the data is 16x16)."""
+    import struct
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="avi") as container:
+        stream = container.add_stream("rawvideo", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
+        for frame in moving_scene(4, 16, 16):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+    data = buf.getvalue()
+    # avih holds (width, height); BITMAPINFOHEADER holds (width, -height) for top-down RGB.
+    for old, new in (((16, 16), (width, height)), ((16, -16), (width, -height))):
+        data = data.replace(struct.pack("<ii", *old), struct.pack("<ii", *new))
+    return data

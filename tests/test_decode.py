@@ -1,0 +1,104 @@
+"""Decoding and sampling with PyAV on real encoded videos."""
+
+from __future__ import annotations
+
+import av
+import io
+import numpy as np
+import pytest
+
+from models import signal
+from models.spec import FrameSampling, Resolution
+from service import preprocess
+from service.decode import Limits, sample_frames, sample_indices
+from service.errors import TooLarge, Unprocessable, UnsupportedMedia
+from service.ingest import EncodedVideo, RawFrames
+from tests import videos
+
+LIMITS = Limits(max_pixels=4096 * 2304, max_duration_s=600, max_total_frames=36000)
+NATIVE = Resolution(max_pixels=10**8, size_factor=1)  # no resizing: compare pixels directly
+
+
+def spec_with(sampling: FrameSampling, resolution: Resolution = NATIVE):
+    return signal.SPEC.model_copy(update={"sampling": sampling, "resolution": resolution})
+
+
+def test_sample_indices_by_fps_follows_videoalign_rule():
+    by_fps = FrameSampling(mode="fps", fps=2, min_frames=4, max_frames=768, multiple_of=2)
+    # 10 s at 30 fps -> 20 frames at 2 fps, uniform over [0, 299]
+    idx = sample_indices(300, 30.0, by_fps)
+    assert len(idx) == 20 and idx[0] == 0 and idx[-1] == 299
+    assert idx == np.linspace(0, 299, 20).round().astype(int).tolist()
+    assert len(sample_indices(33, 16.0, by_fps)) == 4  # 4.1 -> clamped/rounded to an even 4
+    assert len(sample_indices(53, 16.0, by_fps)) == 6  # 6.6 -> 6 (even, floored)
+    with pytest.raises(Unprocessable):
+        sample_indices(3, 16.0, by_fps)  # fewer frames than the minimum
+
+
+def test_sample_indices_by_count_and_segments():
+    assert sample_indices(33, 16.0, FrameSampling(mode="count", count=64, max_frames=64)) == list(range(33))
+    assert len(sample_indices(300, 16.0, FrameSampling(mode="count", count=64, max_frames=64))) == 64
+    segs = sample_indices(40, 16.0, FrameSampling(mode="segments", segments=4))
+    assert segs == [5, 15, 25, 35]  # one frame from the middle of each segment
+
+
+def test_target_size_keeps_aspect_and_bounds_area():
+    policy = signal.SPEC.resolution
+    for h, w in [(240, 416), (480, 480), (400, 640), (512, 512), (1080, 1920), (20, 20)]:
+        th, tw = preprocess.target_size(h, w, policy)
+        assert th % 16 == 0 and tw % 16 == 0
+        assert policy.min_pixels <= th * tw <= policy.max_pixels
+        assert abs(th / tw - h / w) / (h / w) < 0.15
+    assert preprocess.target_size(240, 416, policy) == (192, 336)
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_container_frames_match_the_source(fmt):
+    frames = videos.moving_scene(33, 240, 416)
+    clip = sample_frames(EncodedVideo(videos.encode(frames, fmt)), spec_with(signal.SPEC.sampling), LIMITS)
+    assert clip.total_frames == 33 and clip.fps == pytest.approx(16.0)
+    assert clip.frames.shape == (33, 240, 416, 3) and clip.frames.dtype == np.uint8
+    error = float(np.abs(clip.frames.astype(int) - frames).mean())
+    assert error < 6, f"mean abs error {error:.2f}"  # lossy codec + 4:2:0 chroma; the neighbouring frame is ~10 off
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])
+def test_sparse_sampling_with_seeks_equals_decoding_everything(fmt):
+    """Seeking between far-apart samples must return exactly the frames a full decode gives."""
+    data = videos.encode(videos.moving_scene(120, 96, 160), fmt, gop=8)
+    with av.open(io.BytesIO(data)) as c:
+        everything = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    sparse = spec_with(FrameSampling(mode="fps", fps=2, min_frames=4, max_frames=768, multiple_of=2))
+    clip = sample_frames(EncodedVideo(data), sparse, LIMITS)
+    assert clip.indices == sample_indices(120, 16.0, sparse.sampling) and len(clip.indices) == 14
+    for got, i in zip(clip.frames, clip.indices):
+        np.testing.assert_array_equal(got, everything[i])
+
+
+def test_raw_frames_and_container_sample_the_same_indices():
+    frames = videos.moving_scene(53, 480, 480)
+    spec = signal.SPEC.model_copy(update={"sampling": FrameSampling(mode="count", count=16, max_frames=16)})
+    raw = sample_frames(RawFrames(frames, 16.0), spec, LIMITS)
+    enc = sample_frames(EncodedVideo(videos.encode(frames)), spec, LIMITS)
+    assert raw.indices == enc.indices
+    assert raw.frames.shape == enc.frames.shape == (16, 256, 256, 3)
+
+
+def test_header_claiming_16000x16000_is_refused_before_decoding():
+    with pytest.raises(TooLarge, match="16000x16000"):
+        sample_frames(EncodedVideo(videos.lying_header_avi()), signal.SPEC, LIMITS)
+
+
+def test_overlong_duration_is_refused():
+    data = videos.encode(videos.moving_scene(40, 64, 64), fps=1)  # 40 s
+    with pytest.raises(TooLarge, match="lasts"):
+        sample_frames(EncodedVideo(data), signal.SPEC, Limits(4096 * 2304, 30.0, 36000))
+    with pytest.raises(TooLarge, match="lasts"):
+        sample_frames(RawFrames(videos.moving_scene(40, 64, 64), 1.0), signal.SPEC, Limits(4096 * 2304, 30.0, 36000))
+
+
+def test_hls_playlists_are_not_opened():
+    """Playlist demuxers would fetch the URLs or files they name; only real containers are enabled."""
+    playlist = b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
+    with pytest.raises(UnsupportedMedia):
+        sample_frames(EncodedVideo(playlist), signal.SPEC, LIMITS)
