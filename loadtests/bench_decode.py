@@ -36,16 +36,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
-import av
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the service does (service/__init__.py)
+
+import av  # noqa: E402
+import torch  # noqa: E402
 
 from models import signal  # noqa: E402
 from models.spec import FrameSampling, ModelSpec  # noqa: E402
@@ -96,25 +95,6 @@ class Row:
 # --- inputs -----------------------------------------------------------------------------
 
 
-def encode_with_gop(frames: np.ndarray, fmt: str, gop: int) -> bytes:
-    """Like ``videos.encode`` (same codecs and quality) but with a keyframe every ``gop`` frames."""
-    codec = {"mp4": "libx264", "webm": "libvpx-vp9"}[fmt]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=Fraction(FPS))
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = gop
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast"}
-        else:
-            stream.options = {"crf": "30", "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buf.getvalue()
-
-
 def keyframe_count(data: bytes) -> int:
     with av.open(io.BytesIO(data)) as container:
         return sum(p.is_keyframe for p in container.demux(container.streams.video[0]) if p.size)
@@ -128,7 +108,7 @@ def design_videos(shape: tuple[int, int, int]) -> list[Video]:
 
 def long_videos() -> list[Video]:
     frames = videos.moving_scene(*LONG_SHAPE)
-    return [Video(LONG_SHAPE, fmt, encode_with_gop(frames, fmt, LONG_GOP), LONG_GOP) for fmt in ("mp4", "webm")]
+    return [Video(LONG_SHAPE, fmt, videos.encode(frames, fmt=fmt, fps=FPS, gop=LONG_GOP), LONG_GOP) for fmt in ("mp4", "webm")]
 
 
 # --- the paths under test ---------------------------------------------------------------

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-
 from models.registry import RewardModel, builtin_models
 from service import ingest, scoring
 from service.backends.inprocess import InProcessBackend

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -27,6 +28,9 @@ from service.ingest import EncodedVideo, RawFrames
 # Demuxers we accept. Playlist and concat formats (hls, concat, ...) are deliberately absent:
 # they open further URLs or files named inside the upload.
 CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,gif,mpeg,nut"
+
+
+Convert = Callable[[av.VideoFrame], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -131,11 +135,17 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
             size = preprocess.target_size(height, width, spec.resolution)
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
             stream.thread_type = "AUTO"
-            frames = _decode_at(container, stream, timestamps, keyframes, indices)
+
+            def convert(frame: av.VideoFrame) -> np.ndarray:
+                """RGB at the model's size, one frame at a time: memory stays at the output's size."""
+                if frame.width * frame.height > limits.max_pixels:
+                    raise TooLarge(f"decoded frame is {frame.width}x{frame.height}, over the pixel limit")
+                return preprocess.resize(frame.to_ndarray(format="rgb24")[None], size, spec.resolution)[0]
+
+            frames = _decode_at(container, stream, timestamps, keyframes, indices, convert)
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
-        resized = preprocess.resize(np.stack(frames), size, spec.resolution)
-        return Clip(resized, indices, len(timestamps), fps, (height, width))
+        return Clip(np.stack(frames), indices, len(timestamps), fps, (height, width))
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -174,67 +184,52 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
     return float(Fraction(stream.guessed_rate or 25))
 
 
-def _to_rgb(frame: av.VideoFrame, limit: int) -> np.ndarray:
-    if frame.width * frame.height > limit:
-        raise TooLarge(f"decoded frame is {frame.width}x{frame.height}, over the pixel limit")
-    return frame.to_ndarray(format="rgb24")
-
-
-def _decode_at(container, stream, timestamps, keyframes, indices) -> list[np.ndarray]:
-    """Decode the frames at ``indices``; frames are matched by timestamp, or by order without one."""
-    limit = int(stream.codec_context.options["max_pixels"])
+def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> list[np.ndarray]:
+    """Decode and convert the frames at ``indices``; matched by timestamp, or by order without one."""
     if timestamps[0] is None:
-        return _decode_in_order(container, stream, indices, limit)
+        return _decode_in_order(container, stream, indices, convert)
     wanted = {timestamps[i] for i in indices}
     targets = sorted(wanted)
     got: dict[int, np.ndarray] = {}
-    position: int | None = None  # timestamp of the last decoded frame
     t = 0
     while t < len(targets):
-        target = targets[t]
-        # Seek when starting, or when a keyframe lies between here and the target (skips a GOP).
-        k = bisect.bisect_right(keyframes, target) - 1
-        if position is None or (k >= 0 and keyframes[k] > position):
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-        reached = False
+        # Seek at the start, and whenever a keyframe lies between here and the next target:
+        # decoding from that keyframe skips the frames in between.
+        container.seek(targets[t], stream=stream, backward=True, any_frame=False)
+        jump = False
         for frame in container.decode(stream):
             if frame.pts is None:
                 break
-            position = frame.pts
             if frame.pts in wanted and frame.pts not in got:
-                got[frame.pts] = _to_rgb(frame, limit)
-            while t < len(targets) and targets[t] <= position:
+                got[frame.pts] = convert(frame)
+            while t < len(targets) and targets[t] <= frame.pts:
                 t += 1
-            if t >= len(targets):
+            jump = t < len(targets) and _keyframe_between(keyframes, frame.pts, targets[t])
+            if t == len(targets) or jump:
                 break
-            k = bisect.bisect_right(keyframes, targets[t]) - 1
-            if k >= 0 and keyframes[k] > position:
-                reached = True
-                break  # a seek is cheaper than decoding up to the next target
-        else:
-            if not reached:
-                break  # end of stream
+        if not jump:
+            break  # all targets passed, or the stream ended
     if len(got) < len(targets):
-        # Timestamps from the decoder did not line up with the demuxer's: count frames instead.
+        # The decoder's timestamps did not line up with the demuxer's: count frames instead.
         container.seek(0, stream=stream, backward=True, any_frame=False)
-        return _decode_in_order(container, stream, indices, limit)
+        return _decode_in_order(container, stream, indices, convert)
     return [got[timestamps[i]] for i in indices]
 
 
-def _decode_in_order(container, stream, indices, limit) -> list[np.ndarray]:
+def _keyframe_between(keyframes: list[int], position: int, target: int) -> bool:
+    """Is there a keyframe k with position < k <= target?"""
+    k = bisect.bisect_right(keyframes, target) - 1
+    return k >= 0 and keyframes[k] > position
+
+
+def _decode_in_order(container, stream, indices, convert: Convert) -> list[np.ndarray]:
     wanted = set(indices)
-    last = max(indices)
     got: dict[int, np.ndarray] = {}
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
-            got[i] = _to_rgb(frame, limit)
-        if i >= last:
+            got[i] = convert(frame)
+        if len(got) == len(wanted):
             break
-    if not got:
-        raise Unprocessable("no frame could be decoded", code="corrupt_video")
-    # A stream shorter than its index promised (truncated): reuse the nearest earlier frame.
-    missing = [i for i in indices if i not in got]
-    if len(missing) > len(indices) // 2:
+    if len(got) < len(wanted):
         raise Unprocessable(f"only {len(got)} of {len(wanted)} sampled frames could be decoded", code="corrupt_video")
-    decoded = sorted(got)
-    return [got[i] if i in got else got[decoded[max(0, bisect.bisect_right(decoded, i) - 1)]] for i in indices]
+    return [got[i] for i in indices]

@@ -35,12 +35,19 @@ def target_size(height: int, width: int, policy: Resolution) -> tuple[int, int]:
 
 
 def resize(frames: np.ndarray, size: tuple[int, int], policy: Resolution) -> np.ndarray:
-    """Resize uint8 [N, H, W, 3] to uint8 [N, h, w, 3] with the policy's filter."""
+    """Resize uint8 [N, H, W, 3] to uint8 [N, h, w, 3] with the policy's filter.
+
+    Antialiased bilinear runs on torch's native uint8 kernel (several times faster than going
+    through float32, within one grey level of it); other filters go through float32 and round.
+    """
     if frames.shape[1:3] == size:
         return np.ascontiguousarray(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    if policy.filter == "area":
-        y = F.interpolate(x, size=size, mode="area")
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    if policy.filter == "bilinear" and policy.antialias:
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    elif policy.filter == "area":
+        y = F.interpolate(x.float(), size=size, mode="area").round_().clamp_(0, 255).to(torch.uint8)
     else:
-        y = F.interpolate(x, size=size, mode=policy.filter, align_corners=False, antialias=policy.antialias)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        y = F.interpolate(x.float(), size=size, mode=policy.filter, align_corners=False, antialias=policy.antialias)
+        y = y.round_().clamp_(0, 255).to(torch.uint8)
+    return y.permute(0, 2, 3, 1).contiguous().numpy()

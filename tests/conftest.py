@@ -11,19 +11,17 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-
 import torch
-
-from models.registry import RewardModel, builtin_models
-from models.spec import Dimension
-from models import signal
-from service.api import create_app
-from service.config import Settings
+import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from models import signal
+from models.registry import RewardModel, builtin_models
+from models.spec import Dimension
+from service.api import create_app
+from service.config import Settings
 from tests import videos
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import av
 import io
+
+import av
 import numpy as np
 import pytest
 
 from models import signal
 from models.spec import FrameSampling, Resolution
-from service import preprocess
+from service import decode, preprocess
 from service.decode import Limits, sample_frames, sample_indices
 from service.errors import TooLarge, Unprocessable, UnsupportedMedia
 from service.ingest import EncodedVideo, RawFrames
@@ -63,8 +64,13 @@ def test_container_frames_match_the_source(fmt):
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
-def test_sparse_sampling_with_seeks_equals_decoding_everything(fmt):
+def test_sparse_sampling_with_seeks_equals_decoding_everything(fmt, monkeypatch):
     """Seeking between far-apart samples must return exactly the frames a full decode gives."""
+
+    def no_fallback(*args):
+        raise AssertionError("timestamp matching failed and fell back to counting frames")
+
+    monkeypatch.setattr(decode, "_decode_in_order", no_fallback)
     data = videos.encode(videos.moving_scene(120, 96, 160), fmt, gop=8)
     with av.open(io.BytesIO(data)) as c:
         everything = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
