@@ -169,6 +169,15 @@ def test_malformed_request_names_the_field_and_item(client):
     assert_error(r, 415, "bad_content_type", None)
 
 
+def test_multipart_errors_use_the_error_shape(client, clean_mp4):
+    too_many = [(f"v{i}", (f"{i}.mp4", b"x")) for i in range(70)]  # max_items is 64
+    r = client.post("/v1/score", files=too_many)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
+    r = client.post("/v1/score", content=b"--nope\r\n", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert 400 <= r.status_code < 500 and "error" in r.json(), r.text
+    assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://127.0.0.1:9/clip.mp4", "http://localhost/clip.mp4", "http://10.0.0.1/clip.mp4", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x", "http://[::ffff:10.1.2.3]/x"],
