@@ -103,6 +103,8 @@ class Engine:
                 if spec.needs_prompt and not (item.prompt and item.prompt.strip()):
                     raise BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
         work = len(items) * len(specs)
+        if work > self.settings.max_pending:
+            raise TooLarge(f"{len(items)} items x {len(specs)} models exceed max_pending={self.settings.max_pending}")
         if self._pending + work > self.settings.max_pending:
             raise Overloaded(f"{self._pending} videos are queued; try again shortly", retry_after_s=1.0)
         self._pending += work

@@ -6,6 +6,7 @@ item; `others` lists the rest, so a client can fix them all at once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import socket
@@ -205,22 +206,37 @@ def test_url_that_never_answers_times_out(client, silent_url):
 
 @pytest.fixture(scope="module")
 def small_gateway() -> Iterator[str]:
-    """A second gateway whose request-body limit is 100 kB."""
-    running = start_server(create_app(test_settings(max_request_bytes=100_000)))
+    """A second gateway with a 1 MB request-body limit and room for one video in flight."""
+    running = start_server(create_app(test_settings(max_request_bytes=1_000_000, max_pending=1)))
     yield running.url
     running.stop()
 
 
 def test_request_body_over_the_limit_is_refused(small_gateway, clean_mp4):
-    big = b"x" * 200_000
+    big = b"x" * 2_000_000
     declared = httpx.post(f"{small_gateway}/v1/score", files={"video": ("a.mp4", big)})
     assert_error(declared, 413, "too_large", None, "exceeds")
 
     def chunks():  # no content-length: the limit is enforced while streaming
         for _ in range(20):
-            yield b"y" * 10_000
+            yield b"y" * 100_000
 
     streamed = httpx.post(f"{small_gateway}/v1/score", content=chunks(), headers={"content-type": "application/json"})
     assert_error(streamed, 413, "too_large", None, "exceeds")
     ok = httpx.post(f"{small_gateway}/v1/score", files={"video": ("a.mp4", clean_mp4)})
     assert ok.status_code == 200, ok.text
+
+
+async def test_overload_gets_429_with_retry_after_and_nothing_else_fails(small_gateway, clean_mp4):
+    video = {"data": b64(clean_mp4)}
+    async with httpx.AsyncClient(base_url=small_gateway, timeout=60) as client:
+        two = await client.post("/v1/score", json={"items": [{"video": video}] * 2})
+        assert_error(two, 413, "too_large", None, "max_pending")
+        responses = await asyncio.gather(
+            *(client.post("/v1/score", json={"items": [{"video": video}]}) for _ in range(8))
+        )
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+    for r in responses:
+        if r.status_code == 429:
+            assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded"
