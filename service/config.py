@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +17,6 @@ class Settings(BaseSettings):
     port: int = 8000
     models: list[str] = Field(default=["signal"], description="Models loaded at start.")
     default_model: str = "signal"
-    backend: Literal["inprocess"] = "inprocess"
 
     # Input limits, checked before anything large is allocated.
     max_request_bytes: int = 512 * 1024**2
