@@ -48,7 +48,6 @@ class Clip:
     indices: list[int]  # which source frames (0-based, presentation order)
     total_frames: int
     fps: float
-    source_size: tuple[int, int]  # (height, width) before resizing
 
 
 def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]:
@@ -96,7 +95,7 @@ def _sample_raw(video: RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
     indices = sample_indices(total, video.fps, spec.sampling)
     size = preprocess.target_size(height, width, spec.resolution)
     frames = preprocess.resize(video.frames[indices], size, spec.resolution)
-    return Clip(frames, indices, total, video.fps, (height, width))
+    return Clip(frames, indices, total, video.fps)
 
 
 def _open(data: bytes) -> av.container.InputContainer:
@@ -138,14 +137,13 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
 
             def convert(frame: av.VideoFrame) -> np.ndarray:
                 """RGB at the model's size, one frame at a time: memory stays at the output's size."""
-                if frame.width * frame.height > limits.max_pixels:
-                    raise TooLarge(f"decoded frame is {frame.width}x{frame.height}, over the pixel limit")
+                _check_size(frame.height, frame.width, limits)  # the bitstream may disagree with the header
                 return preprocess.resize(frame.to_ndarray(format="rgb24")[None], size, spec.resolution)[0]
 
             frames = _decode_at(container, stream, timestamps, keyframes, indices, convert)
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
-        return Clip(np.stack(frames), indices, len(timestamps), fps, (height, width))
+        return Clip(np.stack(frames), indices, len(timestamps), fps)
 
 
 def _declared_seconds(container, stream) -> float | None:

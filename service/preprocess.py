@@ -45,9 +45,7 @@ def resize(frames: np.ndarray, size: tuple[int, int], policy: Resolution) -> np.
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
     if policy.filter == "bilinear" and policy.antialias:
         y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    elif policy.filter == "area":
-        y = F.interpolate(x.float(), size=size, mode="area").round_().clamp_(0, 255).to(torch.uint8)
     else:
-        y = F.interpolate(x.float(), size=size, mode=policy.filter, align_corners=False, antialias=policy.antialias)
-        y = y.round_().clamp_(0, 255).to(torch.uint8)
+        options = {} if policy.filter == "area" else {"align_corners": False, "antialias": policy.antialias}
+        y = F.interpolate(x.float(), size=size, mode=policy.filter, **options).round_().clamp_(0, 255).to(torch.uint8)
     return y.permute(0, 2, 3, 1).contiguous().numpy()

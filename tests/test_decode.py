@@ -7,6 +7,7 @@ import io
 import av
 import numpy as np
 import pytest
+import torch
 
 from models import signal
 from models.spec import FrameSampling, Resolution
@@ -108,3 +109,16 @@ def test_hls_playlists_are_not_opened():
     playlist = b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n"
     with pytest.raises(UnsupportedMedia):
         sample_frames(EncodedVideo(playlist), signal.SPEC, LIMITS)
+
+
+def test_uint8_bilinear_resize_is_within_one_level_of_float32():
+    """The fast uint8 kernel stands in for the float32 one (see preprocess.resize)."""
+    frames = videos.moving_scene(4, 480, 480)
+    fast = preprocess.resize(frames, (256, 256), signal.SPEC.resolution)
+    slow = preprocess.resize(frames, (256, 256), signal.SPEC.resolution.model_copy(update={"filter": "bicubic"}))
+    float_bilinear = torch.nn.functional.interpolate(
+        torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(256, 256), mode="bilinear", antialias=True
+    )
+    reference = float_bilinear.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(fast.astype(int) - reference).max() <= 1
+    assert np.abs(slow.astype(int) - reference).max() > 1  # the check can tell filters apart

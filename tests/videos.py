@@ -8,6 +8,7 @@ degradation under test.
 from __future__ import annotations
 
 import io
+import struct
 from fractions import Fraction
 
 import av
@@ -118,8 +119,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def lying_header_avi(width: int = 16000, height: int = 16000) -> bytes:
     """A tiny raw-video AVI whose headers claim ``width`` x ``height`` frames (the data is 16x16)."""
-    import struct
-
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="avi") as container:
         stream = container.add_stream("rawvideo", rate=16)
