@@ -134,11 +134,13 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         specs = [engine.spec(name) for name in model_names]
         weights = scoring.resolve_weights(body.weights, specs)
         inputs = await run_in_threadpool(_to_inputs, body, files, settings)
-        raw = await engine.score(inputs, model_names)
+        raw = await engine.score(inputs, model_names, cache=body.cache)
         results = []
-        for i, per_model in enumerate(raw):
-            flat = {f"{spec.name}.{d}": float(v) for spec in specs for d, v in zip(spec.dimension_names, per_model[spec.name])}
-            results.append(ItemScore(index=i, scores=flat, overall=scoring.overall(flat, weights)))
+        for i, result in enumerate(raw):
+            flat = {f"{spec.name}.{d}": float(v) for spec in specs for d, v in zip(spec.dimension_names, result.scores[spec.name])}
+            results.append(
+                ItemScore(index=i, scores=flat, overall=scoring.overall(flat, weights), cached=all(result.cached.values()))
+            )
         return ScoreResponse(
             models=[ModelRef(name=s.name, version=s.version) for s in specs], weights=weights, results=results
         )

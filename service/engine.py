@@ -8,6 +8,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 
@@ -29,6 +30,18 @@ class ScoreInput:
 
     source: ingest.VideoSource
     prompt: str | None = None
+
+
+CacheMode = Literal["use", "refresh", "bypass"]
+"""``use``: serve hits, store misses; ``refresh``: recompute and store; ``bypass``: neither read nor write."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """Raw scores of one item: ``scores[model]`` is float32 [K]; ``cached[model]`` says it came from the cache."""
+
+    scores: dict[str, np.ndarray]
+    cached: dict[str, bool]
 
 
 @dataclass(frozen=True)
@@ -91,8 +104,10 @@ class Engine:
             return False, "engine not started"
         return await self.backend.ready()
 
-    async def score(self, items: list[ScoreInput], model_names: list[str]) -> list[dict[str, np.ndarray]]:
-        """Raw scores per item: ``{model: float32 [K]}``. Any bad item fails the whole call."""
+    async def score(
+        self, items: list[ScoreInput], model_names: list[str], cache: CacheMode = "use"
+    ) -> list[ItemResult]:
+        """Raw scores per item and model. Any bad item fails the whole call."""
         specs = [self.spec(name) for name in model_names]
         if not items:
             raise BadInput("no items to score", code="no_items")
@@ -121,7 +136,13 @@ class Engine:
             raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
         finally:
             self._pending -= work
-        return [{spec.name: flat[i * len(specs) + m] for m, spec in enumerate(specs)} for i in range(len(items))]
+        return [
+            ItemResult(
+                scores={spec.name: flat[i * len(specs) + m] for m, spec in enumerate(specs)},
+                cached={spec.name: False for spec in specs},
+            )
+            for i in range(len(items))
+        ]
 
     async def _prepare_all(self, items: list[ScoreInput], specs: list[ModelSpec]) -> list[list[np.ndarray]]:
         """Ingest and decode every item concurrently; report every bad item, not just the first."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.spec import ModelSpec
@@ -46,13 +48,16 @@ class ScoreRequest(BaseModel):
         description="Weights over `model.dimension` names for `overall`; default: dimensions equally, models equally.",
         examples=[{"signal.sharpness": 2.0, "signal.motion_smoothness": 1.0}],
     )
+    cache: Literal["use", "refresh", "bypass"] = Field(
+        default="use", description="`use`: serve cached scores; `refresh`: recompute and store; `bypass`: skip the cache."
+    )
 
 
 class ItemScore(BaseModel):
     index: int
     scores: dict[str, float] = Field(description="Raw score per `model.dimension`.")
     overall: float = Field(description="Weighted sum of `scores`.")
-    cached: bool = False
+    cached: bool = Field(default=False, description="True when every model's scores came from the cache.")
 
 
 class ModelRef(BaseModel):
