@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
                                 "request": {"type": "string", "description": "ScoreRequest as JSON"},
                                 "prompt": {"type": "string"},
                                 "model": {"type": "string"},
+                                "cache": {"type": "string", "enum": ["use", "refresh", "bypass"]},
                                 "video": {"type": "string", "format": "binary"},
                             },
                         }
@@ -193,7 +194,10 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[ScoreRe
             models = [str(m) for m in form.getlist("model")] or None
             weights = json.loads(str(form["weights"])) if "weights" in form else None
             body = ScoreRequest(
-                items=[{"video": {"file": name}, "prompt": prompt} for name in files], models=models, weights=weights
+                items=[{"video": {"file": name}, "prompt": prompt} for name in files],
+                models=models,
+                weights=weights,
+                cache=form.get("cache") or "use",
             )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None

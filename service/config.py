@@ -41,3 +41,14 @@ class Settings(BaseSettings):
     max_wait_ms: float | None = None
     max_pending: int = 1024  # videos admitted and not yet scored, over all requests; more gets 429
     request_timeout_s: float = 120.0
+
+    # Score cache (service/cache.py). Without redis_url the cache is in-process only.
+    cache_l1_entries: int = 200_000
+    cache_l1_bytes: int = 64 * 1024**2
+    redis_url: str | None = Field(default=None, description="e.g. redis://127.0.0.1:6379/0; shared by all replicas.")
+    cache_ttl_s: float = 7 * 24 * 3600.0
+    cache_ttl_jitter: float = Field(default=0.1, ge=0, lt=1, description="TTLs vary by +-this fraction.")
+    redis_timeout_s: float = 0.25  # per Redis round trip; a slow Redis is a miss, never a slow request
+    redis_breaker_failures: int = 3  # failures in a row that open the circuit
+    redis_breaker_cooldown_s: float = 5.0  # how long Redis is skipped before one probe
+    cache_lock_s: float = Field(default=10.0, ge=0, description="Cross-replica lock on a key while it is computed; 0 = off.")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -30,7 +30,7 @@ from service.ingest import EncodedVideo, RawFrames
 CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,gif,mpeg,nut"
 
 
-Convert = Callable[[av.VideoFrame], np.ndarray]
+Convert = Callable[[av.VideoFrame, int], list[np.ndarray]]  # (frame, source index) -> one array per spec
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Limits:
 
 @dataclass
 class Clip:
-    """Sampled, resized frames of one video for one model."""
+    """Sampled, resized frames of one video for one model (one spec)."""
 
     frames: np.ndarray  # uint8 [n, h, w, 3]
     indices: list[int]  # which source frames (0-based, presentation order)
@@ -69,9 +69,18 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
 
 def sample_frames(video: EncodedVideo | RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
     """Decode (if needed), sample and resize ``video`` as ``spec`` asks. Blocking: run in a worker."""
+    return sample_clips(video, [spec], limits)[0]
+
+
+def sample_clips(video: EncodedVideo | RawFrames, specs: Sequence[ModelSpec], limits: Limits) -> list[Clip]:
+    """Decode (if needed), sample and resize ``video`` as each spec asks, one clip per spec.
+
+    A container is decoded once for all specs: each frame any spec samples is decoded and
+    converted to RGB once, then resized for every spec that wants it. Blocking: run in a worker.
+    """
     if isinstance(video, RawFrames):
-        return _sample_raw(video, spec, limits)
-    return _sample_container(video.data, spec, limits)
+        return [_sample_raw(video, spec, limits) for spec in specs]
+    return _sample_container(video.data, specs, limits)
 
 
 def _check_size(height: int, width: int, limits: Limits) -> None:
@@ -106,7 +115,7 @@ def _open(data: bytes) -> av.container.InputContainer:
         raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
 
 
-def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
+def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -> list[Clip]:
     with _open(data) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -130,20 +139,35 @@ def _sample_container(data: bytes, spec: ModelSpec, limits: Limits) -> Clip:
                     f"truncated video: the header declares {declared:.2f} s but only {present:.2f} s of frames are present",
                     code="truncated_video",
                 )
-            indices = sample_indices(len(timestamps), fps, spec.sampling)
-            size = preprocess.target_size(height, width, spec.resolution)
+            plans = [
+                (sample_indices(len(timestamps), fps, spec.sampling), preprocess.target_size(height, width, spec.resolution))
+                for spec in specs
+            ]
+            wanted_by = [set(indices) for indices, _ in plans]
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
             stream.thread_type = "AUTO"
 
-            def convert(frame: av.VideoFrame) -> np.ndarray:
-                """RGB at the model's size, one frame at a time: memory stays at the output's size."""
+            def convert(frame: av.VideoFrame, index: int) -> list[np.ndarray | None]:
+                """RGB once, resized for each spec that samples this frame: memory stays at the outputs' size."""
                 _check_size(frame.height, frame.width, limits)  # the bitstream may disagree with the header
-                return preprocess.resize(frame.to_ndarray(format="rgb24")[None], size, spec.resolution)[0]
+                rgb = frame.to_ndarray(format="rgb24")[None]
+                resized: dict[tuple, np.ndarray] = {}  # specs with the same size and filter share one resize
+                out: list[np.ndarray | None] = []
+                for spec, (_, size), wanted in zip(specs, plans, wanted_by):
+                    key = (size, spec.resolution.filter, spec.resolution.antialias)
+                    if index in wanted and key not in resized:
+                        resized[key] = preprocess.resize(rgb, size, spec.resolution)[0]
+                    out.append(resized[key] if index in wanted else None)
+                return out
 
-            frames = _decode_at(container, stream, timestamps, keyframes, indices, convert)
+            union = sorted(set().union(*wanted_by))
+            got = _decode_at(container, stream, timestamps, keyframes, union, convert)
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
-        return Clip(np.stack(frames), indices, len(timestamps), fps)
+        return [
+            Clip(np.stack([got[i][m] for i in indices]), indices, len(timestamps), fps)
+            for m, (indices, _) in enumerate(plans)
+        ]
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -182,13 +206,15 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
     return float(Fraction(stream.guessed_rate or 25))
 
 
-def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> list[np.ndarray]:
-    """Decode and convert the frames at ``indices``; matched by timestamp, or by order without one."""
+def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> dict[int, list[np.ndarray]]:
+    """Decode and convert the frames at ``indices`` (source index -> converted); matched by
+    timestamp, or by order when the stream has no timestamps."""
     if timestamps[0] is None:
         return _decode_in_order(container, stream, indices, convert)
-    wanted = {timestamps[i] for i in indices}
+    index_of = {timestamps[i]: i for i in indices}
+    wanted = set(index_of)
     targets = sorted(wanted)
-    got: dict[int, np.ndarray] = {}
+    got: dict[int, list[np.ndarray]] = {}
     t = 0
     while t < len(targets):
         # Seek at the start, and whenever a keyframe lies between here and the next target:
@@ -199,7 +225,7 @@ def _decode_at(container, stream, timestamps, keyframes, indices, convert: Conve
             if frame.pts is None:
                 break
             if frame.pts in wanted and frame.pts not in got:
-                got[frame.pts] = convert(frame)
+                got[frame.pts] = convert(frame, index_of[frame.pts])
             while t < len(targets) and targets[t] <= frame.pts:
                 t += 1
             jump = t < len(targets) and _keyframe_between(keyframes, frame.pts, targets[t])
@@ -211,7 +237,7 @@ def _decode_at(container, stream, timestamps, keyframes, indices, convert: Conve
         # The decoder's timestamps did not line up with the demuxer's: count frames instead.
         container.seek(0, stream=stream, backward=True, any_frame=False)
         return _decode_in_order(container, stream, indices, convert)
-    return [got[timestamps[i]] for i in indices]
+    return {index_of[pts]: value for pts, value in got.items()}
 
 
 def _keyframe_between(keyframes: list[int], position: int, target: int) -> bool:
@@ -220,14 +246,14 @@ def _keyframe_between(keyframes: list[int], position: int, target: int) -> bool:
     return k >= 0 and keyframes[k] > position
 
 
-def _decode_in_order(container, stream, indices, convert: Convert) -> list[np.ndarray]:
+def _decode_in_order(container, stream, indices, convert: Convert) -> dict[int, list[np.ndarray]]:
     wanted = set(indices)
-    got: dict[int, np.ndarray] = {}
+    got: dict[int, list[np.ndarray]] = {}
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
-            got[i] = convert(frame)
+            got[i] = convert(frame, i)
         if len(got) == len(wanted):
             break
     if len(got) < len(wanted):
         raise Unprocessable(f"only {len(got)} of {len(wanted)} sampled frames could be decoded", code="corrupt_video")
-    return [got[i] for i in indices]
+    return got

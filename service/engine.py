@@ -1,10 +1,10 @@
-"""The scoring engine: ingest -> decode/sample -> micro-batch -> backend. Usable without HTTP."""
+"""The scoring engine: ingest -> cache -> decode/sample -> micro-batch -> backend. Usable without HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -14,7 +14,7 @@ import numpy as np
 
 from models.registry import RewardModel
 from models.spec import ModelSpec
-from service import decode, ingest
+from service import cache, decode, ingest
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -44,6 +44,9 @@ class ItemResult:
     cached: dict[str, bool]
 
 
+Pair = tuple[int, int]  # (item index, model index) within one call
+
+
 @dataclass(frozen=True)
 class _Job:
     frames: np.ndarray  # uint8 [T, H, W, 3]
@@ -57,8 +60,11 @@ class Engine:
         self.settings = settings
         self.models = models
         self.backend = backend
+        self.cache = cache.ScoreCache(settings)
+        self.inflight = cache.InFlight()
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
+        self.stats: Counter[str] = Counter()  # videos_decoded, inferences
         self._decode_pool: ThreadPoolExecutor | None = None
         self._fetcher: UrlFetcher | None = None
         self._pending = 0  # (item, model) pairs admitted and not yet answered
@@ -89,6 +95,7 @@ class Engine:
         for batcher in self.batchers.values():
             await batcher.stop()
         await self.backend.close()
+        await self.cache.close()
         if self._fetcher is not None:
             await self._fetcher.aclose()
         if self._decode_pool is not None:
@@ -125,47 +132,114 @@ class Engine:
         self._pending += work
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                clips = await self._prepare_all(items, specs)
-                jobs = [
-                    self.batchers[spec.name].submit(_Job(clips[i][m], items[i].prompt or ""))
-                    for i in range(len(items))
-                    for m, spec in enumerate(specs)
-                ]
-                flat = await asyncio.gather(*jobs)
+                return await self._score(items, specs, cache)
         except TimeoutError as exc:
             raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
         finally:
             self._pending -= work
-        return [
-            ItemResult(
-                scores={spec.name: flat[i * len(specs) + m] for m, spec in enumerate(specs)},
-                cached={spec.name: False for spec in specs},
-            )
-            for i in range(len(items))
-        ]
 
-    async def _prepare_all(self, items: list[ScoreInput], specs: list[ModelSpec]) -> list[list[np.ndarray]]:
-        """Ingest and decode every item concurrently; report every bad item, not just the first."""
-        results = await asyncio.gather(*(self._prepare(i, item, specs) for i, item in enumerate(items)), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            bad = [e for e in errors if isinstance(e, ServiceError)]
-            if len(bad) < len(errors):
-                raise next(e for e in errors if not isinstance(e, ServiceError))
-            bad[0].others = bad[1:]
-            raise bad[0]
-        return results  # type: ignore[return-value]
+    async def _score(self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode) -> list[ItemResult]:
+        """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed."""
+        videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
+        pairs = [(i, m) for i in range(len(items)) for m in range(len(specs))]
+        if mode == "bypass":
+            return _results(len(items), specs, await self._compute(videos, items, specs, pairs), cached=set())
 
-    async def _prepare(self, index: int, item: ScoreInput, specs: list[ModelSpec]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
+        keys = await self._keys(videos, items, specs)
+        known: dict[Pair, np.ndarray] = {}
+        if mode == "use":
+            known = _decode_found(await self.cache.get_many([keys[p] for p in pairs]), pairs, keys, specs)
+        cached = set(known)
+        led: list[Pair] = []
+        followed: list[tuple[Pair, asyncio.Future[bytes | None]]] = []
+        for p in pairs:
+            if p in known:
+                continue
+            leader = self.inflight.lead_or_follow(keys[p]) if mode == "use" else None
+            if leader is None:
+                led.append(p)
+            else:
+                followed.append((p, leader))
+
+        computed, from_peers = await self._lead(videos, items, specs, keys, led, mode)
+        known |= computed | from_peers
+        cached |= set(from_peers)
+
+        shared = {p: await asyncio.shield(leader) for p, leader in followed}
+        joined = _decode_found({keys[p]: v for p, v in shared.items() if v is not None}, list(shared), keys, specs)
+        known |= joined
+        if leftover := [p for p in shared if p not in joined]:  # their leader failed for reasons of its own
+            extra = await self._compute(videos, items, specs, leftover)
+            await self.cache.put_many({keys[p]: cache.encode_scores(v) for p, v in extra.items()})
+            known |= extra
+        return _results(len(items), specs, known, cached)
+
+    async def _lead(
+        self, videos, items, specs, keys: dict[Pair, str], led: list[Pair], mode: CacheMode
+    ) -> tuple[dict[Pair, np.ndarray], dict[Pair, np.ndarray]]:
+        """Compute the pairs this call leads, store them, and hand them to in-process followers.
+
+        With Redis, a short lock per key (SET NX PX) first: keys another replica holds are
+        awaited from Redis instead of computed twice. Returns (computed here, from other replicas).
+        """
+        l2 = self.cache.l2 if mode == "use" and self.settings.cache_lock_s > 0 and led else None
+        mine, theirs = led, []
+        waited: dict[str, bytes] = {}
+        published: dict[str, bytes] = {}
         try:
-            video = await ingest.resolve(item.source, self._fetcher)
-            return [
-                (await loop.run_in_executor(self._decode_pool, _sample, video, spec, self.limits)).frames
-                for spec in specs
-            ]
+            if l2 is not None:
+                held = await l2.lock_many([keys[p] for p in led], self.settings.cache_lock_s)
+                mine = [p for p, h in zip(led, held) if h]
+                theirs = [p for p, h in zip(led, held) if not h]
+            wait = l2.wait_for([keys[p] for p in theirs], self.settings.cache_lock_s) if theirs else _nothing()
+            computed, waited = await asyncio.gather(self._compute(videos, items, specs, mine), wait)
+            from_peers = _decode_found(waited, theirs, keys, specs)
+            if missing := [p for p in theirs if p not in from_peers]:  # that replica failed or was slow
+                computed |= await self._compute(videos, items, specs, missing)
+            published = {keys[p]: cache.encode_scores(v) for p, v in computed.items()}
+            await self.cache.put_many(published)
+        finally:
+            for p in led:
+                self.inflight.finish(keys[p], published.get(keys[p]) or waited.get(keys[p]))
+            if l2 is not None and mine:
+                await l2.unlock_many([keys[p] for p in mine])
+        return computed, from_peers
+
+    async def _compute(self, videos, items, specs, pairs: list[Pair]) -> dict[Pair, np.ndarray]:
+        """Decode each item once for all the models it still needs, then run those models."""
+        needs: dict[int, list[int]] = defaultdict(list)
+        for i, m in pairs:
+            needs[i].append(m)
+        if not needs:
+            return {}
+        loop = asyncio.get_running_loop()
+
+        async def prepare(i: int) -> list[decode.Clip]:
+            try:
+                return await loop.run_in_executor(self._decode_pool, _sample, videos[i], [specs[m] for m in needs[i]], self.limits)
+            except ServiceError as exc:
+                raise exc.for_item(i)
+
+        clips = await _all_or_nothing(prepare(i) for i in needs)
+        self.stats["videos_decoded"] += len(clips)
+        jobs = [(i, m, clip) for i, item_clips in zip(needs, clips) for m, clip in zip(needs[i], item_clips)]
+        self.stats["inferences"] += len(jobs)
+        values = await asyncio.gather(
+            *(self.batchers[specs[m].name].submit(_Job(clip.frames, items[i].prompt or "")) for i, m, clip in jobs)
+        )
+        return {(i, m): value for (i, m, _), value in zip(jobs, values)}
+
+    async def _ingest(self, index: int, item: ScoreInput) -> ingest.EncodedVideo | ingest.RawFrames:
+        try:
+            return await ingest.resolve(item.source, self._fetcher)
         except ServiceError as exc:
             raise exc.for_item(index)
+
+    async def _keys(self, videos, items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
+        """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop."""
+        loop = asyncio.get_running_loop()
+        digests = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, cache.content_digest, v) for v in videos))
+        return {(i, m): cache.cache_key(digests[i], spec, items[i].prompt) for i in range(len(items)) for m, spec in enumerate(specs)}
 
     async def _infer(self, model: str, jobs: list[_Job]) -> list[np.ndarray]:
         """Batcher handler: one backend call per group of equally sized frames."""
@@ -184,10 +258,46 @@ class Engine:
         return out  # type: ignore[return-value]
 
 
-def _sample(video, spec: ModelSpec, limits: decode.Limits) -> decode.Clip:
-    """decode.sample_frames, with unexpected decoder failures reported as bad input, not crashes."""
+def _decode_found(found: dict[str, bytes], pairs: list[Pair], keys: dict[Pair, str], specs: list[ModelSpec]) -> dict[Pair, np.ndarray]:
+    """Scores of the pairs whose key is in ``found`` with a value of the right width."""
+    out = {}
+    for p in pairs:
+        raw = found.get(keys[p])
+        scores = cache.decode_scores(raw, len(specs[p[1]].dimensions)) if raw is not None else None
+        if scores is not None:
+            out[p] = scores
+    return out
+
+
+def _results(n_items: int, specs: list[ModelSpec], scores: dict[Pair, np.ndarray], cached: set[Pair]) -> list[ItemResult]:
+    results = [ItemResult(scores={}, cached={}) for _ in range(n_items)]
+    for (i, m), value in sorted(scores.items()):
+        results[i].scores[specs[m].name] = value
+        results[i].cached[specs[m].name] = (i, m) in cached
+    return results
+
+
+async def _all_or_nothing(awaitables) -> list:
+    """Await all; if any failed, raise the first bad-input error with the other bad items attached."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        bad = [e for e in errors if isinstance(e, ServiceError)]
+        if len(bad) < len(errors):
+            raise next(e for e in errors if not isinstance(e, ServiceError))
+        bad[0].others = bad[1:]
+        raise bad[0]
+    return results
+
+
+async def _nothing() -> dict:
+    return {}
+
+
+def _sample(video, specs: list[ModelSpec], limits: decode.Limits) -> list[decode.Clip]:
+    """decode.sample_clips, with unexpected decoder failures reported as bad input, not crashes."""
     try:
-        return decode.sample_frames(video, spec, limits)
+        return decode.sample_clips(video, specs, limits)
     except ServiceError:
         raise
     except Exception as exc:  # untrusted bytes can fail in ways FFmpeg/numpy do not classify
