@@ -12,7 +12,7 @@ import torch
 from models import signal
 from models.spec import FrameSampling, Resolution
 from service import decode, preprocess
-from service.decode import Limits, sample_frames, sample_indices
+from service.decode import Limits, sample_clips, sample_frames, sample_indices
 from service.errors import TooLarge, Unprocessable, UnsupportedMedia
 from service.ingest import EncodedVideo, RawFrames
 from tests import videos
@@ -52,6 +52,25 @@ def test_target_size_keeps_aspect_and_bounds_area():
         assert policy.min_pixels <= th * tw <= policy.max_pixels
         assert abs(th / tw - h / w) / (h / w) < 0.15
     assert preprocess.target_size(240, 416, policy) == (192, 336)
+
+
+def test_one_decode_serves_several_specs_exactly_as_separate_decodes(monkeypatch):
+    data = videos.encode(videos.moving_scene(60, 240, 416), gop=8)
+    specs = [
+        signal.SPEC,
+        spec_with(FrameSampling(mode="fps", fps=2, min_frames=2, max_frames=32, multiple_of=2), Resolution(max_pixels=128 * 224, size_factor=28, filter="bicubic")),
+        spec_with(FrameSampling(mode="segments", segments=5)),
+    ]
+    alone = [sample_frames(EncodedVideo(data), spec, LIMITS) for spec in specs]
+    converted = []
+    real_decode_at = decode._decode_at
+    monkeypatch.setattr(decode, "_decode_at", lambda *a: converted.append(a[4]) or real_decode_at(*a))
+    together = sample_clips(EncodedVideo(data), specs, LIMITS)
+    assert len(converted) == 1  # one pass over the container
+    assert converted[0] == sorted(set().union(*(c.indices for c in alone)))  # each frame converted once
+    for one, clip in zip(alone, together):
+        assert clip.indices == one.indices
+        np.testing.assert_array_equal(clip.frames, one.frames)
 
 
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
