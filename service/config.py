@@ -41,3 +41,17 @@ class Settings(BaseSettings):
     max_wait_ms: float | None = None
     max_pending: int = 1024  # videos admitted and not yet scored, over all requests; more gets 429
     request_timeout_s: float = 120.0
+
+    # Scoring
+    weight_presets: dict[str, dict[str, float]] = Field(
+        default={
+            "signal-spatial": {
+                "signal.sharpness": 1.0,
+                "signal.exposure": 1.0,
+                "signal.contrast": 1.0,
+                "signal.colourfulness": 1.0,
+            },
+            "signal-temporal": {"signal.temporal_stability": 1.0, "signal.motion_smoothness": 1.0},
+        },
+        description="Named weights over `model.dimension` names that requests pick with `preset` (JSON object of objects).",
+    )
