@@ -33,7 +33,7 @@ from service.schemas import (
     VideoRef,
 )
 
-Request_ = TypeVar("Request_", ScoreRequest, CompareRequest, RankRequest)
+WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ def _request_body(schema: str) -> dict:
 
 
 async def _read_request(
-    request: Request, settings: Settings, kind: type[Request_]
-) -> tuple[Request_, list[ScoreInput]]:
+    request: Request, settings: Settings, kind: type[WireRequest]
+) -> tuple[WireRequest, list[ScoreInput]]:
     """Parse a JSON or multipart request of ``kind`` and turn its videos into engine inputs."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -200,11 +200,13 @@ async def _read_request(
     elif content_type.split(";")[0].strip() in ("application/json", ""):
         body, files = await _parse(kind, await request.body()), {}
     else:
-        raise UnsupportedMedia(f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type")
+        raise UnsupportedMedia(
+            f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type"
+        )
     return body, await run_in_threadpool(_to_inputs, body, files, settings)
 
 
-async def _parse(kind: type[Request_], raw: bytes | str) -> Request_:
+async def _parse(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
     try:
         return await run_in_threadpool(kind.model_validate_json, raw)
     except ValidationError as exc:
@@ -212,8 +214,8 @@ async def _parse(kind: type[Request_], raw: bytes | str) -> Request_:
 
 
 async def _read_multipart(
-    request: Request, settings: Settings, kind: type[Request_]
-) -> tuple[Request_, dict[str, bytes]]:
+    request: Request, settings: Settings, kind: type[WireRequest]
+) -> tuple[WireRequest, dict[str, bytes]]:
     """File parts plus either a ``request`` field (the JSON request) or plain fields for every file part."""
     form = await request.form(max_files=settings.max_items, max_fields=64)
     files: dict[str, bytes] = {}
@@ -249,7 +251,7 @@ async def _read_multipart(
         raise RequestValidationError(exc.errors()) from None
 
 
-def _to_inputs(body: ScoreRequest | CompareRequest | RankRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
+def _to_inputs(body: WireRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
     """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
     inputs = []
     for i, (video, prompt) in enumerate(body.videos_with_prompts()):

@@ -53,5 +53,5 @@ class Settings(BaseSettings):
             },
             "signal-temporal": {"signal.temporal_stability": 1.0, "signal.motion_smoothness": 1.0},
         },
-        description="Named weights over `model.dimension` names that requests pick with `preset` (JSON object of objects).",
+        description="Named weights over `model.dimension` names, picked with `preset` (JSON object of objects).",
     )

@@ -52,7 +52,8 @@ def plan(engine: Engine, options: ScoringOptions) -> Plan:
     """Resolve models (explicit, else those the weights name, else the default), weights and normalisation."""
     weights, field = options.weights, "weights"
     if options.preset is not None:
-        weights, field = scoring.preset_weights(options.preset, engine.settings.weight_presets), f"preset {options.preset!r}"
+        weights = scoring.preset_weights(options.preset, engine.settings.weight_presets)
+        field = f"preset {options.preset!r}"
     names = options.models or (scoring.models_named(weights) if weights else []) or [engine.settings.default_model]
     specs = [engine.spec(name) for name in dict.fromkeys(names)]
     resolved = scoring.resolve_weights(weights, specs, field)

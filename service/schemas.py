@@ -52,7 +52,7 @@ class ScoringOptions(BaseModel):
         description="Weights over `model.dimension` names for `overall`; default: dimensions equally, models equally.",
         examples=[{"signal.sharpness": 2.0, "signal.motion_smoothness": 1.0}],
     )
-    preset: str | None = Field(default=None, description="A named weight preset from configuration, instead of `weights`.")
+    preset: str | None = Field(default=None, description="A named weight preset from configuration (or `weights`).")
     normalise: bool = Field(
         default=False,
         description="Report `(score - mean) / std` per dimension with the model's statistics (400 if it has none).",
@@ -106,7 +106,7 @@ class CompareRequest(GroupRequest):
 
 class RankRequest(GroupRequest):
     videos: list[VideoRef] = Field(min_length=2, description="The group: best-of-N candidates or GRPO rollouts.")
-    top_k: int | None = Field(default=None, ge=1, description="Length of `ranking` (1..number of videos); default: all.")
+    top_k: int | None = Field(default=None, ge=1, description="Length of `ranking` (1..number of videos); default all.")
     advantage_eps: float = Field(default=1e-4, ge=0, description="`eps` in `(r - mean) / (std + eps)`.")
     advantage_std: Literal["sample", "population"] = Field(
         default="sample", description="`sample`: std over n - 1 (torch, TRL); `population`: over n (numpy, Flow-GRPO)."
@@ -152,7 +152,7 @@ class Preference(BaseModel):
 
 class CompareResponse(ScoreResponse):
     results: list[ItemScore] = Field(description="A and B, as `/v1/score` would return them.")
-    dimensions: dict[str, Preference] = Field(description="Per `model.dimension`, from raw scores and the model's spec.")
+    dimensions: dict[str, Preference] = Field(description="Per `model.dimension`: raw scores, the model's own spec.")
     overall: Preference = Field(description="From the two `overall` values.")
 
 

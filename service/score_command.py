@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--server", default="http://127.0.0.1:8000", help="Gateway URL (default %(default)s).")
     where.add_argument("--local", action="store_true", help="Score in this process (VRS_* settings), no server.")
-    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="Write results as JSON ('-': stdout).")
-    p.add_argument("--csv", dest="csv_path", default=None, metavar="FILE", help="Write results as CSV ('-': stdout).")
+    p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="Write JSON ('-': stdout).")
+    p.add_argument("--csv", dest="csv_path", default=None, metavar="FILE", help="Write CSV ('-': stdout).")
     p.add_argument("--batch-size", type=int, default=8, help="Videos per request (default %(default)s).")
 
 

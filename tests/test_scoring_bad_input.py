@@ -23,25 +23,79 @@ def refs(group_mp4) -> list[dict]:
 
 # (endpoint, request fields, status, code, item, message fragment naming the field)
 CASES = {
-    "unknown-dimension": ("rank", {"weights": {"signal.nope": 1.0}}, 400, "bad_weights", None, "weights: unknown dimension 'signal.nope'"),
-    "negative-weight": ("compare", {"weights": {"signal.sharpness": -1}}, 400, "bad_weights", None, "weights: 'signal.sharpness' must be"),
-    "all-zero-weights": ("score", {"weights": {"signal.sharpness": 0, "signal.exposure": 0}}, 400, "bad_weights", None, "weights: at least one"),
+    "unknown-dimension": (
+        "rank", {"weights": {"signal.nope": 1.0}}, 400, "bad_weights", None,
+        "weights: unknown dimension 'signal.nope'",
+    ),
+    "negative-weight": (
+        "compare", {"weights": {"signal.sharpness": -1}}, 400, "bad_weights", None,
+        "weights: 'signal.sharpness' must be",
+    ),
+    "all-zero-weights": (
+        "score", {"weights": {"signal.sharpness": 0, "signal.exposure": 0}}, 400, "bad_weights", None,
+        "weights: at least one",
+    ),
     "unknown-preset": ("rank", {"preset": "nope"}, 400, "unknown_preset", None, "preset: unknown preset 'nope'"),
-    "preset-and-weights": ("rank", {"preset": "signal-spatial", "weights": {"signal.sharpness": 1}}, 422, "invalid_request", None, "preset: value error, give weights or preset"),
-    "preset-for-other-models": ("rank", {"preset": "signal-spatial", "models": ["signal-rk"]}, 400, "bad_weights", None, "preset 'signal-spatial': unknown dimension"),
-    "normalise-without-stats": ("compare", {"normalise": True}, 400, "cannot_normalise", None, "normalise: no mean/std in the model spec for signal.sharpness"),
-    "rank-one-video": ("rank", {"videos": 1}, 422, "invalid_request", None, "videos: list should have at least 2 items"),
-    "compare-three-videos": ("compare", {"videos": 3}, 422, "invalid_request", None, "videos: list should have at most 2 items"),
-    "compare-one-video": ("compare", {"videos": 1}, 422, "invalid_request", None, "videos: list should have at least 2 items"),
-    "mismatched-prompts": ("rank", {"videos": 3, "prompts": ["a", "b"]}, 422, "invalid_request", None, "prompts: value error, 2 prompts for 3 videos"),
-    "prompt-and-prompts": ("compare", {"prompt": "a", "prompts": ["a", "b"]}, 422, "invalid_request", None, "prompts: value error, give prompt or prompts"),
-    "empty-prompt": ("compare", {"models": ["prompt-probe"], "prompt": "  "}, 400, "missing_prompt", None, "prompt: model 'prompt-probe' needs a non-empty prompt"),
-    "no-prompt": ("rank", {"models": ["signal", "prompt-probe"]}, 400, "missing_prompt", None, "prompt: model 'prompt-probe'"),
-    "empty-prompt-of-one-video": ("rank", {"models": ["prompt-probe"], "prompts": ["a", ""]}, 400, "missing_prompt", 1, "needs a prompt"),
-    "top-k-zero": ("rank", {"top_k": 0}, 422, "invalid_request", None, "top_k: input should be greater than or equal to 1"),
-    "top-k-over-n": ("rank", {"videos": 3, "top_k": 4}, 422, "invalid_request", None, "top_k: value error, top_k 4 is more than the 3 videos"),
-    "negative-eps": ("rank", {"advantage_eps": -1}, 422, "invalid_request", None, "advantage_eps: input should be greater than or equal to 0"),
-    "unknown-std": ("rank", {"advantage_std": "biased"}, 422, "invalid_request", None, "advantage_std: input should be 'sample' or 'population'"),
+    "preset-and-weights": (
+        "rank", {"preset": "signal-spatial", "weights": {"signal.sharpness": 1}}, 422, "invalid_request", None,
+        "preset: value error, give weights or preset",
+    ),
+    "preset-for-other-models": (
+        "rank", {"preset": "signal-spatial", "models": ["signal-rk"]}, 400, "bad_weights", None,
+        "preset 'signal-spatial': unknown dimension",
+    ),
+    "normalise-without-stats": (
+        "compare", {"normalise": True}, 400, "cannot_normalise", None,
+        "normalise: no mean/std in the model spec for signal.sharpness",
+    ),
+    "rank-one-video": (
+        "rank", {"videos": 1}, 422, "invalid_request", None,
+        "videos: list should have at least 2 items",
+    ),
+    "compare-three-videos": (
+        "compare", {"videos": 3}, 422, "invalid_request", None,
+        "videos: list should have at most 2 items",
+    ),
+    "compare-one-video": (
+        "compare", {"videos": 1}, 422, "invalid_request", None,
+        "videos: list should have at least 2 items",
+    ),
+    "mismatched-prompts": (
+        "rank", {"videos": 3, "prompts": ["a", "b"]}, 422, "invalid_request", None,
+        "prompts: value error, 2 prompts for 3 videos",
+    ),
+    "prompt-and-prompts": (
+        "compare", {"prompt": "a", "prompts": ["a", "b"]}, 422, "invalid_request", None,
+        "prompts: value error, give prompt or prompts",
+    ),
+    "empty-prompt": (
+        "compare", {"models": ["prompt-probe"], "prompt": "  "}, 400, "missing_prompt", None,
+        "prompt: model 'prompt-probe' needs a non-empty prompt",
+    ),
+    "no-prompt": (
+        "rank", {"models": ["signal", "prompt-probe"]}, 400, "missing_prompt", None,
+        "prompt: model 'prompt-probe'",
+    ),
+    "empty-prompt-of-one-video": (
+        "rank", {"models": ["prompt-probe"], "prompts": ["a", ""]}, 400, "missing_prompt", 1,
+        "needs a prompt",
+    ),
+    "top-k-zero": (
+        "rank", {"top_k": 0}, 422, "invalid_request", None,
+        "top_k: input should be greater than or equal to 1",
+    ),
+    "top-k-over-n": (
+        "rank", {"videos": 3, "top_k": 4}, 422, "invalid_request", None,
+        "top_k: value error, top_k 4 is more than the 3 videos",
+    ),
+    "negative-eps": (
+        "rank", {"advantage_eps": -1}, 422, "invalid_request", None,
+        "advantage_eps: input should be greater than or equal to 0",
+    ),
+    "unknown-std": (
+        "rank", {"advantage_std": "biased"}, 422, "invalid_request", None,
+        "advantage_std: input should be 'sample' or 'population'",
+    ),
     "unknown-model": ("compare", {"models": ["nope"]}, 400, "unknown_model", None, "unknown model 'nope'"),
     "unknown-field": ("rank", {"k": 2}, 422, "invalid_request", None, "k: extra inputs are not permitted"),
 }

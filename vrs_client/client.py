@@ -212,11 +212,15 @@ class AsyncClient(_Base):
         """As ``Client.score``."""
         return await self._send(_score(videos, prompt, options))
 
-    async def compare(self, a: Video, b: Video, prompt: str | None = None, **options: Unpack[Options]) -> CompareResponse:
+    async def compare(
+        self, a: Video, b: Video, prompt: str | None = None, **options: Unpack[Options]
+    ) -> CompareResponse:
         """As ``Client.compare``."""
         return await self._send(_compare(a, b, prompt, options))
 
-    async def rank(self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[RankOptions]) -> RankResponse:
+    async def rank(
+        self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[RankOptions]
+    ) -> RankResponse:
         """As ``Client.rank``."""
         return await self._send(_rank(videos, prompt, options))
 
