@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,20 +16,25 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.registry import RewardModel, builtin_models
-from service import ingest, scoring
+from service import ingest, operations
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
 from service.schemas import (
+    CompareRequest,
+    CompareResponse,
     ErrorResponse,
-    ItemScore,
-    ModelRef,
     ModelsResponse,
+    RankRequest,
+    RankResponse,
     ScoreRequest,
     ScoreResponse,
     VideoRef,
 )
+
+WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
+_WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
 log = logging.getLogger(__name__)
 
@@ -105,46 +111,44 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         description=(
             "JSON body: a ScoreRequest. Or multipart/form-data: video file parts, plus either a `request` "
             "field holding a ScoreRequest whose videos name parts as `{\"file\": \"<part name>\"}`, or "
-            "plain `prompt` / `model` fields applying to every file part. Any bad item fails the whole "
-            "request with an error naming the item (and listing the other bad items)."
+            "plain `prompt` / `model` / `weights` / `preset` / `normalise` fields applying to every file part. "
+            "Any bad item fails the whole request with an error naming the item (and listing the other bad items)."
         ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ScoreRequest"}},
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "request": {"type": "string", "description": "ScoreRequest as JSON"},
-                                "prompt": {"type": "string"},
-                                "model": {"type": "string"},
-                                "cache": {"type": "string", "enum": ["use", "refresh", "bypass"]},
-                                "video": {"type": "string", "format": "binary"},
-                            },
-                        }
-                    },
-                },
-            }
-        },
+        openapi_extra=_request_body("ScoreRequest"),
     )
     async def score(request: Request) -> ScoreResponse:
-        body, files = await _read_score_request(request, settings)
-        model_names = body.models or [settings.default_model]
-        specs = [engine.spec(name) for name in model_names]
-        weights = scoring.resolve_weights(body.weights, specs)
-        inputs = await run_in_threadpool(_to_inputs, body, files, settings)
-        raw = await engine.score(inputs, model_names, cache=body.cache)
-        results = []
-        for i, result in enumerate(raw):
-            flat = {f"{spec.name}.{d}": float(v) for spec in specs for d, v in zip(spec.dimension_names, result.scores[spec.name])}
-            results.append(
-                ItemScore(index=i, scores=flat, overall=scoring.overall(flat, weights), cached=all(result.cached.values()))
-            )
-        return ScoreResponse(
-            models=[ModelRef(name=s.name, version=s.version) for s in specs], weights=weights, results=results
-        )
+        body, inputs = await _read_request(request, settings, ScoreRequest)
+        return await operations.score(engine, body, inputs)
+
+    @app.post(
+        "/v1/compare",
+        response_model=CompareResponse,
+        responses=_ERRORS,
+        summary="Compare two videos (pairwise)",
+        description=(
+            "P(A>B), P(B>A), P(tie) and the winner per dimension (the model's own pairwise model) and for the "
+            "weighted overall. JSON body: a CompareRequest; or multipart as for /v1/score (two file parts)."
+        ),
+        openapi_extra=_request_body("CompareRequest"),
+    )
+    async def compare(request: Request) -> CompareResponse:
+        body, inputs = await _read_request(request, settings, CompareRequest)
+        return await operations.compare(engine, body, inputs)
+
+    @app.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        responses=_ERRORS,
+        summary="Rank a group of videos (best-of-N, GRPO)",
+        description=(
+            "Ranking by overall (ties in input order), scores, and group advantages `(r - mean)/(std + eps)` per "
+            "dimension and overall. JSON body: a RankRequest; or multipart as for /v1/score."
+        ),
+        openapi_extra=_request_body("RankRequest"),
+    )
+    async def rank(request: Request) -> RankResponse:
+        body, inputs = await _read_request(request, settings, RankRequest)
+        return await operations.rank(engine, body, inputs)
 
     _add_wire_schemas(app)
     return app
@@ -154,27 +158,66 @@ def _invalid(errors: list[dict]) -> JSONResponse:
     """422 naming the first invalid field and, when it is inside an item, that item's index."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [p for p in first.get("loc", ()) if p != "body"]
-    item = loc[1] if len(loc) > 1 and loc[0] == "items" and isinstance(loc[1], int) else None
+    item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
     where = ".".join(str(p) for p in loc) or "body"
     body = {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}", "item": item}
     return JSONResponse({"error": body}, status_code=422)
 
 
-async def _read_score_request(request: Request, settings: Settings) -> tuple[ScoreRequest, dict[str, bytes]]:
-    """Parse a JSON or multipart score request into a ScoreRequest plus uploaded file bytes."""
+def _request_body(schema: str) -> dict:
+    """OpenAPI for a route that reads its body by hand: the JSON schema, or multipart form fields."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "request": {"type": "string", "description": f"{schema} as JSON"},
+                            "prompt": {"type": "string"},
+                            "model": {"type": "string"},
+                            "weights": {"type": "string", "description": "JSON object over model.dimension names"},
+                            "preset": {"type": "string"},
+                            "normalise": {"type": "boolean"},
+                            "cache": {"type": "string", "enum": ["use", "refresh", "bypass"]},
+                            "video": {"type": "string", "format": "binary"},
+                        },
+                    }
+                },
+            },
+        }
+    }
+
+
+async def _read_request(
+    request: Request, settings: Settings, kind: type[WireRequest]
+) -> tuple[WireRequest, list[ScoreInput]]:
+    """Parse a JSON or multipart request of ``kind`` and turn its videos into engine inputs."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _read_multipart(request, settings)
-    if content_type.split(";")[0].strip() not in ("application/json", ""):
-        raise UnsupportedMedia(f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type")
-    raw = await request.body()
+        body, files = await _read_multipart(request, settings, kind)
+    elif content_type.split(";")[0].strip() in ("application/json", ""):
+        body, files = await _parse(kind, await request.body()), {}
+    else:
+        raise UnsupportedMedia(
+            f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type"
+        )
+    return body, await run_in_threadpool(_to_inputs, body, files, settings)
+
+
+async def _parse(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
     try:
-        return await run_in_threadpool(ScoreRequest.model_validate_json, raw), {}
+        return await run_in_threadpool(kind.model_validate_json, raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
 
 
-async def _read_multipart(request: Request, settings: Settings) -> tuple[ScoreRequest, dict[str, bytes]]:
+async def _read_multipart(
+    request: Request, settings: Settings, kind: type[WireRequest]
+) -> tuple[WireRequest, dict[str, bytes]]:
+    """File parts plus either a ``request`` field (the JSON request) or plain fields for every file part."""
     form = await request.form(max_files=settings.max_items, max_fields=64)
     files: dict[str, bytes] = {}
     for name, value in form.multi_items():
@@ -184,34 +227,38 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[ScoreRe
             if name in files:
                 raise BadInput(f"two file parts named {name!r}; give each a distinct name", code="bad_multipart")
             files[name] = await value.read()
+    if "request" in form:
+        return await _parse(kind, str(form["request"])), files
+    if not files:
+        raise BadInput("multipart request has no file parts", code="no_items")
     try:
-        if "request" in form:
-            body = ScoreRequest.model_validate_json(str(form["request"]))
-        else:
-            if not files:
-                raise BadInput("multipart request has no file parts", code="no_items")
-            prompt = form.get("prompt")
-            models = [str(m) for m in form.getlist("model")] or None
-            weights = json.loads(str(form["weights"])) if "weights" in form else None
-            body = ScoreRequest(
-                items=[{"video": {"file": name}, "prompt": prompt} for name in files],
-                models=models,
-                weights=weights,
-                cache=form.get("cache") or "use",
-            )
+        weights = json.loads(str(form["weights"])) if "weights" in form else None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"weights: not JSON: {exc}", code="bad_weights") from None
+    prompt = form.get("prompt")
+    fields = {
+        "models": [str(m) for m in form.getlist("model")] or None,
+        "weights": weights,
+        "preset": form.get("preset"),
+        "normalise": str(form.get("normalise", "false")).lower() in ("1", "true", "yes"),
+        "cache": form.get("cache") or "use",
+    }
+    if kind is ScoreRequest:
+        fields["items"] = [{"video": {"file": name}, "prompt": prompt} for name in files]
+    else:
+        fields |= {"videos": [{"file": name} for name in files], "prompt": prompt}
+    try:
+        return kind.model_validate(fields), files
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"weights field is not JSON: {exc}", code="bad_weights") from None
-    return body, files
 
 
-def _to_inputs(body: ScoreRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
+def _to_inputs(body: WireRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
     """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
     inputs = []
-    for i, item in enumerate(body.items):
+    for i, (video, prompt) in enumerate(body.videos_with_prompts()):
         try:
-            inputs.append(ScoreInput(source=_to_source(item.video, files, settings), prompt=item.prompt))
+            inputs.append(ScoreInput(source=_to_source(video, files, settings), prompt=prompt))
         except ServiceError as exc:
             raise exc.for_item(i)
     return inputs
@@ -235,7 +282,7 @@ def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> in
 
 
 def _add_wire_schemas(app: FastAPI) -> None:
-    """Put ScoreRequest into the OpenAPI components (the route reads its body by hand)."""
+    """Put the request types into the OpenAPI components (the routes read their bodies by hand)."""
     original = app.openapi
 
     def openapi() -> dict:
@@ -243,9 +290,10 @@ def _add_wire_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        extra = ScoreRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(extra.pop("$defs", {}))
-        components["ScoreRequest"] = extra
+        for kind in _WIRE_REQUESTS:
+            extra = kind.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components[kind.__name__] = extra
         return schema
 
     app.openapi = openapi

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import uvicorn
+
+from service import score_command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,7 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="Bind address (default: VRS_HOST or 127.0.0.1).")
     serve.add_argument("--port", type=int, default=None, help="Port (default: VRS_PORT or 8000).")
     serve.add_argument("--log-level", default="info")
+    score_command.add_parser(sub)
     args = parser.parse_args(argv)
+
+    if args.command == "score":
+        sys.exit(score_command.run(args))
 
     if args.command == "serve":
         from service.api import create_app

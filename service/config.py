@@ -52,3 +52,17 @@ class Settings(BaseSettings):
     redis_breaker_failures: int = 3  # failures in a row that open the circuit
     redis_breaker_cooldown_s: float = 5.0  # how long Redis is skipped before one probe
     cache_lock_s: float = Field(default=10.0, ge=0, description="Cross-replica lock on a key while it is computed; 0 = off.")
+
+    # Scoring
+    weight_presets: dict[str, dict[str, float]] = Field(
+        default={
+            "signal-spatial": {
+                "signal.sharpness": 1.0,
+                "signal.exposure": 1.0,
+                "signal.contrast": 1.0,
+                "signal.colourfulness": 1.0,
+            },
+            "signal-temporal": {"signal.temporal_stability": 1.0, "signal.motion_smoothness": 1.0},
+        },
+        description="Named weights over `model.dimension` names, picked with `preset` (JSON object of objects).",
+    )

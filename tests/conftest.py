@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from models import signal
 from models.registry import RewardModel, builtin_models
-from models.spec import Dimension
+from models.spec import Dimension, Pairwise
 from service.api import create_app
 from service.config import Settings
 from tests import videos
@@ -136,3 +136,40 @@ def origin(clean_mp4: bytes) -> Iterator[str]:
     running = start_server(app, host=ORIGIN_HOST)
     yield running.url
     running.stop()
+
+
+# `signal` again, with VideoAlign's pairwise spec (Rao-Kupper, theta 5) and per-dimension
+# statistics, so compare/rank/normalise are exercised with both pairwise models on real scores.
+SIGNAL_RK = RewardModel(
+    spec=signal.SPEC.model_copy(
+        update={
+            "name": "signal-rk",
+            "pairwise": Pairwise(model="rao-kupper", theta=5.0),
+            "dimensions": tuple(
+                d.model_copy(update={"mean": 0.5, "std": 0.25 + 0.05 * i}) for i, d in enumerate(signal.SPEC.dimensions)
+            ),
+        }
+    ),
+    forward=signal.forward,
+)
+
+
+@pytest.fixture(scope="session")
+def scoring_gateway() -> Iterator[RunningServer]:
+    """A gateway with signal (Bradley-Terry, no statistics), signal-rk and prompt-probe."""
+    models = builtin_models() | {"prompt-probe": PROMPT_PROBE, "signal-rk": SIGNAL_RK}
+    running = start_server(create_app(test_settings(models=["signal", "signal-rk", "prompt-probe"]), models=models))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def group_frames() -> list[np.ndarray]:
+    """Four rollouts of one scene that differ in quality: clean, blurred, flickering, dark (17x120x160)."""
+    clean = videos.moving_scene(17, 120, 160)
+    return [clean, videos.blur(clean), videos.flicker(clean), videos.exposure(clean, 0.3)]
+
+
+@pytest.fixture(scope="session")
+def group_mp4(group_frames: list[np.ndarray]) -> list[bytes]:
+    return [videos.encode(f) for f in group_frames]

@@ -1,0 +1,150 @@
+"""The Python client's transport behaviour against real HTTP servers: retries on 429/503 honouring
+Retry-After, bounded attempts, refused connections, timeouts.
+
+A small real proxy stands in front of the real gateway and answers a scripted number of 429/503
+responses before forwarding, so the retry sequence is deterministic. ``on_retry`` reports each
+wait the client chose, so no test measures time.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import httpx
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.conftest import free_port, start_server
+from vrs_client import APIError, AsyncClient, Client, Retry
+from vrs_client.retry import retry_after_s
+
+
+@dataclass
+class Script:
+    """Responses the proxy gives before it forwards: (status, headers) each."""
+
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    seen: int = 0
+
+
+@pytest.fixture(scope="module")
+def proxy(scoring_gateway) -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    async def handle(request: Request) -> Response:
+        script.seen += 1
+        if script.answers:
+            status, headers = script.answers.pop(0)
+            error = {"code": "overloaded" if status == 429 else "backend_unavailable", "message": "busy", "item": None}
+            return JSONResponse({"error": error}, status_code=status, headers=headers)
+        async with httpx.AsyncClient(timeout=60) as upstream:
+            forwarded = await upstream.post(
+                f"{scoring_gateway.url}{request.url.path}",
+                content=await request.body(),
+                headers={"content-type": request.headers["content-type"]},
+            )
+        return Response(forwarded.content, forwarded.status_code, media_type="application/json")
+
+    running = start_server(Starlette(routes=[Route("/v1/{op}", handle, methods=["POST"])]))
+    yield running.url, script
+    running.stop()
+
+
+@pytest.fixture
+def script(proxy) -> Script:
+    proxy[1].answers.clear()
+    proxy[1].seen = 0
+    return proxy[1]
+
+
+def test_429_is_retried_after_the_servers_retry_after(proxy, script, group_mp4):
+    script.answers = [(429, {"Retry-After": "1"}), (429, {"Retry-After": "1"})]
+    waits: list[tuple[int, float, str]] = []
+    with Client(proxy[0], on_retry=lambda *w: waits.append(w)) as client:
+        result = client.score(group_mp4[:1])
+    assert waits == [(1, 1.0, "HTTP 429"), (2, 1.0, "HTTP 429")]
+    assert script.seen == 3 and len(result.results) == 1
+
+
+def test_503_without_retry_after_backs_off_exponentially(proxy, script, group_mp4):
+    script.answers = [(503, {}), (503, {}), (503, {})]
+    waits = []
+    retry = Retry(attempts=4, backoff_s=0.05)
+    with Client(proxy[0], retry=retry, on_retry=lambda *w: waits.append(w)) as client:
+        result = client.rank(group_mp4[:2])
+    assert [(n, w) for n, w, _ in waits] == [(1, 0.05), (2, 0.1), (3, 0.2)]
+    assert script.seen == 4 and sorted(result.ranking) == [0, 1]
+
+
+def test_attempts_are_bounded(proxy, script, group_mp4):
+    script.answers = [(429, {"Retry-After": "0"})] * 5
+    waits = []
+    with Client(proxy[0], retry=Retry(attempts=3), on_retry=lambda *w: waits.append(w)) as client:
+        with pytest.raises(APIError) as err:
+            client.score(group_mp4[:1])
+    assert (err.value.status, err.value.code) == (429, "overloaded")
+    assert len(waits) == 2 and script.seen == 3
+
+
+def test_client_errors_are_not_retried(proxy, script, group_mp4):
+    waits = []
+    with Client(proxy[0], on_retry=lambda *w: waits.append(w)) as client:
+        with pytest.raises(APIError) as err:
+            client.rank(group_mp4[:2], weights={"signal.nope": 1.0})
+    assert (err.value.status, err.value.code, err.value.item) == (400, "bad_weights", None)
+    assert "weights: unknown dimension 'signal.nope'" in err.value.message
+    assert waits == [] and script.seen == 1
+
+
+async def test_async_client_retries_too(proxy, script, group_mp4):
+    script.answers = [(429, {"Retry-After": "1"})]
+    waits = []
+    async with AsyncClient(proxy[0], on_retry=lambda *w: waits.append(w)) as client:
+        result = await client.compare(group_mp4[0], group_mp4[1])
+    assert waits == [(1, 1.0, "HTTP 429")] and script.seen == 2 and len(result.results) == 2
+
+
+def test_refused_connections_are_retried_then_raised(group_mp4):
+    waits = []
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with Client(url, retry=Retry(attempts=3, backoff_s=0.01), on_retry=lambda *w: waits.append(w)) as client:
+        with pytest.raises(httpx.ConnectError):
+            client.score(group_mp4[:1])
+    assert [(n, w) for n, w, _ in waits] == [(1, 0.01), (2, 0.02)]
+
+
+def test_read_timeout_is_raised():
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with Client(url, timeout_s=0.3) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.score([b"not sent anywhere useful"])
+
+
+def test_retry_after_as_http_date_and_the_cap():
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    response = httpx.Response(429, headers={"Retry-After": later})
+    assert 25 < retry_after_s(response) <= 30
+    assert Retry(max_wait_s=10).delay(1, response) == 10
+    assert Retry().delay(1, httpx.Response(429, headers={"Retry-After": "soon"})) == 0.5  # unparseable: backoff
+
+
+def test_client_side_input_checks():
+    client = Client("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="2 prompts for 1 videos"):
+        client.score([b"x"], ["a", "b"])
+    with pytest.raises(ValueError, match="need fps"):
+        client.score([np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="uint8"):
+        client.score([np.zeros((2, 8, 8, 3), np.float32)], fps=16)
+    client.close()
