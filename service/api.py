@@ -9,7 +9,8 @@ from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -32,6 +33,7 @@ from service.schemas import (
     ScoreResponse,
     VideoRef,
 )
+from service.telemetry import RequestTelemetry
 
 WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     app.state.engine = engine
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestTelemetry, metrics=engine.metrics)  # outermost: sees every answer, 413s included
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -87,6 +90,10 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"error": {"code": "internal", "message": "internal error", "item": None}}, status_code=500)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Alive")
     async def healthz() -> dict:
@@ -118,7 +125,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def score(request: Request) -> ScoreResponse:
         body, inputs = await _read_request(request, settings, ScoreRequest)
-        return await operations.score(engine, body, inputs)
+        return _labelled(request, await operations.score(engine, body, inputs))
 
     @app.post(
         "/v1/compare",
@@ -133,7 +140,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def compare(request: Request) -> CompareResponse:
         body, inputs = await _read_request(request, settings, CompareRequest)
-        return await operations.compare(engine, body, inputs)
+        return _labelled(request, await operations.compare(engine, body, inputs))
 
     @app.post(
         "/v1/rank",
@@ -148,10 +155,16 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def rank(request: Request) -> RankResponse:
         body, inputs = await _read_request(request, settings, RankRequest)
-        return await operations.rank(engine, body, inputs)
+        return _labelled(request, await operations.rank(engine, body, inputs))
 
     _add_wire_schemas(app)
     return app
+
+
+def _labelled(request: Request, response):
+    """Tell the telemetry middleware which models answered (the ``model`` label of vrs_requests_total)."""
+    request.state.models = ",".join(m.name for m in response.models)
+    return response
 
 
 def _invalid(errors: list[dict]) -> JSONResponse:

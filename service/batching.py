@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -30,12 +31,15 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_s: float,
         max_concurrent_batches: int = 1,
         name: str = "batcher",
+        observe: Callable[[list[float]], None] | None = None,
     ) -> None:
+        """``observe``, if given, is called with each batch's queue waits in seconds (one per item)."""
         self._handler = handler
+        self._observe = observe
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.name = name
-        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out], float]] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_concurrent_batches)
         self._runner: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -53,7 +57,7 @@ class MicroBatcher(Generic[In, Out]):
             self._runner = None
         await asyncio.gather(*self._running, return_exceptions=True)
         while not self._queue.empty():
-            _, future = self._queue.get_nowait()
+            _, future, _ = self._queue.get_nowait()
             if not future.done():
                 future.set_exception(RuntimeError(f"{self.name} stopped"))
 
@@ -65,7 +69,7 @@ class MicroBatcher(Generic[In, Out]):
         if self._runner is None:
             raise RuntimeError(f"{self.name} is not started")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
+        self._queue.put_nowait((item, future, time.perf_counter()))
         return await future
 
     async def _run(self) -> None:
@@ -80,7 +84,7 @@ class MicroBatcher(Generic[In, Out]):
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _collect(self) -> list[tuple[In, asyncio.Future[Out]]]:
+    async def _collect(self) -> list[tuple[In, asyncio.Future[Out], float]]:
         batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
@@ -95,23 +99,26 @@ class MicroBatcher(Generic[In, Out]):
                     break
             else:
                 batch.append(self._queue.get_nowait())
-        return [(item, future) for item, future in batch if not future.done()]  # drop cancelled callers
+        return [entry for entry in batch if not entry[1].done()]  # drop cancelled callers
 
-    async def _execute(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+    async def _execute(self, batch: list[tuple[In, asyncio.Future[Out], float]]) -> None:
         try:
             if not batch:
                 return
             self.batch_sizes[len(batch)] += 1
+            if self._observe is not None:
+                now = time.perf_counter()
+                self._observe([now - queued for _, _, queued in batch])
             try:
-                results = await self._handler([item for item, _ in batch])
+                results = await self._handler([item for item, _, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"{self.name}: handler returned {len(results)} results for {len(batch)} items")
             except Exception as exc:
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 return
-            for (_, future), result in zip(batch, results):
+            for (_, future, _), result in zip(batch, results):
                 if not future.done():
                     future.set_result(result)
         finally:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
 
 from service import score_command
+from service.telemetry import configure_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
 
         overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
         settings = Settings(**overrides)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+        configure_logging(args.log_level)
+        app = create_app(settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

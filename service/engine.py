@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable
 from service.fetch import UrlFetcher
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,9 @@ class Engine:
         self.inflight = cache.InFlight()
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
-        self.stats: Counter[str] = Counter()  # videos_decoded, inferences
+        self.stats: Counter[str] = Counter()  # videos_decoded, frames_decoded, inferences
+        self.metrics = Metrics()
+        self.metrics.watch_stats(self.stats, self.cache.stats)
         self._decode_pool: ThreadPoolExecutor | None = None
         self._fetcher: UrlFetcher | None = None
         self._pending = 0  # (item, model) pairs admitted and not yet answered
@@ -87,7 +91,9 @@ class Engine:
                 max_batch_size=s.max_batch_size or batching.max_batch_size,
                 max_wait_s=(s.max_wait_ms if s.max_wait_ms is not None else batching.max_wait_ms) / 1000,
                 name=f"batcher-{name}",
+                observe=partial(self._observe_batch, name),
             )
+            self.metrics.watch_queue(name, lambda b=batcher: b.queue_depth)
             batcher.start()
             self.batchers[name] = batcher
 
@@ -140,15 +146,17 @@ class Engine:
 
     async def _score(self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode) -> list[ItemResult]:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed."""
-        videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
+        with self.metrics.stage("ingest"):
+            videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
         pairs = [(i, m) for i in range(len(items)) for m in range(len(specs))]
         if mode == "bypass":
             return _results(len(items), specs, await self._compute(videos, items, specs, pairs), cached=set())
 
-        keys = await self._keys(videos, items, specs)
-        known: dict[Pair, np.ndarray] = {}
-        if mode == "use":
-            known = _decode_found(await self.cache.get_many([keys[p] for p in pairs]), pairs, keys, specs)
+        with self.metrics.stage("cache"):
+            keys = await self._keys(videos, items, specs)
+            known: dict[Pair, np.ndarray] = {}
+            if mode == "use":
+                known = _decode_found(await self.cache.get_many([keys[p] for p in pairs]), pairs, keys, specs)
         cached = set(known)
         led: list[Pair] = []
         followed: list[tuple[Pair, asyncio.Future[bytes | None]]] = []
@@ -212,22 +220,29 @@ class Engine:
             needs[i].append(m)
         if not needs:
             return {}
-        loop = asyncio.get_running_loop()
 
         async def prepare(i: int) -> list[decode.Clip]:
             try:
-                return await loop.run_in_executor(self._decode_pool, _sample, videos[i], [specs[m] for m in needs[i]], self.limits)
+                with self.metrics.stage("decode"):
+                    return await _in_pool(self._decode_pool, _sample, videos[i], [specs[m] for m in needs[i]], self.limits)
             except ServiceError as exc:
                 raise exc.for_item(i)
 
         clips = await _all_or_nothing(prepare(i) for i in needs)
         self.stats["videos_decoded"] += len(clips)
+        self.stats["frames_decoded"] += sum(len(clip.indices) for item_clips in clips for clip in item_clips)
         jobs = [(i, m, clip) for i, item_clips in zip(needs, clips) for m, clip in zip(needs[i], item_clips)]
         self.stats["inferences"] += len(jobs)
         values = await asyncio.gather(
             *(self.batchers[specs[m].name].submit(_Job(clip.frames, items[i].prompt or "")) for i, m, clip in jobs)
         )
         return {(i, m): value for (i, m, _), value in zip(jobs, values)}
+
+    def _observe_batch(self, model: str, waits: list[float]) -> None:
+        self.metrics.batch_size.labels(model).observe(len(waits))
+        queue = self.metrics.stage_seconds.labels("queue", model)
+        for wait in waits:
+            queue.observe(wait)
 
     async def _ingest(self, index: int, item: ScoreInput) -> ingest.EncodedVideo | ingest.RawFrames:
         try:
@@ -237,8 +252,7 @@ class Engine:
 
     async def _keys(self, videos, items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
         """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop."""
-        loop = asyncio.get_running_loop()
-        digests = await asyncio.gather(*(loop.run_in_executor(self._decode_pool, cache.content_digest, v) for v in videos))
+        digests = await asyncio.gather(*(_in_pool(self._decode_pool, cache.content_digest, v) for v in videos))
         return {(i, m): cache.cache_key(digests[i], spec, items[i].prompt) for i in range(len(items)) for m, spec in enumerate(specs)}
 
     async def _infer(self, model: str, jobs: list[_Job]) -> list[np.ndarray]:
@@ -250,7 +264,8 @@ class Engine:
         width = len(self.models[model].spec.dimensions)
         for members in groups.values():
             batch = FrameBatch.pad([jobs[i].frames for i in members], [jobs[i].prompt for i in members])
-            scores = await self.backend.infer(model, batch)
+            with self.metrics.stage("inference", model):
+                scores = await self.backend.infer(model, batch)
             if scores.shape != (len(members), width):
                 raise RuntimeError(f"{model}: backend returned shape {scores.shape}, expected {(len(members), width)}")
             for row, i in enumerate(members):
@@ -288,6 +303,11 @@ async def _all_or_nothing(awaitables) -> list:
         bad[0].others = bad[1:]
         raise bad[0]
     return results
+
+
+def _in_pool(pool: ThreadPoolExecutor, fn, *args):
+    """Run ``fn`` in ``pool`` with this task's context variables (the request id reaches its log lines)."""
+    return asyncio.get_running_loop().run_in_executor(pool, partial(contextvars.copy_context().run, fn, *args))
 
 
 async def _nothing() -> dict:
