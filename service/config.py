@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,3 +53,9 @@ class Settings(BaseSettings):
     redis_breaker_failures: int = 3  # failures in a row that open the circuit
     redis_breaker_cooldown_s: float = 5.0  # how long Redis is skipped before one probe
     cache_lock_s: float = Field(default=10.0, ge=0, description="Cross-replica lock on a key while it is computed; 0 = off.")
+
+    # Model checkpoints (models/registry.py). A model named in `models` other than the built-in
+    # `signal` loads from model_dirs[name]; base_model_dirs maps a checkpoint's base-model id
+    # (e.g. VideoReward's "Qwen/Qwen2-VL-2B-Instruct") to a local directory.
+    model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"videoalign": "/ckpt/VideoReward"}')
+    base_model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}')

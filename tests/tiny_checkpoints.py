@@ -132,7 +132,7 @@ def videoreward(directory: Path, base: Path, layout: str = "lora", step: int = 7
 
 def clip(directory: Path, seed: int = 2) -> Path:
     """A tiny CLIP (hidden 32, 1 layer per tower, 32x32 images, patch 8) with a BPE tokenizer."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
     corpus = ["a cat surfing a wave at sunset", "a dog runs on the beach", "a red car in the rain", "a blurry video", "a video"]
     fast = PreTrainedTokenizerFast(
@@ -152,3 +152,22 @@ def clip(directory: Path, seed: int = 2) -> Path:
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
+
+
+# Session fixtures (import them into a test module to use them).
+import pytest  # noqa: E402
+
+BASE_ID = "Qwen/Qwen2-VL-2B-Instruct"
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoints on disk: Qwen2-VL base, VideoReward (LoRA and full layouts), CLIP."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    base = qwen2vl_base(root / "Qwen2-VL-tiny")
+    return {
+        "base": base,
+        "videoalign": videoreward(root / "VideoReward", base, layout="lora"),
+        "videoalign-full": videoreward(root / "VideoReward-full", base, layout="full", seed=3),
+        "clip": clip(root / "clip-tiny"),
+    }
