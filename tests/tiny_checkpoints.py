@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.videoalign import prompt
@@ -155,8 +156,6 @@ def clip(directory: Path, seed: int = 2) -> Path:
 
 
 # Session fixtures (import them into a test module to use them).
-import pytest  # noqa: E402
-
 BASE_ID = "Qwen/Qwen2-VL-2B-Instruct"
 
 
