@@ -244,10 +244,20 @@ def _broken(tiny_dirs, tmp_path: Path, how: str) -> tuple[Path, str]:
         state.pop("base_model.model.rm_head.weight")
         torch.save(state, ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
         return ckpt / "checkpoint-7", "rm_head.weight"
+    if how == "no_embeddings":
+        state = torch.load(ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
+        state.pop("base_model.model.model.embed_tokens.weight")
+        torch.save(state, ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
+        return ckpt / "checkpoint-7", "no trained embeddings"
+    if how == "wrong_shape":
+        state = torch.load(ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
+        state["base_model.model.model.embed_tokens.weight"] = torch.zeros(5, 5)
+        torch.save(state, ckpt / "checkpoint-7" / "non_lora_state_dict.pth")
+        return ckpt / "checkpoint-7", "do not fit the base model"
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["missing_dir", "no_config", "bad_json", "no_step", "no_weights", "corrupt_weights", "no_head"])
+@pytest.mark.parametrize("how", ["missing_dir", "no_config", "bad_json", "no_step", "no_weights", "corrupt_weights", "no_head", "no_embeddings", "wrong_shape"])
 def test_bad_checkpoint_stops_startup_naming_the_path(tiny_dirs, tmp_path, how):
     path, problem = _broken(tiny_dirs, tmp_path, how)
     settings = test_settings(models=["videoalign"], default_model="videoalign",

@@ -144,7 +144,10 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch
         raise CheckpointError(f"{base}: cannot load the base Qwen2-VL model or tokenizer ({type(exc).__name__}: {exc})") from exc
     # As at training: the reward tokens are added special tokens and the embeddings grow to match.
     tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
-    model.resize_token_embeddings(len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embed = "model.language_model.embed_tokens"
+    if embed + ".weight" not in plain and not any(k.startswith(embed + ".lora_") for k in lora):
+        raise CheckpointError(f"{step}: no trained embeddings for the reward tokens ({embed}.weight)")
     head = torch.nn.Linear(model.config.text_config.hidden_size, 3, bias=False)
     head_weight = plain.pop("rm_head.weight")
     if tuple(head_weight.shape) != tuple(head.weight.shape):
@@ -152,9 +155,12 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch
     with torch.no_grad():
         head.weight.copy_(head_weight.float())
     plain.pop("lm_head.weight", None)
-    missing = model.load_state_dict(plain, strict=False)
-    if missing.unexpected_keys:
-        raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {missing.unexpected_keys[:5]}")
+    try:
+        result = model.load_state_dict(plain, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{step}: weights do not fit the base model {base} ({exc})") from exc
+    if result.unexpected_keys:
+        raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
     checkpoint.merge_lora(model, lora, config, step)
     model.to(device=device, dtype=dtype).eval()
     head.to(device=device, dtype=dtype).eval()
