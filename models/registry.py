@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,45 @@ class RewardModel:
     forward: Forward
 
 
+class ModelLoadError(ValueError):
+    """A configured model cannot be loaded; the message names the path and what is wrong."""
+
+
 def builtin_models() -> dict[str, RewardModel]:
     """The models that ship with the service and need no weights."""
     return {signal.SPEC.name: RewardModel(spec=signal.SPEC, forward=signal.forward)}
+
+
+LOADABLE = ("videoalign", "clip-segmental")  # models loaded from a checkpoint directory
+
+
+def load_model(name: str, directory: Path, base_dirs: dict[str, Path] | None = None) -> RewardModel:
+    """Load one checkpoint-backed model by name from ``directory`` (the gateway and Triton's python
+    backend both call this). Raises ModelLoadError naming the path and the problem."""
+    directory = Path(directory)
+    try:
+        if name == "videoalign":
+            from models import videoalign
+
+            return videoalign.load(directory, base_dirs or {})
+        if name == "clip-segmental":
+            from models import clip_segmental
+
+            return clip_segmental.load(directory)
+    except ModelLoadError:
+        raise
+    except ValueError as exc:  # the loaders' CheckpointError
+        raise ModelLoadError(f"{name}: {exc}") from exc
+    raise ModelLoadError(f"{name}: not a checkpoint-backed model (known: {', '.join(LOADABLE)})")
+
+
+def load_models(names: Sequence[str], dirs: dict[str, Path], base_dirs: dict[str, Path] | None = None) -> dict[str, RewardModel]:
+    """Load the checkpoint-backed models among ``names``; each needs an entry in ``dirs``."""
+    out: dict[str, RewardModel] = {}
+    for name in names:
+        if name not in LOADABLE:
+            continue  # built in, or unknown (the caller reports it)
+        if name not in dirs:
+            raise ModelLoadError(f"{name}: no checkpoint directory configured (set VRS_MODEL_DIRS='{{\"{name}\": \"/path\"}}')")
+        out[name] = load_model(name, dirs[name], base_dirs)
+    return out

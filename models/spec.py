@@ -32,8 +32,9 @@ class FrameSampling(_Frozen):
     - ``fps``: ``n = duration * fps`` frames, clamped to [min_frames, max_frames].
     - ``count``: ``n = count`` frames (fewer if the video is shorter and min_frames allows).
     - ``segments``: split the video into ``segments`` equal parts, one frame from the middle of each.
-    In every mode ``n`` is then rounded down to a multiple of ``multiple_of`` and the frames are
-    taken at ``round(linspace(0, total - 1, n))`` (segment midpoints for ``segments``).
+    In every mode ``n`` is then rounded to a multiple of ``multiple_of`` (down, or to the nearest
+    with ties to even as Python's ``round`` does, per ``rounding``) and the frames are taken at
+    ``round(linspace(0, total - 1, n))`` (segment midpoints for ``segments``).
     """
 
     mode: Literal["fps", "count", "segments"]
@@ -43,6 +44,7 @@ class FrameSampling(_Frozen):
     min_frames: int = 1
     max_frames: int = 64
     multiple_of: int = 1
+    rounding: Literal["floor", "nearest"] = "floor"
 
     @model_validator(mode="after")
     def _check(self) -> "FrameSampling":

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.registry import RewardModel, builtin_models
+from models.registry import RewardModel, builtin_models, load_models
 from service import ingest, operations
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
@@ -46,7 +46,9 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
     """Build the gateway app; the engine starts and stops with the app's lifespan."""
     settings = settings or Settings()
-    available = models if models is not None else builtin_models()
+    if models is None:  # built-ins plus the configured checkpoints (a bad checkpoint stops start-up here)
+        models = builtin_models() | load_models(settings.models, settings.model_dirs, settings.base_model_dirs)
+    available = models
     missing = [name for name in settings.models if name not in available]
     if missing:
         raise ValueError(f"configured models not available: {missing}; available: {sorted(available)}")

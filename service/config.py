@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,3 +67,9 @@ class Settings(BaseSettings):
         },
         description="Named weights over `model.dimension` names, picked with `preset` (JSON object of objects).",
     )
+
+    # Model checkpoints (models/registry.py). A model named in `models` other than the built-in
+    # `signal` loads from model_dirs[name]; base_model_dirs maps a checkpoint's base-model id
+    # (e.g. VideoReward's "Qwen/Qwen2-VL-2B-Instruct") to a local directory.
+    model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"videoalign": "/ckpt/VideoReward"}')
+    base_model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}')

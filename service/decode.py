@@ -59,7 +59,8 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
     wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
     lo = math.ceil(sampling.min_frames / m) * m
     hi = math.floor(min(sampling.max_frames, total) / m) * m
-    n = math.floor(min(max(wanted, lo), hi, total) / m) * m
+    x = min(max(wanted, lo), hi, total) / m
+    n = (round(x) if sampling.rounding == "nearest" else math.floor(x)) * m  # round(): ties to even
     if n < max(1, sampling.min_frames):
         raise Unprocessable(
             f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}", code="too_few_frames"

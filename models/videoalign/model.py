@@ -1,0 +1,172 @@
+"""VideoReward inference on transformers' Qwen2-VL: spec, loading and the forward.
+
+The forward takes frames the gateway already sampled and resized per the spec, turns them into
+Qwen2-VL video patches, builds the rubric prompt, runs the vision tower and the language model
+and reads the bias-free ``hidden -> 3`` head at the three reward tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.registry import RewardModel
+from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Pairwise, Resolution
+from models.videoalign import checkpoint, prompt
+from models.videoalign.checkpoint import CheckpointError
+
+# qwen-vl-utils (the version VideoAlign's vision_process.py derives from) for videos.
+IMAGE_FACTOR = 28  # patch 14 x spatial merge 2
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+FPS_MIN_FRAMES, FPS_MAX_FRAMES, FRAME_FACTOR = 4, 768, 2
+# Qwen2-VL image processor: rescale 1/255, OpenAI CLIP mean/std, 14 px patches, 2 frames per patch, 2x2 merge.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
+    """The spec for a checkpoint: VideoAlign's sampling and resize rule with its config's fps and max pixels."""
+
+    def norm(d: str) -> str:
+        mean, std = config.norm.get(d, (0.0, 1.0))
+        return f"(raw - {mean:g}) / {std:g}, mean/std from the checkpoint's inference_config"
+
+    return ModelSpec(
+        name="videoalign",
+        version=version,
+        description="VideoReward (VideoAlign): Qwen2-VL-2B with a 3-way reward head at rubric tokens.",
+        dimensions=(
+            Dimension(name="VQ", description=f"visual quality, {norm('VQ')}"),
+            Dimension(name="MQ", description=f"motion quality, {norm('MQ')}"),
+            Dimension(name="TA", description=f"text alignment, {norm('TA')}"),
+            Dimension(name="Overall", description="VQ + MQ + TA (normalised)"),
+        ),
+        sampling=FrameSampling(
+            mode="fps", fps=config.fps, min_frames=FPS_MIN_FRAMES, max_frames=FPS_MAX_FRAMES,
+            multiple_of=FRAME_FACTOR, rounding="nearest",
+        ),
+        resolution=Resolution(
+            max_pixels=config.max_frame_pixels, min_pixels=VIDEO_MIN_PIXELS, size_factor=IMAGE_FACTOR,
+            filter="bicubic", antialias=True,
+        ),
+        needs_prompt=True,
+        pairwise=Pairwise(model="rao-kupper", theta=5.0),
+        batching=Batching(max_batch_size=4, max_wait_ms=10.0),
+    )
+
+
+def video_patches(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """uint8 [n, H, W, 3] -> (float32 [t*h*w, 3*temporal*patch*patch], (t, h, w) in patches), as
+    Qwen2VLImageProcessor does for a video: normalise, repeat the last frame to a multiple of
+    ``temporal``, then order patches by time, merge-window row/col, position in the window."""
+    x = frames.float().div(255.0).permute(0, 3, 1, 2)  # [n,3,H,W]
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if x.shape[0] % temporal:
+        x = torch.cat([x, x[-1:].expand(temporal - x.shape[0] % temporal, -1, -1, -1)])
+    n, c, hh, ww = x.shape
+    t, h, w = n // temporal, hh // patch, ww // patch
+    x = x.reshape(t, temporal, c, h // merge, merge, patch, w // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # t, h/m, w/m, mh, mw, c, temporal, ph, pw
+    return x.reshape(t * h * w, c * temporal * patch * patch), (t, h, w)
+
+
+@dataclass
+class VideoReward:
+    """A loaded checkpoint: Qwen2-VL, the reward head, the tokenizer, normalisation."""
+
+    model: torch.nn.Module  # Qwen2VLForConditionalGeneration
+    head: torch.nn.Linear
+    tokenizer: object
+    reward_ids: tuple[int, int, int]
+    mean: torch.Tensor  # [3]
+    std: torch.Tensor  # [3]
+
+    def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """uint8 [B, T, H, W, 3] (padded along T), counts [B], prompts -> float32 [B, 4] (VQ, MQ, TA, Overall)."""
+        device = self.head.weight.device
+        merge = self.model.config.vision_config.spatial_merge_size
+        patches, grids, ids = [], [], []
+        for b in range(frames.shape[0]):
+            p, grid = video_patches(frames[b, : int(num_frames[b])].to(device), merge=merge)
+            patches.append(p)
+            grids.append(grid)
+            text = prompt.chat(prompts[b], grid[0] * grid[1] * grid[2] // merge**2)
+            ids.append(torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        # Right padding and positions 0..L-1 per row, as the reference (padding_side="right"; its
+        # forward passes no position_ids, so transformers 4.45 used sequential positions on all 3 axes).
+        length = max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for b, i in enumerate(ids):
+            input_ids[b, : len(i)], mask[b, : len(i)] = i, 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        qwen = self.model.model
+        dtype = self.head.weight.dtype
+        embeds = qwen.get_input_embeddings()(input_ids)
+        video = qwen.get_video_features(torch.cat(patches).to(dtype), torch.tensor(grids, device=device)).pooler_output
+        video_mask = (input_ids == self.model.config.video_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(video_mask, torch.cat(video).to(embeds.dtype))
+        positions = torch.arange(length, device=device).view(1, 1, -1).expand(3, len(ids), -1)
+        hidden = qwen.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        rows = []
+        for b in range(len(ids)):
+            at = [int((input_ids[b] == t).nonzero()[0, 0]) for t in self.reward_ids]  # VQ, MQ, TA token positions
+            logits = self.head(hidden[b, at])  # [3 tokens, 3 outputs]
+            rows.append(logits.diagonal())  # output k at token k
+        raw = torch.stack(rows).float()
+        norm = (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
+        return torch.cat([norm, norm.sum(1, keepdim=True)], dim=1)
+
+
+def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> RewardModel:
+    """Load a VideoReward checkpoint directory (layout in ``checkpoint``) into a RewardModel."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory")
+    config = checkpoint.read_config(directory)
+    if config.output_dim != 3:
+        raise CheckpointError(f"{directory / 'model_config.json'}: output_dim must be 3, got {config.output_dim}")
+    base = checkpoint.base_dir(directory, config, base_dirs or {})
+    step = checkpoint.latest_step(directory)
+    plain, lora = checkpoint.state_dicts(step, config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    except Exception as exc:
+        raise CheckpointError(f"{base}: cannot load the base Qwen2-VL model or tokenizer ({type(exc).__name__}: {exc})") from exc
+    # As at training: the reward tokens are added special tokens and the embeddings grow to match.
+    tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embed = "model.language_model.embed_tokens"
+    if embed + ".weight" not in plain and not any(k.startswith(embed + ".lora_") for k in lora):
+        raise CheckpointError(f"{step}: no trained embeddings for the reward tokens ({embed}.weight)")
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 3, bias=False)
+    head_weight = plain.pop("rm_head.weight")
+    if tuple(head_weight.shape) != tuple(head.weight.shape):
+        raise CheckpointError(f"{step}: rm_head.weight has shape {tuple(head_weight.shape)}, expected {tuple(head.weight.shape)}")
+    with torch.no_grad():
+        head.weight.copy_(head_weight.float())
+    plain.pop("lm_head.weight", None)
+    try:
+        result = model.load_state_dict(plain, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{step}: weights do not fit the base model {base} ({exc})") from exc
+    if result.unexpected_keys:
+        raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
+    checkpoint.merge_lora(model, lora, config, step)
+    model.to(device=device, dtype=dtype).eval()
+    head.to(device=device, dtype=dtype).eval()
+    reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
+    mean = torch.tensor([config.norm.get(d, (0.0, 1.0))[0] for d in ("VQ", "MQ", "TA")])
+    std = torch.tensor([config.norm.get(d, (0.0, 1.0))[1] for d in ("VQ", "MQ", "TA")])
+    scorer = VideoReward(model, head, tokenizer, reward_ids, mean, std)
+    spec = make_spec(config, version=f"{directory.name}@{step.name}")
+    return RewardModel(spec=spec, forward=scorer.forward)
