@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.registry import RewardModel, builtin_models
 from service import ingest, scoring
+from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.engine import Engine, ScoreInput
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     if missing:
         raise ValueError(f"configured models not available: {missing}; available: {sorted(available)}")
     loaded = {name: available[name] for name in settings.models}
-    engine = Engine(settings, loaded, InProcessBackend(loaded, settings.inference_threads))
+    engine = Engine(settings, loaded, _backend(settings, loaded))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,6 +146,22 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
 
     _add_wire_schemas(app)
     return app
+
+
+def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
+    """The configured backend: in-process (default) or a Triton server."""
+    if settings.backend == "triton":
+        from service.backends.triton import TritonBackend  # gRPC client only loads when used
+
+        return TritonBackend(
+            settings.triton_url,
+            list(models),
+            model_names=settings.triton_models,
+            timeout_s=settings.triton_timeout_s,
+            ready_timeout_s=settings.triton_ready_timeout_s,
+            max_inflight=settings.triton_max_inflight,
+        )
+    return InProcessBackend(models, settings.inference_threads)
 
 
 def _invalid(errors: list[dict]) -> JSONResponse:

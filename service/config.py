@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,3 +42,11 @@ class Settings(BaseSettings):
     max_wait_ms: float | None = None
     max_pending: int = 1024  # videos admitted and not yet scored, over all requests; more gets 429
     request_timeout_s: float = 120.0
+
+    # Triton backend (service/backends/triton.py; README "Triton backend").
+    backend: Literal["inprocess", "triton"] = "inprocess"
+    triton_url: str = "127.0.0.1:8001"  # gRPC host:port
+    triton_models: dict[str, str] = Field(default={}, description="Gateway model name -> Triton model name.")
+    triton_timeout_s: float = 60.0  # per Triton request; past it the request gets 504
+    triton_ready_timeout_s: float = 2.0  # per readiness probe
+    triton_max_inflight: int = 4  # gateway batches in flight to Triton per model

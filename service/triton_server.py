@@ -71,6 +71,7 @@ class LocalTriton:
     host: str = "127.0.0.1"
     log_path: Path | None = None  # server log (default: a file in the work dir, removed on stop)
     verbose: bool = False
+    inherit_output: bool = False  # server log to our stdout/stderr instead of log_path
     process: subprocess.Popen | None = field(default=None, init=False)
     _work: Path | None = field(default=None, init=False)
     _shm_prefix: str = field(default="", init=False)
@@ -104,13 +105,14 @@ class LocalTriton:
         self._work = Path(tempfile.mkdtemp(prefix="vrs-triton-"))
         self._shm_prefix = f"vrs{os.getpid()}_{self._work.name[-8:]}_"
         backend_dir(self._work / "backends")
-        log_path = self.log_path or self._work / "tritonserver.log"
-        log = open(log_path, "ab")
-        self.process = subprocess.Popen(
-            self.command(), env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        self.log_path = log_path
+        if self.inherit_output:
+            self.process = subprocess.Popen(self.command(), env=server_env(), start_new_session=True)
+        else:
+            self.log_path = self.log_path or self._work / "tritonserver.log"
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(), env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
         try:
             self.wait_ready(timeout_s)
         except BaseException:
