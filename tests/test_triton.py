@@ -226,7 +226,7 @@ async def test_one_triton_request_per_gateway_batch(triton_gateway, triton):
     batcher = triton_gateway.app.state.engine.batchers["signal"]
     sizes_before = dict(batcher.batch_sizes)
     before = stats(triton)
-    clips = [videos.moving_scene(17, 240, 416, speed=1.0 + i % 4) for i in range(24)]
+    clips = [videos.moving_scene(9, 128, 224, speed=1.0 + i % 4) for i in range(24)]
     async with httpx.AsyncClient(base_url=triton_gateway.url, timeout=120) as client:
         responses = await asyncio.gather(
             *(client.post("/v1/score", json={"items": [{"video": frames_ref(c)}]}) for c in clips)
@@ -259,13 +259,13 @@ async def test_triton_dynamic_batching_under_concurrency(triton):
     import tritonclient.grpc.aio as grpcaio
 
     from service.backends.base import FrameBatch
-    from service.backends.triton import _inputs
+    from service.backends.triton import to_inputs
 
     clip = videos.moving_scene(9, 64, 64)
     batch = FrameBatch.pad([clip], [""])
     before = stats(triton)
     async with grpcaio.InferenceServerClient(triton.grpc_url) as client:
-        results = await asyncio.gather(*(client.infer("signal", _inputs(batch)) for _ in range(32)))
+        results = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(32)))
     scores = [r.as_numpy("SCORES") for r in results]
     assert all(s.shape == (1, K) for s in scores)
     change = delta(stats(triton), before)

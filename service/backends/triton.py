@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from service.backends.base import FrameBatch
 from service.errors import BackendUnavailable, Overloaded, Timeout
 
-_CHANNEL_ARGS = [
+CHANNEL_ARGS = [
     ("grpc.max_send_message_length", 2**31 - 1),
     ("grpc.max_receive_message_length", 2**31 - 1),
     # gRPC backs off up to 120 s between reconnect attempts by default; cap it so a restarted
@@ -56,7 +56,7 @@ class TritonBackend:
 
     async def start(self) -> None:
         # The channel connects lazily and belongs to the running event loop, so it is made here.
-        self._client = grpcaio.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
+        self._client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -82,7 +82,7 @@ class TritonBackend:
             raise BackendUnavailable("Triton backend not started")
         name = self.triton_name(model)
         try:
-            result = await self._client.infer(name, _inputs(batch), client_timeout=self.timeout_s)
+            result = await self._client.infer(name, to_inputs(batch), client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _to_service_error(exc, name, self.url, self.timeout_s) from exc
         scores = result.as_numpy("SCORES")
@@ -91,7 +91,7 @@ class TritonBackend:
         return scores.astype(np.float32, copy=False)
 
 
-def _inputs(batch: FrameBatch) -> list[grpcclient.InferInput]:
+def to_inputs(batch: FrameBatch) -> list[grpcclient.InferInput]:
     """The batch as Triton inputs (batch dimension first)."""
     b = len(batch.frames)
     counts = batch.num_frames.astype(np.int32).reshape(b, 1)
