@@ -69,19 +69,17 @@ def _batch_limit(spec: ModelSpec, options: TritonOptions) -> int:
     return options.max_batch_size or spec.batching.max_batch_size
 
 
-def _io_block(spec: ModelSpec, *, strings: bool) -> str:
+def _tensor(name: str, data_type: str, dims: str) -> str:
+    return f'  {{\n    name: "{name}"\n    data_type: {data_type}\n    dims: [ {dims} ]\n  }}'
+
+
+def _io_block(spec: ModelSpec, *, prompt: bool) -> str:
     """Inputs and outputs without the batch dim: FRAMES [T, H, W, 3], NUM_FRAMES [1], PROMPT [1], SCORES [K]."""
-    prompt = (
-        '  {\n    name: "PROMPT"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n  }'
-        if strings
-        else None  # TensorRT has no strings; text models get token-id inputs with their export
-    )
-    inputs = [
-        '  {\n    name: "FRAMES"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, -1, 3 ]\n  }',
-        '  {\n    name: "NUM_FRAMES"\n    data_type: TYPE_INT32\n    dims: [ 1 ]\n  }',
-    ] + ([prompt] if prompt else [])
-    outputs = f'  {{\n    name: "SCORES"\n    data_type: TYPE_FP32\n    dims: [ {len(spec.dimensions)} ]\n  }}'
-    return "input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + outputs + "\n]\n"
+    inputs = [_tensor("FRAMES", "TYPE_UINT8", "-1, -1, -1, 3"), _tensor("NUM_FRAMES", "TYPE_INT32", "1")]
+    if prompt:  # TensorRT has no strings; text models get token-id inputs with their export
+        inputs.append(_tensor("PROMPT", "TYPE_STRING", "1"))
+    output = _tensor("SCORES", "TYPE_FP32", str(len(spec.dimensions)))
+    return "input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + output + "\n]\n"
 
 
 def _batcher_block(options: TritonOptions) -> str:
@@ -107,7 +105,7 @@ def python_config(model: RewardModel, options: TritonOptions = TritonOptions()) 
         f'name: "{spec.name}"\n'
         'backend: "python"\n'
         f"max_batch_size: {_batch_limit(spec, options)}\n"
-        + _io_block(spec, strings=True)
+        + _io_block(spec, prompt=True)
         + _batcher_block(options)
         + f"instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_CPU\n  }}\n]\n"
         + f"version_policy: {{ specific: {{ versions: [ {options.version} ] }} }}\n"
@@ -163,7 +161,7 @@ def tensorrt_config(model: RewardModel, options: TritonOptions = TritonOptions()
         f'name: "{spec.name}"\n'
         'platform: "tensorrt_plan"\n'
         f"max_batch_size: {_batch_limit(spec, options)}\n"
-        + _io_block(spec, strings=False)
+        + _io_block(spec, prompt=False)
         + _batcher_block(options)
         + f'instance_group [\n  {{\n    count: {options.instances}\n    kind: KIND_GPU\n    profile: [ "0" ]\n  }}\n]\n'
         + f"version_policy: {{ specific: {{ versions: [ {options.version} ] }} }}\n"
