@@ -430,3 +430,31 @@ def _http_ok(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
+    """Real rejections from Triton's queue policy (a queue of 2): queue full -> 429, queue timeout -> 504."""
+    import tritonclient.grpc.aio as grpcaio
+    from tritonclient.utils import InferenceServerException
+
+    from service.backends.base import FrameBatch
+    from service.backends.triton import to_service_error, to_inputs
+    from service.errors import Overloaded, Timeout
+
+    options = TritonOptions(max_queue_delay_us=20_000, max_queue_size=2)
+    server = start_triton(write_python_repo(tmp_path / "repo", {"signal": SIGNAL}, options))
+    batch = FrameBatch.pad([videos.moving_scene(9, 64, 64)], [""])
+    try:
+        async with grpcaio.InferenceServerClient(server.grpc_url) as client:
+            flood = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(16)), return_exceptions=True)
+            # A 1 us queue timeout (the config allows per-request overrides) expires while the batcher waits.
+            late = await asyncio.gather(client.infer("signal", to_inputs(batch), timeout=1), return_exceptions=True)
+    finally:
+        server.stop()
+    full = [to_service_error(e, "signal", server.grpc_url, 60) for e in flood if isinstance(e, InferenceServerException)]
+    assert full and all(isinstance(e, Overloaded) and e.status == 429 for e in full), flood
+    assert len(full) < len(flood)  # the queue took some
+    (expired,) = late
+    assert isinstance(expired, InferenceServerException), expired
+    mapped = to_service_error(expired, "signal", server.grpc_url, 60)
+    assert isinstance(mapped, Timeout) and mapped.status == 504, expired.message()

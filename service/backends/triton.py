@@ -84,7 +84,7 @@ class TritonBackend:
         try:
             result = await self._client.infer(name, to_inputs(batch), client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise _to_service_error(exc, name, self.url, self.timeout_s) from exc
+            raise to_service_error(exc, name, self.url, self.timeout_s) from exc
         scores = result.as_numpy("SCORES")
         if scores is None:
             raise RuntimeError(f"Triton model {name!r} returned no SCORES output")
@@ -105,7 +105,7 @@ def to_inputs(batch: FrameBatch) -> list[grpcclient.InferInput]:
     return inputs
 
 
-def _to_service_error(exc: InferenceServerException, model: str, url: str, timeout_s: float) -> Exception:
+def to_service_error(exc: InferenceServerException, model: str, url: str, timeout_s: float) -> Exception:
     """Map a Triton/gRPC error to the status the client should see."""
     status, message = exc.status() or "", exc.message() or ""
     lowered = message.lower()
