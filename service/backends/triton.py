@@ -9,6 +9,8 @@ a short backoff cap), so the gateway recovers when Triton comes back without a r
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
@@ -81,8 +83,9 @@ class TritonBackend:
         if self._client is None:
             raise BackendUnavailable("Triton backend not started")
         name = self.triton_name(model)
+        inputs = await asyncio.to_thread(to_inputs, batch)  # copies up to hundreds of MB: off the event loop
         try:
-            result = await self._client.infer(name, to_inputs(batch), client_timeout=self.timeout_s)
+            result = await self._client.infer(name, inputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise to_service_error(exc, name, self.url, self.timeout_s) from exc
         scores = result.as_numpy("SCORES")
