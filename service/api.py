@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.registry import RewardModel, builtin_models, load_models
 from service import ingest, operations
+from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.engine import Engine, ScoreInput
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     if missing:
         raise ValueError(f"configured models not available: {missing}; available: {sorted(available)}")
     loaded = {name: available[name] for name in settings.models}
-    engine = Engine(settings, loaded, InProcessBackend(loaded, settings.inference_threads))
+    engine = Engine(settings, loaded, _backend(settings, loaded))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -167,6 +168,22 @@ def _labelled(request: Request, response):
     """Tell the telemetry middleware which models answered (the ``model`` label of vrs_requests_total)."""
     request.state.models = ",".join(m.name for m in response.models)
     return response
+
+
+def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
+    """The configured backend: in-process (default) or a Triton server."""
+    if settings.backend == "triton":
+        from service.backends.triton import TritonBackend  # gRPC client only loads when used
+
+        return TritonBackend(
+            settings.triton_url,
+            list(models),
+            model_names=settings.triton_models,
+            timeout_s=settings.triton_timeout_s,
+            ready_timeout_s=settings.triton_ready_timeout_s,
+            max_inflight=settings.triton_max_inflight,
+        )
+    return InProcessBackend(models, settings.inference_threads)
 
 
 def _invalid(errors: list[dict]) -> JSONResponse:

@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from service import score_command
+from service import score_command, triton_command
 from service.telemetry import configure_logging
 
 
@@ -19,10 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=None, help="Port (default: VRS_PORT or 8000).")
     serve.add_argument("--log-level", default="info")
     score_command.add_parser(sub)
+    triton_command.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "score":
         sys.exit(score_command.run(args))
+    if args.command == "triton":
+        return triton_command.run(args)
 
     if args.command == "serve":
         from service.api import create_app

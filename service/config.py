@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,3 +74,11 @@ class Settings(BaseSettings):
     # (e.g. VideoReward's "Qwen/Qwen2-VL-2B-Instruct") to a local directory.
     model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"videoalign": "/ckpt/VideoReward"}')
     base_model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}')
+
+    # Triton backend (service/backends/triton.py; README "Triton backend").
+    backend: Literal["inprocess", "triton"] = "inprocess"
+    triton_url: str = "127.0.0.1:8001"  # gRPC host:port
+    triton_models: dict[str, str] = Field(default={}, description="Gateway model name -> Triton model name.")
+    triton_timeout_s: float = 60.0  # per Triton request; past it the request gets 504
+    triton_ready_timeout_s: float = 2.0  # per readiness probe
+    triton_max_inflight: int = 4  # gateway batches in flight to Triton per model

@@ -90,6 +90,7 @@ class Engine:
                 partial(self._infer, name),
                 max_batch_size=s.max_batch_size or batching.max_batch_size,
                 max_wait_s=(s.max_wait_ms if s.max_wait_ms is not None else batching.max_wait_ms) / 1000,
+                max_concurrent_batches=self.backend.max_concurrent_batches,
                 name=f"batcher-{name}",
                 observe=partial(self._observe_batch, name),
             )

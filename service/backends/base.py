@@ -30,6 +30,9 @@ class FrameBatch:
 class Backend(Protocol):
     """Where forwards run: in this process, or in a Triton server."""
 
+    # How many batches of one model may be in flight at once (the engine's micro-batchers obey it).
+    max_concurrent_batches: int
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

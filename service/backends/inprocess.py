@@ -16,6 +16,8 @@ from service.errors import BadInput
 class InProcessBackend:
     """The embedded default backend: forwards run under ``torch.inference_mode`` in a thread."""
 
+    max_concurrent_batches = 1  # one inference thread; a second batch would only wait for it
+
     def __init__(self, models: dict[str, RewardModel], threads: int = 0) -> None:
         self._models = models
         self._threads = threads

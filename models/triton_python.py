@@ -1,0 +1,70 @@
+"""The Triton python-backend model: runs a model's own forward on the requests Triton batched.
+
+Imported by the generated ``model.py`` inside Triton's python stub process, where
+``triton_python_backend_utils`` exists. The forward to run is named in config.pbtxt
+(``parameters.forward = "module:function"``), so Triton and the in-process backend share it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import defaultdict
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils  # only inside Triton's python stub
+
+
+def load_forward(path: str):
+    """Import ``module:function``."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class TritonPythonModel:
+    """One Triton model instance. ``execute`` gets every request the dynamic batcher gathered."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.forward = load_forward(config["parameters"]["forward"]["string_value"])
+
+    def execute(self, requests: list) -> list:
+        """Requests of equal frame size run as one padded forward; each gets its own rows back."""
+        inputs = [_read(request) for request in requests]
+        scores: list[np.ndarray | None] = [None] * len(requests)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (frames, _, _) in enumerate(inputs):
+            groups[frames.shape[2:4]].append(i)
+        for members in groups.values():
+            longest = max(inputs[i][0].shape[1] for i in members)
+            frames = np.concatenate([_pad_t(inputs[i][0], longest) for i in members])
+            counts = np.concatenate([inputs[i][1] for i in members])
+            prompts = [p for i in members for p in inputs[i][2]]
+            with torch.inference_mode():
+                out = self.forward(torch.from_numpy(frames), torch.from_numpy(counts), prompts)
+            out = out.detach().cpu().numpy().astype(np.float32, copy=False)
+            start = 0
+            for i in members:
+                size = len(inputs[i][1])
+                scores[i] = out[start : start + size]
+                start += size
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", s)]) for s in scores]
+
+
+def _read(request) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """FRAMES uint8 [B,T,H,W,3], NUM_FRAMES int32 [B], prompts [B] of one request."""
+    frames = pb_utils.get_input_tensor_by_name(request, "FRAMES").as_numpy()
+    counts = pb_utils.get_input_tensor_by_name(request, "NUM_FRAMES").as_numpy().reshape(-1).astype(np.int32)
+    prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
+    raw = prompt.as_numpy().reshape(-1) if prompt is not None else [b""] * len(frames)
+    prompts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in raw]
+    return frames, counts, prompts
+
+
+def _pad_t(frames: np.ndarray, length: int) -> np.ndarray:
+    """Zero-pad [B,T,H,W,3] along T to ``length`` (counts keep the real lengths)."""
+    if frames.shape[1] == length:
+        return frames
+    pad = np.zeros((frames.shape[0], length - frames.shape[1], *frames.shape[2:]), dtype=frames.dtype)
+    return np.concatenate([frames, pad], axis=1)

@@ -1,0 +1,472 @@
+"""The Triton backend against a real Triton server (the tritonserver bundled in nvidia-pytriton).
+
+A session fixture generates the model repository, starts tritonserver on free ports and stops
+it (and its python stubs) afterwards. Gateways run under real uvicorn. Triton's own statistics
+API is the witness for what reached Triton and how it batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from models import signal as signal_model
+from models.registry import RewardModel, builtin_models
+from models.triton_repo import (
+    TritonOptions,
+    forward_path,
+    frames_profile,
+    python_config,
+    tensorrt_config,
+    write_python_repo,
+    write_tensorrt_repo,
+)
+from service.api import create_app
+from service.triton_server import LocalTriton
+from tests import videos
+from tests.conftest import RunningServer, free_port, start_server, test_settings
+
+SIGNAL = builtin_models()["signal"]
+K = len(signal_model.SPEC.dimensions)
+# A longer queue delay than the default makes Triton's dynamic batching easy to observe.
+TEST_OPTIONS = TritonOptions(max_queue_delay_us=20_000)
+
+
+def parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def frames_ref(frames: np.ndarray) -> dict:
+    return {"frames": b64(videos.npy_bytes(frames)), "fps": 16}
+
+
+_stamps = iter(range(1, 2**24))
+
+
+def unique_clip(shape: tuple[int, int, int] = (9, 64, 64), speed: float = 2.0) -> np.ndarray:
+    """A clip whose bytes no other request in this session has sent, so no score cache can answer it."""
+    frames = videos.moving_scene(*shape, speed=speed)
+    frames[0, 0, 0] = np.frombuffer(next(_stamps).to_bytes(3, "little"), dtype=np.uint8)
+    return frames
+
+
+def start_triton(repo: Path, ports: tuple[int, int, int] | None = None) -> LocalTriton:
+    grpc_port, http_port, metrics_port = ports or (free_port(), free_port(), free_port())
+    return LocalTriton(repo, grpc_port, http_port, metrics_port).start(timeout_s=300)
+
+
+def stats(server: LocalTriton, model: str = "signal") -> dict[str, int]:
+    """Triton's counters for ``model``: requests, failed requests, items (inferences), executions."""
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        (s,) = client.get_inference_statistics(model).model_stats
+    return {
+        "requests": s.inference_stats.success.count,
+        "failed": s.inference_stats.fail.count,
+        "inferences": s.inference_count,
+        "executions": s.execution_count,
+    }
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after}
+
+
+def counted(server: LocalTriton, before: dict[str, int], key: str, at_least: int) -> dict[str, int]:
+    """The change in Triton's counters once ``key`` has grown by ``at_least``: Triton updates its
+    statistics just after it answers, so a read right after the last response can lag."""
+    deadline = time.monotonic() + 30  # a safety net, not a speed check
+    while (change := delta(stats(server), before))[key] < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return change
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory) -> Path:
+    return write_python_repo(tmp_path_factory.mktemp("triton") / "repo", {"signal": SIGNAL}, TEST_OPTIONS)
+
+
+@pytest.fixture(scope="session")
+def triton(triton_repo: Path) -> Iterator[LocalTriton]:
+    server = start_triton(triton_repo)
+    yield server
+    server.stop()
+
+
+def triton_gateway_app(url: str, **overrides):
+    settings = test_settings(backend="triton", triton_url=url, models=["signal"], **overrides)
+    return create_app(settings, models=builtin_models())
+
+
+@pytest.fixture(scope="module")
+def triton_gateway(triton: LocalTriton) -> Iterator[RunningServer]:
+    running = start_server(triton_gateway_app(triton.grpc_url))
+    yield running
+    running.stop()
+
+
+# --- generated configs -------------------------------------------------------------------
+
+
+def test_python_config_has_batching_queue_policy_instances_warmup_and_the_forward():
+    config = parse(python_config(SIGNAL, TritonOptions(max_batch_size=12, max_queue_delay_us=3000, instances=2)))
+    assert config.name == "signal" and config.backend == "python"
+    assert config.max_batch_size == 12
+    inputs = {i.name: i for i in config.input}
+    assert list(inputs["FRAMES"].dims) == [-1, -1, -1, 3]
+    assert inputs["FRAMES"].data_type == model_config_pb2.TYPE_UINT8
+    assert inputs["NUM_FRAMES"].data_type == model_config_pb2.TYPE_INT32 and list(inputs["NUM_FRAMES"].dims) == [1]
+    assert inputs["PROMPT"].data_type == model_config_pb2.TYPE_STRING
+    (output,) = config.output
+    assert output.name == "SCORES" and output.data_type == model_config_pb2.TYPE_FP32 and list(output.dims) == [K]
+    batcher = config.dynamic_batching
+    assert batcher.max_queue_delay_microseconds == 3000
+    policy = batcher.default_queue_policy
+    assert policy.max_queue_size == TritonOptions.max_queue_size
+    assert policy.default_timeout_microseconds == TritonOptions.queue_timeout_us
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    (group,) = config.instance_group
+    assert group.count == 2 and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert list(config.version_policy.specific.versions) == [1]
+    (warmup,) = config.model_warmup
+    assert warmup.batch_size == 1 and set(warmup.inputs) == {"FRAMES", "NUM_FRAMES", "PROMPT"}
+    assert warmup.inputs["NUM_FRAMES"].input_data_file == "num_frames"
+    # The forward Triton runs is importable and is the very function the in-process backend runs.
+    path = config.parameters["forward"].string_value
+    module, _, name = path.partition(":")
+    assert getattr(importlib.import_module(module), name) is signal_model.forward
+
+
+def test_python_repo_layout(tmp_path: Path):
+    repo = write_python_repo(tmp_path, {"signal": SIGNAL}, TritonOptions(version=3, python_paths=("/opt/app",)))
+    model_py = (repo / "signal" / "3" / "model.py").read_text()
+    assert "from models.triton_python import TritonPythonModel" in model_py
+    assert "['/opt/app']" in model_py
+    compile(model_py, "model.py", "exec")
+    assert np.frombuffer((repo / "signal" / "warmup" / "num_frames").read_bytes(), dtype="<i4").tolist() == [4]
+    assert list(parse((repo / "signal" / "config.pbtxt").read_text()).version_policy.specific.versions) == [3]
+
+
+def test_tensorrt_config_is_ready_for_engines(tmp_path: Path):
+    repo = write_tensorrt_repo(tmp_path, {"signal": SIGNAL})
+    assert (repo / "signal" / "1").is_dir()
+    config = parse((repo / "signal" / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan" and not config.backend
+    assert config.max_batch_size == signal_model.SPEC.batching.max_batch_size
+    assert [i.name for i in config.input] == ["FRAMES", "NUM_FRAMES"]  # no strings in TensorRT
+    assert list(config.input[0].dims) == [-1, -1, -1, 3]  # T, H, W dynamic: one optimisation profile
+    assert list(config.output[0].dims) == [K]
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == TritonOptions.max_queue_size
+    (group,) = config.instance_group
+    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and list(group.profile) == ["0"]
+
+    profile = frames_profile(signal_model.SPEC)
+    r = signal_model.SPEC.resolution
+    for shape in (profile.min, profile.opt, profile.max):
+        assert shape[-1] == 3 and shape[2] % r.size_factor == 0 and shape[3] % r.size_factor == 0
+    assert all(lo <= mid <= hi for lo, mid, hi in zip(profile.min, profile.opt, profile.max))
+    assert profile.max[0] == config.max_batch_size and profile.max[1] == signal_model.SPEC.sampling.max_frames
+    assert profile.opt[2] * profile.opt[3] <= r.max_pixels
+    assert profile.min[2] * profile.max[3] <= r.max_pixels  # the thinnest allowed frame fits
+    assert f"max {list(profile.max)}" in tensorrt_config(SIGNAL)
+
+
+def _local_forward(frames, num_frames, prompts):
+    raise AssertionError("never called")
+
+
+def test_forward_must_be_importable():
+    assert forward_path(SIGNAL) == "models.signal:forward"
+
+    def nested(frames, num_frames, prompts):
+        raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="not importable"):
+        forward_path(RewardModel(spec=signal_model.SPEC, forward=nested))
+    assert forward_path(RewardModel(spec=signal_model.SPEC, forward=_local_forward)) == "tests.test_triton:_local_forward"
+
+
+# --- through a real Triton ------------------------------------------------------------------
+
+
+def workload() -> list[dict]:
+    """Raw-frame and mp4 items at three rollout shapes, clean and damaged, each unique."""
+    items = []
+    for i, shape in enumerate([(33, 240, 416), (17, 480, 480), (25, 400, 640), (33, 240, 416)]):
+        frames = unique_clip(shape, speed=1.0 + i)
+        if i % 2:
+            frames = videos.flicker(frames, 0.1 * i)
+        items.append({"video": frames_ref(frames)})
+    items.append({"video": {"data": b64(videos.encode(unique_clip((33, 240, 416))))}})
+    return items
+
+
+async def test_triton_scores_equal_in_process_scores(gateway, triton_gateway, triton):
+    """The same requests through the in-process gateway and the Triton gateway: equal float32 scores."""
+    many, singles = workload(), workload()
+    items = many + singles
+    before = stats(triton)
+    async with httpx.AsyncClient(timeout=120) as client:
+        bodies = [{"items": many, "models": ["signal"]}] + [{"items": [item], "models": ["signal"]} for item in singles]
+        for body in bodies:
+            local, remote = await asyncio.gather(
+                client.post(f"{gateway.url}/v1/score", json=body), client.post(f"{triton_gateway.url}/v1/score", json=body)
+            )
+            assert local.status_code == 200, local.text
+            assert remote.status_code == 200, remote.text
+            for a, b in zip(local.json()["results"], remote.json()["results"], strict=True):
+                names = [f"signal.{d}" for d in signal_model.SPEC.dimension_names]
+                np.testing.assert_allclose([b["scores"][n] for n in names], [a["scores"][n] for n in names], atol=1e-5, rtol=0)
+                assert b["overall"] == pytest.approx(a["overall"], abs=1e-5)
+    assert counted(triton, before, "inferences", len(items))["inferences"] == len(items)  # each item once
+
+
+async def test_one_triton_request_per_gateway_batch(triton_gateway, triton):
+    """Concurrent single-item requests: the gateway batches them and sends one Triton request per batch."""
+    batcher = triton_gateway.app.state.engine.batchers["signal"]
+    sizes_before = dict(batcher.batch_sizes)
+    before = stats(triton)
+    clips = [unique_clip((9, 128, 224), speed=1.0 + i % 4) for i in range(24)]
+    async with httpx.AsyncClient(base_url=triton_gateway.url, timeout=120) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/score", json={"items": [{"video": frames_ref(c)}]}) for c in clips)
+        )
+    assert [r.status_code for r in responses] == [200] * len(clips), [r.text for r in responses if r.status_code != 200]
+    for clip, response in zip(clips, responses):
+        (result,) = response.json()["results"]
+        expected = signal_model.forward(*_as_batch(clip))[0].numpy()
+        got = [result["scores"][f"signal.{d}"] for d in signal_model.SPEC.dimension_names]
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    batches = {s: n - sizes_before.get(s, 0) for s, n in batcher.batch_sizes.items() if n > sizes_before.get(s, 0)}
+    change = counted(triton, before, "inferences", len(clips))
+    assert change["inferences"] == len(clips)
+    assert change["requests"] == sum(batches.values()), (change, batches)  # one request per batch, not per item
+    assert max(batches) > 1, f"no gateway batch larger than 1: {batches}"
+
+
+def _as_batch(clip: np.ndarray):
+    import torch
+
+    from service.decode import Limits, sample_frames
+    from service.ingest import RawFrames
+
+    frames = sample_frames(RawFrames(clip, 16.0), signal_model.SPEC, Limits(10**9, 10**6, 10**6)).frames
+    return torch.from_numpy(frames[None]), torch.tensor([len(frames)])
+
+
+async def test_triton_dynamic_batching_under_concurrency(triton):
+    """Concurrent one-item requests straight to Triton: its statistics show fewer executions than inferences."""
+    import tritonclient.grpc.aio as grpcaio
+
+    from service.backends.base import FrameBatch
+    from service.backends.triton import to_inputs
+
+    clip = videos.moving_scene(9, 64, 64)
+    batch = FrameBatch.pad([clip], [""])
+    before = stats(triton)
+    async with grpcaio.InferenceServerClient(triton.grpc_url) as client:
+        results = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(32)))
+    scores = [r.as_numpy("SCORES") for r in results]
+    assert all(s.shape == (1, K) for s in scores)
+    change = counted(triton, before, "requests", 32)
+    assert change["requests"] == 32 and change["inferences"] == 32
+    assert change["executions"] < change["inferences"], change
+
+
+async def test_bad_input_never_reaches_triton(triton_gateway, triton):
+    good = {"video": frames_ref(unique_clip())}
+    bad_requests = [
+        ({"items": [{"video": {"frames": "not base64!", "fps": 16}}]}, 400),
+        ({"items": [{"video": {"data": b64(os.urandom(4096))}}]}, 415),
+        ({"items": [{"video": {"frames": b64(videos.npy_bytes(np.zeros((4, 4), np.uint8))), "fps": 16}}]}, 400),
+        ({"items": [good, {"video": {"data": b64(b"\x00" * 100)}}]}, 415),  # one bad item fails the request
+        ({"items": [good], "models": ["no-such-model"]}, 400),
+        ({"items": [good], "weights": {"signal.nope": 1.0}}, 400),
+        ({"items": []}, 422),
+    ]
+    before = stats(triton)
+    async with httpx.AsyncClient(base_url=triton_gateway.url, timeout=60) as client:
+        for body, status in bad_requests:
+            response = await client.post("/v1/score", json=body)
+            assert response.status_code == status, (body, response.text)
+            assert set(response.json()["error"]) >= {"code", "message", "item"}
+        # A good request last: once Triton has counted it, anything sent before it is counted too.
+        assert (await client.post("/v1/score", json={"items": [good]})).status_code == 200
+    change = counted(triton, before, "requests", 1)
+    assert change == {"requests": 1, "failed": 0, "inferences": 1, "executions": 1}, change  # only the good one
+
+
+async def test_triton_timeout_gives_504(triton):
+    """A Triton deadline shorter than any answer gives 504 with the timeout error."""
+    running = start_server(triton_gateway_app(triton.grpc_url, triton_timeout_s=1e-6))
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+            response = await client.post("/v1/score", json={"items": [{"video": frames_ref(unique_clip())}]})
+        assert response.status_code == 504, response.text
+        assert response.json()["error"]["code"] == "timeout"
+    finally:
+        running.stop()
+
+
+async def test_unreachable_triton_or_missing_model_gives_503():
+    unused = free_port()
+    for overrides, reason in (({}, "unreachable"), ({"triton_models": {"signal": "absent"}}, "absent")):
+        url = f"127.0.0.1:{unused}"
+        running = start_server(triton_gateway_app(url, **overrides))
+        try:
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                ready = await client.get("/readyz")
+                scored = await client.post("/v1/score", json={"items": [{"video": frames_ref(unique_clip())}]})
+            assert ready.status_code == 503 and url in ready.json()["error"]["message"]
+            assert scored.status_code == 503, scored.text
+            error = scored.json()["error"]
+            assert error["code"] == "backend_unavailable" and url in error["message"]
+            if reason == "absent":
+                assert "'absent'" in error["message"]
+        finally:
+            running.stop()
+
+
+async def test_model_mapping_and_readiness(triton):
+    """Readiness checks the mapped Triton model: a missing one is named; the right one is ready."""
+    for mapping, ready in (({"signal": "absent"}, False), ({"signal": "signal"}, True)):
+        running = start_server(triton_gateway_app(triton.grpc_url, triton_models=mapping))
+        try:
+            async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+                response = await client.get("/readyz")
+            if ready:
+                assert response.status_code == 200 and response.json()["models"] == ["signal"]
+            else:
+                assert response.status_code == 503 and "'absent' is not ready" in response.json()["error"]["message"]
+        finally:
+            running.stop()
+
+
+async def test_triton_stopped_mid_test_gives_503_and_the_gateway_recovers(triton_repo: Path):
+    """Kill Triton under load: requests get 503 (never hang or 500); once it is back they get 200 again."""
+    server = start_triton(triton_repo)
+    ports = (server.grpc_port, server.http_port, server.metrics_port)
+    running = start_server(triton_gateway_app(server.grpc_url))
+    statuses: list[int] = []
+    errors: list[dict] = []
+    phase = {"stop": False}
+
+    async def load(client: httpx.AsyncClient) -> None:
+        while not phase["stop"]:
+            body = {"items": [{"video": frames_ref(unique_clip())}]}  # unique: a cache cannot answer for Triton
+            response = await client.post("/v1/score", json=body)  # raises if a request is left unanswered
+            statuses.append(response.status_code)
+            if response.status_code != 200:
+                errors.append(response.json()["error"])
+            await asyncio.sleep(0.01)
+
+    async def wait_for(predicate, what: str, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s  # a safety net against hanging, not a speed check
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; statuses {statuses[-20:]}"
+            await asyncio.sleep(0.05)
+
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
+            workers = [asyncio.create_task(load(client)) for _ in range(4)]
+            await wait_for(lambda: statuses.count(200) >= 8, "200s before the outage")
+            await asyncio.to_thread(server.kill)
+            server.stop()  # clean up its work dir and shared memory
+            served_before = len(statuses)
+            await wait_for(lambda: statuses[served_before:].count(503) >= 8, "503s during the outage")
+            assert (await client.get("/readyz")).status_code == 503
+            server = await asyncio.to_thread(start_triton, triton_repo, ports)  # same address: no gateway restart
+            back = len(statuses)
+            await wait_for(lambda: statuses[back:].count(200) >= 8, "200s after Triton is back")
+            phase["stop"] = True
+            await asyncio.gather(*workers)  # every request of every worker got its answer
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        phase["stop"] = True
+        running.stop()
+        server.stop()
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
+    assert {e["code"] for e in errors} == {"backend_unavailable"}
+    assert all(server.grpc_url in e["message"] for e in errors)
+
+
+def test_vrs_triton_command_serves_the_generated_repository(tmp_path: Path):
+    """`vrs triton` generates the repository, serves it until SIGTERM, then stops Triton and its stubs."""
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    command = [
+        sys.executable, "-m", "service.cli", "triton", "--repo", str(tmp_path / "repo"), "--grpc-port", str(grpc_port),
+        "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--max-batch-size", "4",
+    ]  # fmt: skip
+    log = open(tmp_path / "vrs.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+    url = f"http://127.0.0.1:{http_port}/v2/models/signal/ready"
+    try:
+        deadline = time.monotonic() + 300
+        while not _http_ok(url):
+            assert process.poll() is None, (tmp_path / "vrs.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "vrs.log").read_text()[-3000:]
+            time.sleep(0.2)
+        config = parse((tmp_path / "repo" / "signal" / "config.pbtxt").read_text())
+        assert config.max_batch_size == 4
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            assert client.get_model_config("signal").config.max_batch_size == 4  # Triton loaded our config
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        log.close()
+    assert not _http_ok(f"http://127.0.0.1:{http_port}/v2/health/live")  # tritonserver is gone too
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
+    """Real rejections from Triton's queue policy (a queue of 2): queue full -> 429, queue timeout -> 504."""
+    import tritonclient.grpc.aio as grpcaio
+    from tritonclient.utils import InferenceServerException
+
+    from service.backends.base import FrameBatch
+    from service.backends.triton import to_service_error, to_inputs
+    from service.errors import Overloaded, Timeout
+
+    options = TritonOptions(max_queue_delay_us=20_000, max_queue_size=2)
+    server = start_triton(write_python_repo(tmp_path / "repo", {"signal": SIGNAL}, options))
+    batch = FrameBatch.pad([videos.moving_scene(9, 64, 64)], [""])
+    try:
+        async with grpcaio.InferenceServerClient(server.grpc_url) as client:
+            flood = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(16)), return_exceptions=True)
+            # A 1 us queue timeout (the config allows per-request overrides) expires while the batcher waits.
+            late = await asyncio.gather(client.infer("signal", to_inputs(batch), timeout=1), return_exceptions=True)
+    finally:
+        server.stop()
+    full = [to_service_error(e, "signal", server.grpc_url, 60) for e in flood if isinstance(e, InferenceServerException)]
+    assert full and all(isinstance(e, Overloaded) and e.status == 429 for e in full), flood
+    assert len(full) < len(flood)  # the queue took some
+    (expired,) = late
+    assert isinstance(expired, InferenceServerException), expired
+    mapped = to_service_error(expired, "signal", server.grpc_url, 60)
+    assert isinstance(mapped, Timeout) and mapped.status == 504, expired.message()
