@@ -37,6 +37,7 @@ def set_threads() -> int:
     threads = int(os.environ.get("VRS_INFERENCE_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
+    print(f"torch threads {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     return torch.get_num_threads()
 
 

@@ -10,8 +10,7 @@ replica's event loop. ``max_ongoing_requests`` is raised from its default (5) so
 Run: ``python -m loadtests.peer_servers.ray_serve --port PORT`` (starts a local Ray with 2 CPUs).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class on the ingress methods.
 import argparse
 import asyncio
 import os
@@ -81,8 +80,7 @@ def main() -> None:
     signals.signal(signals.SIGTERM, lambda *_: stop.set())
     signals.signal(signals.SIGINT, lambda *_: stop.set())
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # stops the local cluster this process started, Serve included (serve.shutdown() waits 30 s+)
 
 
 if __name__ == "__main__":
