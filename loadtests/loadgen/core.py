@@ -64,7 +64,9 @@ class RunResult:
         ok = [s for s in measured if s.status == "200"]
         latencies = sorted(s.latency_s for s in ok)
         lags = sorted(s.sent_s - s.scheduled_s for s in self.samples)
-        window = (max(s.done_s for s in ok) - min(s.scheduled_s for s in measured)) if ok else 0.0
+        # n requests 1/rate apart fill n/rate seconds of schedule; a slow server stretches that to its last answer
+        first = min(s.scheduled_s for s in measured) if measured else 0.0
+        window = max(max(s.done_s for s in ok), first + len(measured) / self.rate) - first if ok else 0.0
         achieved = len(ok) / window if window > 0 else 0.0
         return {
             "offered_rps": self.rate,
