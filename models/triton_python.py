@@ -1,8 +1,10 @@
 """The Triton python-backend model: runs a model's own forward on the requests Triton batched.
 
 Imported by the generated ``model.py`` inside Triton's python stub process, where
-``triton_python_backend_utils`` exists. The forward to run is named in config.pbtxt
-(``parameters.forward = "module:function"``), so Triton and the in-process backend share it.
+``triton_python_backend_utils`` exists. config.pbtxt names the forward to run, so Triton and the
+in-process backend share it: ``parameters.forward = "module:function"`` is imported;
+``parameters.model_name`` + ``model_dir`` (+ ``base_model_dirs``, JSON) are loaded with
+``models.registry.load_model``, the loader the gateway uses for ``VRS_MODEL_DIRS``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +25,32 @@ def load_forward(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def configured_forward(parameters: dict[str, str]):
+    """The forward config.pbtxt's parameters name: a checkpoint loaded by the registry, or an import.
+    A checkpoint must still be the version the config was generated for (its dimensions and
+    frame policy are in the config and in the gateway's spec); a bad directory raises
+    ModelLoadError naming the path, and Triton reports the model as failed to load."""
+    if "model_dir" not in parameters:
+        return load_forward(parameters["forward"])
+    from models.registry import ModelLoadError, load_model
+
+    bases = {name: Path(path) for name, path in json.loads(parameters.get("base_model_dirs", "{}")).items()}
+    model = load_model(parameters["model_name"], Path(parameters["model_dir"]), bases)
+    expected = parameters.get("spec_version")
+    if expected is not None and model.spec.version != expected:
+        raise ModelLoadError(
+            f"{parameters['model_name']}: {parameters['model_dir']} now holds version {model.spec.version}, "
+            f"the repository was generated for {expected} (regenerate it)"
+        )
+    return model.forward
+
+
 class TritonPythonModel:
     """One Triton model instance. ``execute`` gets every request the dynamic batcher gathered."""
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        self.forward = load_forward(config["parameters"]["forward"]["string_value"])
+        self.forward = configured_forward({k: v["string_value"] for k, v in config["parameters"].items()})
 
     def execute(self, requests: list) -> list:
         """Requests of equal frame size run as one padded forward; each gets its own rows back."""

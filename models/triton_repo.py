@@ -4,7 +4,11 @@ Two variants share one tensor contract (``FRAMES``, ``NUM_FRAMES``, ``PROMPT`` i
 out, batch dimension first):
 
 - ``python``: Triton's python backend runs the model's own ``forward`` (the one the in-process
-  backend runs), via a two-line ``model.py`` that imports ``models.triton_python``;
+  backend runs), via a two-line ``model.py`` that imports ``models.triton_python``. The config
+  names where the forward comes from: ``parameters.forward = "module:function"`` for a
+  module-level forward (``signal``), or ``model_name`` + ``model_dir`` + ``base_model_dirs``
+  (JSON) for a checkpoint-backed model, which the python model loads with
+  ``models.registry.load_model``, the gateway's own loader;
 - ``tensorrt_plan``: the same inputs and outputs for a TensorRT engine (``model.plan``, built
   later by the TensorRT export), with dynamic dims and the optimisation profile they need.
 
@@ -15,12 +19,14 @@ warm-up request and the model version folder.
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 import site
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.registry import RewardModel
+from models.registry import LOADABLE, RewardModel
 from models.spec import ModelSpec
 
 # The generated model.py: everything else lives in our package, so there is one forward. The
@@ -35,7 +41,8 @@ sys.path[:0] = [p for p in {paths!r} if p not in sys.path]
 from models.triton_python import TritonPythonModel  # noqa: E402,F401
 '''
 
-WARMUP_FRAMES = 4  # frames in the warm-up clip (enough for the temporal signals)
+WARMUP_FRAMES = 4  # frames in the warm-up clip, at least (enough for the temporal signals)
+WARMUP_PROMPT = "a video"  # the warm-up prompt (text models get a real one, not an empty string)
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,57 @@ def default_python_paths() -> tuple[str, ...]:
 
 
 def forward_path(model: RewardModel) -> str:
-    """``module:function`` of the model's forward, so Triton's stub imports the very same function."""
+    """``module:function`` of the model's forward, so Triton's stub imports the very same function.
+    Refused unless importing it gives back this very function (closures, bound methods of a
+    loaded checkpoint and nested functions cannot be named this way)."""
     fn = model.forward
-    path = f"{fn.__module__}:{fn.__qualname__}"
-    if "<" in fn.__qualname__:
+    path = f"{getattr(fn, '__module__', None)}:{getattr(fn, '__qualname__', fn)}"
+    try:
+        found = getattr(importlib.import_module(fn.__module__), fn.__qualname__, None)
+    except (AttributeError, ImportError):
+        found = None
+    if found is not fn:
         raise ValueError(f"{model.spec.name}: forward {path} is not importable (define it at module level)")
     return path
+
+
+def warmup_shape(spec: ModelSpec) -> tuple[int, int]:
+    """Frames and side of the square warm-up clip: the smallest clip a real request could bring
+    (at least WARMUP_FRAMES frames, a multiple of ``multiple_of``; the side a multiple of
+    ``size_factor`` with at least ``min_pixels``), so the forward warms up on input it accepts
+    (videoalign: 4+ frames, an even count, sides multiples of 28, >= 100352 pixels)."""
+    s, r = spec.sampling, spec.resolution
+    multiple = max(s.multiple_of, 1)
+    frames = -(-min(max(WARMUP_FRAMES, s.min_frames), s.max_frames) // multiple) * multiple
+    if frames > s.max_frames:
+        frames -= multiple
+    factor = max(r.size_factor, 1)
+    side = -(-16 // factor) * factor
+    while side * side < r.min_pixels:
+        side += factor
+    return frames, side
+
+
+def _string(value: str) -> str:
+    """A protobuf text-format string literal (JSON's escapes for quote, backslash and newline are valid there)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _source_parameters(
+    model: RewardModel, model_dir: Path | None, base_model_dirs: dict[str, Path] | None
+) -> list[tuple[str, str]]:
+    """Where Triton's python model gets the forward: a checkpoint directory, or ``module:function``."""
+    name = model.spec.name
+    if model_dir is None:
+        if name in LOADABLE:
+            raise ValueError(f"{name}: a checkpoint-backed model needs its directory (VRS_MODEL_DIRS or --model-dir)")
+        return [("forward", forward_path(model))]
+    bases = {k: str(Path(v).resolve()) for k, v in (base_model_dirs or {}).items()}
+    return [
+        ("model_name", name),
+        ("model_dir", str(Path(model_dir).resolve())),
+        ("base_model_dirs", json.dumps(bases, sort_keys=True)),
+    ]
 
 
 def _batch_limit(spec: ModelSpec, options: TritonOptions) -> int:
@@ -96,10 +148,17 @@ def _batcher_block(options: TritonOptions) -> str:
     )
 
 
-def python_config(model: RewardModel, options: TritonOptions = TritonOptions()) -> str:
-    """config.pbtxt for the python-backend variant of ``model``."""
+def python_config(
+    model: RewardModel,
+    options: TritonOptions = TritonOptions(),
+    model_dir: Path | None = None,
+    base_model_dirs: dict[str, Path] | None = None,
+) -> str:
+    """config.pbtxt for the python-backend variant of ``model``; ``model_dir`` (and the base-model
+    directories) for a checkpoint-backed model, which Triton's python model then loads itself."""
     spec = model.spec
-    side = max(spec.resolution.size_factor, 16)
+    frames, side = warmup_shape(spec)
+    parameters = [*_source_parameters(model, model_dir, base_model_dirs), ("spec_version", spec.version)]
     return (
         f"# Generated by models/triton_repo.py from the spec of {spec.name} {spec.version}.\n"
         f'name: "{spec.name}"\n'
@@ -112,16 +171,16 @@ def python_config(model: RewardModel, options: TritonOptions = TritonOptions()) 
         + "model_warmup [\n  {\n"
         + '    name: "one_short_clip"\n    batch_size: 1\n'
         + "    inputs {\n"
-        + f'      key: "FRAMES"\n      value {{ data_type: TYPE_UINT8 dims: [ {WARMUP_FRAMES}, {side}, {side}, 3 ] random_data: true }}\n'
+        + '      key: "FRAMES"\n'
+        + f"      value {{ data_type: TYPE_UINT8 dims: [ {frames}, {side}, {side}, 3 ] random_data: true }}\n"
         + "    }\n    inputs {\n"
         + '      key: "NUM_FRAMES"\n      value { data_type: TYPE_INT32 dims: [ 1 ] input_data_file: "num_frames" }\n'
         + "    }\n    inputs {\n"
-        + '      key: "PROMPT"\n      value { data_type: TYPE_STRING dims: [ 1 ] zero_data: true }\n'
+        + '      key: "PROMPT"\n      value { data_type: TYPE_STRING dims: [ 1 ] input_data_file: "prompt" }\n'
         + "    }\n  }\n]\n"
         + "parameters [\n"
-        + f'  {{ key: "forward" value: {{ string_value: "{forward_path(model)}" }} }},\n'
-        + f'  {{ key: "spec_version" value: {{ string_value: "{spec.version}" }} }}\n'
-        + "]\n"
+        + ",\n".join(f"  {{ key: {_string(k)} value: {{ string_value: {_string(v)} }} }}" for k, v in parameters)
+        + "\n]\n"
     )
 
 
@@ -169,18 +228,31 @@ def tensorrt_config(model: RewardModel, options: TritonOptions = TritonOptions()
     )
 
 
-def write_python_repo(repo: Path, models: dict[str, RewardModel], options: TritonOptions = TritonOptions()) -> Path:
-    """Write ``repo/<name>/{config.pbtxt, warmup/num_frames, <version>/model.py}`` for each model."""
+def write_python_repo(
+    repo: Path,
+    models: dict[str, RewardModel],
+    options: TritonOptions = TritonOptions(),
+    model_dirs: dict[str, Path] | None = None,
+    base_model_dirs: dict[str, Path] | None = None,
+) -> Path:
+    """Write ``repo/<name>/{config.pbtxt, warmup/{num_frames,prompt}, <version>/model.py}`` for each
+    model. ``model_dirs`` / ``base_model_dirs`` are the gateway's ``VRS_MODEL_DIRS`` /
+    ``VRS_BASE_MODEL_DIRS``: a model with a directory there is loaded from it inside Triton."""
     for name, model in models.items():
         if name != model.spec.name:
             raise ValueError(f"model registered as {name!r} has spec name {model.spec.name!r}")
         root = repo / name
         (root / str(options.version)).mkdir(parents=True, exist_ok=True)
         (root / "warmup").mkdir(exist_ok=True)
-        (root / "config.pbtxt").write_text(python_config(model, options))
+        model_dir = (model_dirs or {}).get(name) if name in LOADABLE else None
+        config = python_config(model, options, model_dir, base_model_dirs)
+        (root / "config.pbtxt").write_text(config)
         paths = default_python_paths() if options.python_paths is None else options.python_paths
         (root / str(options.version) / "model.py").write_text(MODEL_PY.format(paths=list(paths)))
-        (root / "warmup" / "num_frames").write_bytes(WARMUP_FRAMES.to_bytes(4, "little", signed=True))
+        # Warm-up inputs in Triton's raw format: an int32; a string as its uint32 length + UTF-8 bytes.
+        (root / "warmup" / "num_frames").write_bytes(warmup_shape(model.spec)[0].to_bytes(4, "little", signed=True))
+        prompt = WARMUP_PROMPT.encode()
+        (root / "warmup" / "prompt").write_bytes(len(prompt).to_bytes(4, "little") + prompt)
     return repo
 
 

@@ -17,6 +17,14 @@ def add_parser(sub) -> None:
     )
     triton.add_argument("--repo", type=Path, default=Path("triton-repo"), help="Model repository to (re)generate.")
     triton.add_argument("--models", nargs="+", default=None, help="Models to put in it (default: VRS_MODELS).")
+    triton.add_argument(
+        "--model-dir", action="append", default=[], metavar="NAME=PATH",
+        help="Checkpoint directory of a learned model, as in VRS_MODEL_DIRS (which it extends; repeatable).",
+    )  # fmt: skip
+    triton.add_argument(
+        "--base-model-dir", action="append", default=[], metavar="ID=PATH",
+        help="Local directory of a base model a checkpoint names, as in VRS_BASE_MODEL_DIRS (extends it; repeatable).",
+    )  # fmt: skip
     triton.add_argument("--host", default="127.0.0.1")
     triton.add_argument("--grpc-port", type=int, default=8001)
     triton.add_argument("--http-port", type=int, default=8003, help="Triton's HTTP port (8000 is the gateway's).")
@@ -29,15 +37,33 @@ def add_parser(sub) -> None:
     triton.add_argument("--verbose", action="store_true", help="Triton's verbose log.")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Write the repository, start tritonserver over it, and stay in the foreground until stopped."""
-    from models.registry import builtin_models
+def _pairs(values: list[str], flag: str) -> dict[str, Path]:
+    """``["NAME=PATH", ...]`` -> ``{NAME: Path(PATH)}``."""
+    out = {}
+    for value in values:
+        key, sep, path = value.partition("=")
+        if not sep or not key or not path:
+            raise SystemExit(f"{flag} takes NAME=PATH, got {value!r}")
+        out[key] = Path(path)
+    return out
+
+
+def write_repo(args: argparse.Namespace) -> Path:
+    """Write the repository for the requested models. Checkpoint-backed models are loaded here once,
+    with the gateway's loader and settings, for their specs and so that a bad directory stops the
+    command naming the path before Triton starts; Triton's python model loads them again."""
+    from models.registry import ModelLoadError, builtin_models, load_models
     from models.triton_repo import write_python_repo
     from service.config import Settings
-    from service.triton_server import LocalTriton
 
-    available = builtin_models()
-    names = args.models or Settings().models
+    settings = Settings()
+    names = args.models or settings.models
+    model_dirs = settings.model_dirs | _pairs(args.model_dir, "--model-dir")
+    base_dirs = settings.base_model_dirs | _pairs(args.base_model_dir, "--base-model-dir")
+    try:
+        available = builtin_models() | load_models(names, model_dirs, base_dirs)
+    except ModelLoadError as exc:
+        raise SystemExit(f"vrs triton: {exc}") from exc
     unknown = [n for n in names if n not in available]
     if unknown:
         raise SystemExit(f"unknown models {unknown}; available: {sorted(available)}")
@@ -48,7 +74,14 @@ def run(args: argparse.Namespace) -> None:
         queue_timeout_us=args.queue_timeout_us,
         instances=args.instances,
     )
-    repo = write_python_repo(args.repo.resolve(), {n: available[n] for n in names}, options)
+    return write_python_repo(args.repo.resolve(), {n: available[n] for n in names}, options, model_dirs, base_dirs)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the repository, start tritonserver over it, and stay in the foreground until stopped."""
+    from service.triton_server import LocalTriton
+
+    repo = write_repo(args)  # the models loaded for their specs are released before Triton loads them
     server = LocalTriton(
         repo, args.grpc_port, args.http_port, args.metrics_port, host=args.host, verbose=args.verbose, inherit_output=True
     )

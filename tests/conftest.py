@@ -23,6 +23,7 @@ from models.spec import Dimension, Pairwise
 from service.api import create_app
 from service.config import Settings
 from tests import videos
+from tests.tiny_checkpoints import tiny_dirs  # noqa: F401 (session fixture, built once for all modules)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,6 @@ from service.decode import Limits, sample_frames, sample_indices
 from service.ingest import EncodedVideo
 from tests import videos
 from tests.conftest import start_server, test_settings
-from tests.tiny_checkpoints import tiny_dirs  # noqa: F401 (fixture)
 
 
 def test_segment_choice_one_frame_from_the_middle_of_each_segment():
@@ -72,13 +71,17 @@ def test_temporal_consistency_on_hand_made_embeddings():
     assert math.isclose(reward.temporal_consistency(torch.stack([e[0], -e[0]])).item(), -1.0)
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tiny_dirs, tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip") / "clip-goal"
-    shutil.copytree(tiny_dirs["clip"], d)
+def goal_clip_dir(tiny_clip, d):
+    """A copy of the tiny CLIP directory with 4 segments and the goal/baseline prompts ``_reference`` uses."""
+    shutil.copytree(tiny_clip, d)
     config = {"segments": 4, "lambda": 1.0, "goal_prompts": ["a cat surfing a wave"], "baseline_prompts": ["a video"], "alpha": 0.5}
     (d / "segmental_reward.json").write_text(json.dumps(config))
     return d
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tiny_dirs, tmp_path_factory):
+    return goal_clip_dir(tiny_dirs["clip"], tmp_path_factory.mktemp("clip") / "clip-goal")
 
 
 def _reference(clip_dir, frames: np.ndarray, text: str) -> list[float]:

@@ -1,22 +1,27 @@
 """The Triton backend against a real Triton server (the tritonserver bundled in nvidia-pytriton).
 
-A session fixture generates the model repository, starts tritonserver on free ports and stops
-it (and its python stubs) afterwards. Gateways run under real uvicorn. Triton's own statistics
-API is the witness for what reached Triton and how it batched.
+A session fixture generates the model repository (``signal`` and the tiny ``videoalign`` and
+``clip-segmental`` checkpoints, which Triton's python stubs load from disk), starts tritonserver
+on free ports and stops it (and its python stubs) afterwards. Gateways run under real uvicorn.
+Triton's own statistics API is the witness for what reached Triton and how it batched.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import importlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,20 +32,28 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from models import signal as signal_model
-from models.registry import RewardModel, builtin_models
+from models.registry import RewardModel, builtin_models, load_models
 from models.triton_repo import (
     TritonOptions,
     forward_path,
     frames_profile,
     python_config,
     tensorrt_config,
+    warmup_shape,
     write_python_repo,
     write_tensorrt_repo,
 )
+from service import triton_command
 from service.api import create_app
+from service.decode import Limits, sample_frames
+from service.ingest import EncodedVideo
 from service.triton_server import LocalTriton
 from tests import videos
 from tests.conftest import RunningServer, free_port, start_server, test_settings
+from tests.test_clip_segmental import _reference as clip_reference
+from tests.test_clip_segmental import goal_clip_dir
+from tests.test_videoalign import Reference as VideoAlignReference
+from tests.tiny_checkpoints import BASE_ID
 
 SIGNAL = builtin_models()["signal"]
 K = len(signal_model.SPEC.dimensions)
@@ -91,18 +104,41 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after}
 
 
-def counted(server: LocalTriton, before: dict[str, int], key: str, at_least: int) -> dict[str, int]:
-    """The change in Triton's counters once ``key`` has grown by ``at_least``: Triton updates its
-    statistics just after it answers, so a read right after the last response can lag."""
+def counted(server: LocalTriton, before: dict[str, int], key: str, at_least: int, model: str = "signal") -> dict:
+    """The change in Triton's counters for ``model`` once ``key`` has grown by ``at_least``: Triton
+    updates its statistics just after it answers, so a read right after the last response can lag."""
     deadline = time.monotonic() + 30  # a safety net, not a speed check
-    while (change := delta(stats(server), before))[key] < at_least and time.monotonic() < deadline:
+    while (change := delta(stats(server, model), before))[key] < at_least and time.monotonic() < deadline:
         time.sleep(0.05)
     return change
 
 
+@dataclass(frozen=True)
+class Checkpoints:
+    """What VRS_MODEL_DIRS and VRS_BASE_MODEL_DIRS hold for the tiny checkpoints."""
+
+    model_dirs: dict[str, Path]
+    base_model_dirs: dict[str, Path]
+
+
 @pytest.fixture(scope="session")
-def triton_repo(tmp_path_factory) -> Path:
-    return write_python_repo(tmp_path_factory.mktemp("triton") / "repo", {"signal": SIGNAL}, TEST_OPTIONS)
+def checkpoints(tiny_dirs, tmp_path_factory) -> Checkpoints:
+    """The tiny VideoReward (LoRA layout) and CLIP (4 segments, goal/baseline prompts) on disk."""
+    clip = goal_clip_dir(tiny_dirs["clip"], tmp_path_factory.mktemp("triton-clip") / "clip-goal")
+    return Checkpoints({"videoalign": tiny_dirs["videoalign"], "clip-segmental": clip}, {BASE_ID: tiny_dirs["base"]})
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory, checkpoints: Checkpoints) -> Path:
+    """signal by its forward's import path; videoalign and clip-segmental by their checkpoint directories."""
+    loaded = load_models(list(checkpoints.model_dirs), checkpoints.model_dirs, checkpoints.base_model_dirs)
+    return write_python_repo(
+        tmp_path_factory.mktemp("triton") / "repo",
+        {"signal": SIGNAL} | loaded,
+        TEST_OPTIONS,
+        checkpoints.model_dirs,
+        checkpoints.base_model_dirs,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -361,8 +397,9 @@ async def test_model_mapping_and_readiness(triton):
             running.stop()
 
 
-async def test_triton_stopped_mid_test_gives_503_and_the_gateway_recovers(triton_repo: Path):
+async def test_triton_stopped_mid_test_gives_503_and_the_gateway_recovers(tmp_path: Path):
     """Kill Triton under load: requests get 503 (never hang or 500); once it is back they get 200 again."""
+    triton_repo = write_python_repo(tmp_path / "repo", {"signal": SIGNAL}, TEST_OPTIONS)  # signal only: quick restarts
     server = start_triton(triton_repo)
     ports = (server.grpc_port, server.http_port, server.metrics_port)
     running = start_server(triton_gateway_app(server.grpc_url))
@@ -470,3 +507,179 @@ async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
     assert isinstance(expired, InferenceServerException), expired
     mapped = to_service_error(expired, "signal", server.grpc_url, 60)
     assert isinstance(mapped, Timeout) and mapped.status == 504, expired.message()
+
+
+# --- checkpoint-backed models (videoalign, clip-segmental) ---------------------------------
+
+
+def test_checkpoint_model_config_names_its_directory_not_a_forward(checkpoints: Checkpoints, tmp_path: Path):
+    """The config says where to load the model from (absolute paths, base dirs as JSON) and warms up on valid input."""
+    loaded = load_models(list(checkpoints.model_dirs), checkpoints.model_dirs, checkpoints.base_model_dirs)
+    for name, model in loaded.items():
+        config = parse(python_config(model, TEST_OPTIONS, checkpoints.model_dirs[name], checkpoints.base_model_dirs))
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        assert params == {
+            "model_name": name,
+            "model_dir": str(checkpoints.model_dirs[name].resolve()),
+            "base_model_dirs": json.dumps({BASE_ID: str(checkpoints.base_model_dirs[BASE_ID].resolve())}),
+            "spec_version": model.spec.version,
+        }
+        assert config.name == name and config.max_batch_size == model.spec.batching.max_batch_size
+        assert list(config.output[0].dims) == [len(model.spec.dimensions)]
+        (warmup,) = config.model_warmup
+        frames, side = warmup_shape(model.spec)
+        assert list(warmup.inputs["FRAMES"].dims) == [frames, side, side, 3]
+        assert warmup.inputs["PROMPT"].input_data_file == "prompt"
+        # The bound forward of a loaded checkpoint cannot be named as module:function.
+        with pytest.raises(ValueError, match="not importable"):
+            forward_path(model)
+        with pytest.raises(ValueError, match=f"{name}: a checkpoint-backed model needs its directory.*VRS_MODEL_DIRS"):
+            python_config(model)
+    # Paths that need escaping survive the round trip through protobuf text format.
+    odd = tmp_path / 'a "quoted" \\ dir'
+    config = parse(python_config(loaded["clip-segmental"], model_dir=odd, base_model_dirs={'id "x"': odd}))
+    assert config.parameters["model_dir"].string_value == str(odd)
+    assert json.loads(config.parameters["base_model_dirs"].string_value) == {'id "x"': str(odd)}
+
+
+def test_warmup_clip_is_one_a_request_could_bring(checkpoints: Checkpoints):
+    """Warm-up frames and sides obey each spec: frame count bounds and multiple, side multiple and pixel bounds."""
+    loaded = load_models(list(checkpoints.model_dirs), checkpoints.model_dirs, checkpoints.base_model_dirs)
+    specs = [SIGNAL.spec, loaded["videoalign"].spec, loaded["clip-segmental"].spec]
+    assert [warmup_shape(s) for s in specs] == [(4, 32), (4, 336), (4, 32)]  # videoalign: 28 * 12; tiny CLIP: 32 px
+    for spec in specs:
+        frames, side = warmup_shape(spec)
+        s, r = spec.sampling, spec.resolution
+        assert s.min_frames <= frames <= s.max_frames and frames % s.multiple_of == 0
+        assert side % r.size_factor == 0 and r.min_pixels <= side * side <= r.max_pixels
+
+
+def test_vrs_triton_writes_checkpoint_models_from_settings_and_flags(checkpoints: Checkpoints, tmp_path, monkeypatch):
+    """`vrs triton` takes directories from VRS_MODEL_DIRS / VRS_BASE_MODEL_DIRS (as the gateway) and --model-dir flags;
+    a bad directory stops it before Triton starts, naming the path."""
+    monkeypatch.setenv("VRS_MODEL_DIRS", json.dumps({"videoalign": str(checkpoints.model_dirs["videoalign"])}))
+    monkeypatch.setenv("VRS_BASE_MODEL_DIRS", json.dumps({k: str(v) for k, v in checkpoints.base_model_dirs.items()}))
+    parser = argparse.ArgumentParser()
+    triton_command.add_parser(parser.add_subparsers())
+
+    def args(*extra: str) -> argparse.Namespace:
+        return parser.parse_args(["triton", "--repo", str(tmp_path / "repo"), *extra])
+
+    clip = checkpoints.model_dirs["clip-segmental"]
+    names = ("signal", "videoalign", "clip-segmental")
+    repo = triton_command.write_repo(args("--models", *names, "--model-dir", f"clip-segmental={clip}"))
+    dirs = {
+        name: parse((repo / name / "config.pbtxt").read_text()).parameters["model_dir"].string_value
+        for name in ("videoalign", "clip-segmental")
+    }
+    assert dirs == {
+        "videoalign": str(checkpoints.model_dirs["videoalign"].resolve()),
+        "clip-segmental": str(clip.resolve()),
+    }
+    assert "model_dir" not in parse((repo / "signal" / "config.pbtxt").read_text()).parameters
+    assert (repo / "videoalign" / "warmup" / "prompt").read_bytes() == (7).to_bytes(4, "little") + b"a video"
+
+    missing = tmp_path / "no-such-clip"
+    with pytest.raises(SystemExit) as info:
+        triton_command.write_repo(args("--models", "clip-segmental", "--model-dir", f"clip-segmental={missing}"))
+    assert str(missing) in str(info.value.code) and "no config.json" in str(info.value.code)
+    monkeypatch.delenv("VRS_MODEL_DIRS")
+    with pytest.raises(SystemExit, match="no checkpoint directory configured"):
+        triton_command.write_repo(args("--models", "videoalign"))
+
+
+DIMS = {
+    "videoalign": ["VQ", "MQ", "TA", "Overall"],
+    "clip-segmental": ["segmental", "temporal_consistency", "goal_baseline"],
+}
+PROMPTS = ["a cat surfing a wave at sunset", "a red car in the rain", "a dog runs on the beach"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint_gateways(triton: LocalTriton, checkpoints: Checkpoints) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """An in-process and a Triton gateway over the same checkpoint settings. A batch closes at 3 items
+    (the wait is only a backstop), so a 3-video request is one gateway batch on both."""
+    settings = dict(
+        models=["videoalign", "clip-segmental"], default_model="videoalign", max_batch_size=3, max_wait_ms=60_000,
+        model_dirs=checkpoints.model_dirs, base_model_dirs=checkpoints.base_model_dirs,
+    )  # fmt: skip
+    local = start_server(create_app(test_settings(**settings)))  # both load through the configuration path
+    remote = start_server(create_app(test_settings(backend="triton", triton_url=triton.grpc_url, **settings)))
+    yield local, remote
+    local.stop()
+    remote.stop()
+
+
+def checkpoint_videos() -> list[bytes]:
+    """Two of one size and different lengths (one padded Triton request), one portrait (its own request)."""
+    specs = [(33, 16, 240, 416, 2.0), (49, 8, 240, 416, 3.5), (40, 10, 360, 200, 1.0)]
+    return [videos.encode(videos.moving_scene(n, h, w, speed=s), "mp4", fps=fps) for n, fps, h, w, s in specs]
+
+
+async def _score_both(gateways, model: str, data: list[bytes], triton: LocalTriton) -> tuple:
+    """Score ``data`` (one request) on both gateways; return both score arrays and Triton's counter change."""
+    local, remote = gateways
+    items = [{"video": {"data": b64(v)}, "prompt": p} for v, p in zip(data, PROMPTS)]
+    body = {"items": items, "models": [model]}
+    before = stats(triton, model)
+    async with httpx.AsyncClient(timeout=300) as client:
+        answers = await asyncio.gather(*(client.post(f"{g.url}/v1/score", json=body) for g in (local, remote)))
+    arrays = []
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        arrays.append(np.array([[r["scores"][f"{model}.{d}"] for d in DIMS[model]] for r in answer.json()["results"]]))
+    for g in gateways:
+        assert dict(g.app.state.engine.batchers[model].batch_sizes) == {3: 1}  # the three videos were one gateway batch
+    return arrays[0], arrays[1], counted(triton, before, "inferences", len(data), model)
+
+
+async def test_videoalign_through_triton_equals_in_process_and_reference(checkpoint_gateways, checkpoints, triton):
+    """The tiny VideoReward served by Triton's python stub (loaded from disk there) scores as the
+    in-process gateway and as the transformers + PEFT reference built in tests/test_videoalign.py."""
+    data = checkpoint_videos()
+    local, remote, change = await _score_both(checkpoint_gateways, "videoalign", data, triton)
+    # Two frame sizes: two Triton requests, the first carrying both landscape videos (padded along T).
+    assert change["inferences"] == 3 and change["requests"] == 2 and change["failed"] == 0, change
+    np.testing.assert_allclose(remote, local, atol=1e-5, rtol=0)
+
+    model = load_models(["videoalign"], checkpoints.model_dirs, checkpoints.base_model_dirs)["videoalign"]
+    clips = [sample_frames(EncodedVideo(v), model.spec, Limits(10**9, 10**6, 10**6)).frames for v in data]
+    assert [len(c) for c in clips] == [4, 12, 8]
+    reference = VideoAlignReference(checkpoints.model_dirs["videoalign"], checkpoints.base_model_dirs[BASE_ID])
+    expected = np.concatenate([reference([c], [p]) for c, p in zip(clips, PROMPTS)])  # one video per forward
+    np.testing.assert_allclose(remote, expected, atol=1e-4, rtol=0)
+    assert np.abs(expected[0] - expected[1]).max() > 1e-2  # the batched videos really score differently
+
+
+async def test_clip_segmental_through_triton_equals_in_process_and_reference(checkpoint_gateways, checkpoints, triton):
+    data = checkpoint_videos()
+    local, remote, change = await _score_both(checkpoint_gateways, "clip-segmental", data, triton)
+    assert change["inferences"] == 3 and change["requests"] == 2 and change["failed"] == 0, change
+    np.testing.assert_allclose(remote, local, atol=1e-5, rtol=0)
+
+    clip_dir = checkpoints.model_dirs["clip-segmental"]
+    model = load_models(["clip-segmental"], checkpoints.model_dirs)["clip-segmental"]
+    for row, video, text in zip(remote, data, PROMPTS):
+        frames = sample_frames(EncodedVideo(video), model.spec, Limits(10**9, 10**6, 10**6)).frames
+        # 2e-3 as in tests/test_clip_segmental.py: the reference resizes with PIL bicubic, the model with torch's.
+        np.testing.assert_allclose(row, clip_reference(clip_dir, frames, text), atol=2e-3, rtol=0)
+    assert np.abs(remote[0] - remote[1]).max() > 1e-3
+
+
+def test_bad_checkpoint_directory_fails_the_triton_model_naming_the_path(checkpoints: Checkpoints, tmp_path: Path):
+    """Directories that went bad after the repository was generated: Triton refuses to start, and its
+    log names the path (a missing CLIP directory; a VideoReward directory with a newer step)."""
+    loaded = load_models(list(checkpoints.model_dirs), checkpoints.model_dirs, checkpoints.base_model_dirs)
+    clip, reward = tmp_path / "clip", tmp_path / "VideoReward"
+    shutil.copytree(checkpoints.model_dirs["clip-segmental"], clip)
+    shutil.copytree(checkpoints.model_dirs["videoalign"], reward)
+    dirs = {"clip-segmental": clip, "videoalign": reward}
+    repo = write_python_repo(tmp_path / "repo", loaded, TEST_OPTIONS, dirs, checkpoints.base_model_dirs)
+    shutil.rmtree(clip)
+    (reward / "checkpoint-7").rename(reward / "checkpoint-8")
+    server = LocalTriton(repo, free_port(), free_port(), free_port(), log_path=tmp_path / "triton.log")
+    with pytest.raises(RuntimeError, match="exited during start-up"):
+        server.start(timeout_s=300)
+    log = (tmp_path / "triton.log").read_text()
+    assert f"{clip}: no config.json" in log, log
+    assert f"{reward} now holds version VideoReward@checkpoint-8" in log and "VideoReward@checkpoint-7" in log, log

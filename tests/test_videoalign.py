@@ -28,7 +28,7 @@ from service.decode import Limits, sample_frames
 from service.ingest import EncodedVideo
 from tests import videos
 from tests.conftest import start_server, test_settings
-from tests.tiny_checkpoints import BASE_ID, tiny_dirs  # noqa: F401 (fixture)
+from tests.tiny_checkpoints import BASE_ID
 
 TOLERANCE = 1e-4
 LIMITS = Limits(10**9, 10**6, 10**6)

@@ -155,7 +155,7 @@ def clip(directory: Path, seed: int = 2) -> Path:
     return directory
 
 
-# Session fixtures (import them into a test module to use them).
+# Session fixtures (tests/conftest.py imports them, so each is built once per session).
 BASE_ID = "Qwen/Qwen2-VL-2B-Instruct"
 
 
