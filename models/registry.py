@@ -36,30 +36,51 @@ LOADABLE = ("videoalign", "clip-segmental")  # models loaded from a checkpoint d
 def load_model(name: str, directory: Path, base_dirs: dict[str, Path] | None = None) -> RewardModel:
     """Load one checkpoint-backed model by name from ``directory`` (the gateway and Triton's python
     backend both call this). Raises ModelLoadError naming the path and the problem."""
-    directory = Path(directory)
+    module = _loader(name)
     try:
         if name == "videoalign":
-            from models import videoalign
-
-            return videoalign.load(directory, base_dirs or {})
-        if name == "clip-segmental":
-            from models import clip_segmental
-
-            return clip_segmental.load(directory)
-    except ModelLoadError:
-        raise
+            return module.load(Path(directory), base_dirs or {})
+        return module.load(Path(directory))
     except ValueError as exc:  # the loaders' CheckpointError
         raise ModelLoadError(f"{name}: {exc}") from exc
+
+
+def load_spec(name: str, directory: Path) -> RewardModel:
+    """Only the spec of a checkpoint-backed model, for a gateway whose backend (Triton) holds the
+    weights: nothing large is read. Its forward refuses to run."""
+    try:
+        spec = _loader(name).read_spec(Path(directory))
+    except ValueError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from exc
+
+    def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        raise RuntimeError(f"{name}: loaded without weights (spec only); its forward runs in the backend")
+
+    return RewardModel(spec=spec, forward=forward)
+
+
+def _loader(name: str):
+    if name == "videoalign":
+        from models import videoalign
+
+        return videoalign
+    if name == "clip-segmental":
+        from models import clip_segmental
+
+        return clip_segmental
     raise ModelLoadError(f"{name}: not a checkpoint-backed model (known: {', '.join(LOADABLE)})")
 
 
-def load_models(names: Sequence[str], dirs: dict[str, Path], base_dirs: dict[str, Path] | None = None) -> dict[str, RewardModel]:
-    """Load the checkpoint-backed models among ``names``; each needs an entry in ``dirs``."""
+def load_models(
+    names: Sequence[str], dirs: dict[str, Path], base_dirs: dict[str, Path] | None = None, *, weights: bool = True
+) -> dict[str, RewardModel]:
+    """Load the checkpoint-backed models among ``names``; each needs an entry in ``dirs``.
+    ``weights=False`` reads only their specs (see ``load_spec``)."""
     out: dict[str, RewardModel] = {}
     for name in names:
         if name not in LOADABLE:
             continue  # built in, or unknown (the caller reports it)
         if name not in dirs:
             raise ModelLoadError(f"{name}: no checkpoint directory configured (set VRS_MODEL_DIRS='{{\"{name}\": \"/path\"}}')")
-        out[name] = load_model(name, dirs[name], base_dirs)
+        out[name] = load_model(name, dirs[name], base_dirs) if weights else load_spec(name, dirs[name])
     return out

@@ -48,7 +48,10 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     """Build the gateway app; the engine starts and stops with the app's lifespan."""
     settings = settings or Settings()
     if models is None:  # built-ins plus the configured checkpoints (a bad checkpoint stops start-up here)
-        models = builtin_models() | load_models(settings.models, settings.model_dirs, settings.base_model_dirs)
+        in_process = settings.backend == "inprocess"  # with Triton, the weights live there: read specs only
+        models = builtin_models() | load_models(
+            settings.models, settings.model_dirs, settings.base_model_dirs, weights=in_process
+        )
     available = models
     missing = [name for name in settings.models if name not in available]
     if missing:

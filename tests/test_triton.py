@@ -32,7 +32,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from models import signal as signal_model
-from models.registry import RewardModel, builtin_models, load_models
+from models.registry import ModelLoadError, RewardModel, builtin_models, load_model, load_models, load_spec
 from models.triton_repo import (
     TritonOptions,
     forward_path,
@@ -683,3 +683,24 @@ def test_bad_checkpoint_directory_fails_the_triton_model_naming_the_path(checkpo
     log = (tmp_path / "triton.log").read_text()
     assert f"{clip}: no config.json" in log, log
     assert f"{reward} now holds version VideoReward@checkpoint-8" in log and "VideoReward@checkpoint-7" in log, log
+
+
+def test_a_gateway_in_front_of_triton_reads_only_the_checkpoints_specs(checkpoint_gateways, checkpoints, tmp_path):
+    """With backend=triton the weights live in Triton: the gateway's models have the same specs as a
+    full load, read no weight file, and refuse to run a forward themselves."""
+    full = load_models(list(checkpoints.model_dirs), checkpoints.model_dirs, checkpoints.base_model_dirs)
+    _, remote = checkpoint_gateways
+    for name, model in remote.app.state.engine.models.items():
+        assert model.spec == full[name].spec
+        with pytest.raises(RuntimeError, match="spec only"):
+            model.forward(None, None, [])
+
+    # A copy of the VideoReward directory without its weight files: the spec still loads, the model does not.
+    hollow = shutil.copytree(checkpoints.model_dirs["videoalign"], tmp_path / "videoalign")
+    for weights in [*hollow.glob("checkpoint-*/*.safetensors"), *hollow.glob("checkpoint-*/*.pth")]:
+        weights.unlink()
+    spec, reference = load_spec("videoalign", hollow).spec, full["videoalign"].spec
+    assert spec.version.split("@")[1] == reference.version.split("@")[1]  # the same checkpoint step
+    assert spec.model_copy(update={"version": reference.version}) == reference  # the directory name aside
+    with pytest.raises(ModelLoadError):
+        load_model("videoalign", hollow, checkpoints.base_model_dirs)

@@ -139,13 +139,30 @@ class ClipSegmental:
         return torch.stack(rows).float().cpu()
 
 
+def read_spec(directory: Path) -> ModelSpec:
+    """The spec of a CLIP directory, without loading weights (a gateway in front of Triton needs only this)."""
+    from transformers import CLIPConfig
+
+    directory = Path(directory)
+    _check_layout(directory)
+    try:
+        image_size = int(CLIPConfig.from_pretrained(directory).vision_config.image_size)
+    except Exception as exc:
+        raise CheckpointError(f"{directory / 'config.json'}: not a CLIP config ({type(exc).__name__}: {exc})") from exc
+    return make_spec(read_config(directory), image_size, version=f"{directory.name}")
+
+
+def _check_layout(directory: Path) -> None:
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face CLIP directory)")
+
+
 def load(directory: Path, device: str = "cpu") -> RewardModel:
     """Load a CLIP directory (and its optional segmental_reward.json) into a RewardModel."""
     from transformers import AutoTokenizer, CLIPModel
 
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face CLIP directory)")
+    _check_layout(directory)
     config = read_config(directory)
     try:
         model = CLIPModel.from_pretrained(directory, dtype=torch.float32).to(device).eval()

@@ -124,18 +124,28 @@ class VideoReward:
         return torch.cat([norm, norm.sum(1, keepdim=True)], dim=1)
 
 
-def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> RewardModel:
-    """Load a VideoReward checkpoint directory (layout in ``checkpoint``) into a RewardModel."""
-    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+def read_spec(directory: Path) -> ModelSpec:
+    """The spec of a checkpoint directory, without loading weights (a gateway in front of Triton needs only this)."""
+    config, step = _config_and_step(Path(directory))
+    return make_spec(config, version=f"{Path(directory).name}@{step.name}")
 
-    directory = Path(directory)
+
+def _config_and_step(directory: Path) -> tuple[checkpoint.VideoRewardConfig, Path]:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     config = checkpoint.read_config(directory)
     if config.output_dim != 3:
         raise CheckpointError(f"{directory / 'model_config.json'}: output_dim must be 3, got {config.output_dim}")
+    return config, checkpoint.latest_step(directory)
+
+
+def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> RewardModel:
+    """Load a VideoReward checkpoint directory (layout in ``checkpoint``) into a RewardModel."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    directory = Path(directory)
+    config, step = _config_and_step(directory)
     base = checkpoint.base_dir(directory, config, base_dirs or {})
-    step = checkpoint.latest_step(directory)
     plain, lora = checkpoint.state_dicts(step, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
