@@ -208,7 +208,7 @@ class Engine:
             published = {keys[p]: cache.encode_scores(v) for p, v in computed.items()}
             await self.cache.put_many(published)
         finally:
-            for p in led:
+            for p in led if mode == "use" else ():  # only "use" calls registered as leaders
                 self.inflight.finish(keys[p], published.get(keys[p]) or waited.get(keys[p]))
             if l2 is not None and mine:
                 await l2.unlock_many([keys[p] for p in mine])
