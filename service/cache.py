@@ -11,6 +11,7 @@ lets one probe through per cooldown, and a failed lookup is a miss, not an error
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -48,6 +49,7 @@ def content_digest(video: EncodedVideo | RawFrames) -> str:
     return h.hexdigest()
 
 
+@functools.cache  # specs are frozen and few; this runs for every (item, model) of every request
 def preprocessing_hash(spec: ModelSpec) -> str:
     """Hash of everything that decides the model's input frames for a given video."""
     text = f"{PREPROCESS_REVISION}\0{spec.sampling.model_dump_json()}\0{spec.resolution.model_dump_json()}"

@@ -7,8 +7,6 @@ Inference and decoding are counted by the engine's own counters (``engine.stats`
 from __future__ import annotations
 
 import asyncio
-import base64
-import itertools
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,27 +22,14 @@ from service.api import create_app
 from service.cache import LRU, CircuitBreaker, cache_key, content_digest
 from service.ingest import EncodedVideo, RawFrames
 from tests import videos
+from tests.videos import unique_clip
 from tests.conftest import PROMPT_PROBE, RunningServer, start_server, test_settings
 from tests.redis_server import RedisServer
 from tests.test_api import expected_scores
-
-_unique = itertools.count(1)
-
-
-def unique_clip(frames: int = 9, size: int = 64) -> np.ndarray:
-    """A small clip no other test sends (a counter is written into its pixels)."""
-    n = next(_unique)
-    clip = videos.moving_scene(frames, size, size, speed=1.0 + n % 3)
-    clip[:, :2, :2, :] = np.array([n % 256, n // 256 % 256, 7], dtype=np.uint8)
-    return clip
-
-
-def frames_ref(frames: np.ndarray, fps: float = 16.0) -> dict:
-    return {"frames": base64.b64encode(videos.npy_bytes(frames)).decode(), "fps": fps}
-
+from vrs_client.videos import video_ref
 
 def body(frames: np.ndarray, prompt: str | None = None, **extra) -> dict:
-    return {"items": [{"video": frames_ref(frames), "prompt": prompt}], **extra}
+    return {"items": [{"video": video_ref(frames, fps=16), "prompt": prompt}], **extra}
 
 
 def score(server: RunningServer, frames: np.ndarray, prompt: str | None = None, **extra) -> dict:
@@ -124,7 +109,7 @@ def test_miss_then_hit_skips_decoding_and_inference(gateway):
 
 
 def test_uploaded_container_hits_too(gateway):
-    data = videos.encode(unique_clip(17, 96))
+    data = videos.encode(unique_clip(17, 96, 96))
     first = httpx.post(f"{gateway.url}/v1/score", files={"video": data}, timeout=60).json()["results"][0]
     before = stats(gateway)
     again = httpx.post(f"{gateway.url}/v1/score", files={"video": data}, timeout=60).json()["results"][0]
@@ -147,7 +132,7 @@ def test_weights_do_not_split_entries_but_prompts_do(gateway):
 
 
 def test_two_models_decode_the_video_once(gateway):
-    data = videos.encode(unique_clip(17, 96))
+    data = videos.encode(unique_clip(17, 96, 96))
     before = stats(gateway)
     form = {"model": ["signal", "prompt-probe"], "prompt": "a ball"}
     response = httpx.post(f"{gateway.url}/v1/score", data=form, files={"video": data}, timeout=60)
@@ -253,7 +238,7 @@ def test_second_replica_gets_hits_from_redis(replicas, redis_server):
 
 async def test_identical_requests_across_replicas_run_one_inference(replicas):
     a, b = replicas
-    payload = body(unique_clip(33, 128))
+    payload = body(unique_clip(33, 128, 128))
     before_a, before_b = stats(a), stats(b)
     async with httpx.AsyncClient(timeout=60) as client:
         responses = await asyncio.gather(

@@ -9,7 +9,6 @@ return at least one finite value.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import math
 import time
@@ -22,10 +21,11 @@ import pytest
 from models.registry import builtin_models
 from models.triton_repo import TritonOptions, write_python_repo
 from service.triton_server import LocalTriton
-from tests import videos
 from tests.conftest import RunningServer, start_server
 from tests.prometheus_server import PrometheusServer
-from tests.test_triton import start_triton, triton_gateway_app, unique_clip
+from tests.test_triton import start_triton, triton_gateway_app
+from tests.videos import unique_clip
+from vrs_client.videos import video_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "vrs-dashboard.json"
@@ -60,13 +60,9 @@ def stack(tmp_path_factory) -> Iterator[tuple[LocalTriton, RunningServer, Promet
     triton.stop()
 
 
-def frames_ref(frames) -> dict:
-    return {"frames": base64.b64encode(videos.npy_bytes(frames)).decode(), "fps": 16}
-
-
 async def mixed_load(url: str, seconds: float) -> list[int]:
     """Misses, repeats (cache hits), compare, rank and a bad request, several at a time."""
-    repeated = frames_ref(unique_clip())
+    repeated = video_ref(unique_clip(), fps=16)
     statuses: list[int] = []
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -75,13 +71,13 @@ async def mixed_load(url: str, seconds: float) -> list[int]:
             while time.monotonic() < deadline:
                 kind = n % 5
                 if kind == 0:
-                    r = await client.post("/v1/score", json={"items": [{"video": frames_ref(unique_clip())}]})
+                    r = await client.post("/v1/score", json={"items": [{"video": video_ref(unique_clip(), fps=16)}]})
                 elif kind == 1:
                     r = await client.post("/v1/score", json={"items": [{"video": repeated}]})
                 elif kind == 2:
-                    r = await client.post("/v1/compare", json={"videos": [repeated, frames_ref(unique_clip())]})
+                    r = await client.post("/v1/compare", json={"videos": [repeated, video_ref(unique_clip(), fps=16)]})
                 elif kind == 3:
-                    r = await client.post("/v1/rank", json={"videos": [frames_ref(unique_clip()) for _ in range(3)]})
+                    r = await client.post("/v1/rank", json={"videos": [video_ref(unique_clip(), fps=16) for _ in range(3)]})
                 else:
                     r = await client.post("/v1/score", json={"items": [{"video": {"data": "not base64!"}}]})
                 statuses.append(r.status_code)

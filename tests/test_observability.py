@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -19,11 +18,11 @@ from models.registry import builtin_models
 from service.api import create_app
 from tests import videos
 from tests.conftest import free_port, start_server, test_settings
+from vrs_client.videos import video_ref
 
 
 def frames_body(frames: np.ndarray, **extra) -> dict:
-    ref = {"frames": base64.b64encode(videos.npy_bytes(frames)).decode(), "fps": 16}
-    return {"items": [{"video": ref}], **extra}
+    return {"items": [{"video": video_ref(frames, fps=16)}], **extra}
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:

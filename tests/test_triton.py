@@ -54,6 +54,8 @@ from tests.test_clip_segmental import _reference as clip_reference
 from tests.test_clip_segmental import goal_clip_dir
 from tests.test_videoalign import Reference as VideoAlignReference
 from tests.tiny_checkpoints import BASE_ID
+from tests.videos import unique_clip
+from vrs_client.videos import video_ref
 
 SIGNAL = builtin_models()["signal"]
 K = len(signal_model.SPEC.dimensions)
@@ -67,20 +69,6 @@ def parse(text: str) -> model_config_pb2.ModelConfig:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def frames_ref(frames: np.ndarray) -> dict:
-    return {"frames": b64(videos.npy_bytes(frames)), "fps": 16}
-
-
-_stamps = iter(range(1, 2**24))
-
-
-def unique_clip(shape: tuple[int, int, int] = (9, 64, 64), speed: float = 2.0) -> np.ndarray:
-    """A clip whose bytes no other request in this session has sent, so no score cache can answer it."""
-    frames = videos.moving_scene(*shape, speed=speed)
-    frames[0, 0, 0] = np.frombuffer(next(_stamps).to_bytes(3, "little"), dtype=np.uint8)
-    return frames
 
 
 def start_triton(repo: Path, ports: tuple[int, int, int] | None = None) -> LocalTriton:
@@ -248,11 +236,12 @@ def workload() -> list[dict]:
     """Raw-frame and mp4 items at three rollout shapes, clean and damaged, each unique."""
     items = []
     for i, shape in enumerate([(33, 240, 416), (17, 480, 480), (25, 400, 640), (33, 240, 416)]):
-        frames = unique_clip(shape, speed=1.0 + i)
+        frames = videos.moving_scene(*shape, speed=1.0 + i)
         if i % 2:
             frames = videos.flicker(frames, 0.1 * i)
-        items.append({"video": frames_ref(frames)})
-    items.append({"video": {"data": b64(videos.encode(unique_clip((33, 240, 416))))}})
+        frames = videos.stamp(frames)  # after the damage, which could otherwise erase the mark
+        items.append({"video": video_ref(frames, fps=16)})
+    items.append({"video": {"data": b64(videos.encode(unique_clip(33, 240, 416)))}})
     return items
 
 
@@ -281,10 +270,10 @@ async def test_one_triton_request_per_gateway_batch(triton_gateway, triton):
     batcher = triton_gateway.app.state.engine.batchers["signal"]
     sizes_before = dict(batcher.batch_sizes)
     before = stats(triton)
-    clips = [unique_clip((9, 128, 224), speed=1.0 + i % 4) for i in range(24)]
+    clips = [unique_clip(9, 128, 224, speed=1.0 + i % 4) for i in range(24)]
     async with httpx.AsyncClient(base_url=triton_gateway.url, timeout=120) as client:
         responses = await asyncio.gather(
-            *(client.post("/v1/score", json={"items": [{"video": frames_ref(c)}]}) for c in clips)
+            *(client.post("/v1/score", json={"items": [{"video": video_ref(c, fps=16)}]}) for c in clips)
         )
     assert [r.status_code for r in responses] == [200] * len(clips), [r.text for r in responses if r.status_code != 200]
     for clip, response in zip(clips, responses):
@@ -329,7 +318,7 @@ async def test_triton_dynamic_batching_under_concurrency(triton):
 
 
 async def test_bad_input_never_reaches_triton(triton_gateway, triton):
-    good = {"video": frames_ref(unique_clip())}
+    good = {"video": video_ref(unique_clip(), fps=16)}
     bad_requests = [
         ({"items": [{"video": {"frames": "not base64!", "fps": 16}}]}, 400),
         ({"items": [{"video": {"data": b64(os.urandom(4096))}}]}, 415),
@@ -356,7 +345,7 @@ async def test_triton_timeout_gives_504(triton):
     running = start_server(triton_gateway_app(triton.grpc_url, triton_timeout_s=1e-6))
     try:
         async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
-            response = await client.post("/v1/score", json={"items": [{"video": frames_ref(unique_clip())}]})
+            response = await client.post("/v1/score", json={"items": [{"video": video_ref(unique_clip(), fps=16)}]})
         assert response.status_code == 504, response.text
         assert response.json()["error"]["code"] == "timeout"
     finally:
@@ -371,7 +360,7 @@ async def test_unreachable_triton_or_missing_model_gives_503():
         try:
             async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
                 ready = await client.get("/readyz")
-                scored = await client.post("/v1/score", json={"items": [{"video": frames_ref(unique_clip())}]})
+                scored = await client.post("/v1/score", json={"items": [{"video": video_ref(unique_clip(), fps=16)}]})
             assert ready.status_code == 503 and url in ready.json()["error"]["message"]
             assert scored.status_code == 503, scored.text
             error = scored.json()["error"]
@@ -409,7 +398,7 @@ async def test_triton_stopped_mid_test_gives_503_and_the_gateway_recovers(tmp_pa
 
     async def load(client: httpx.AsyncClient) -> None:
         while not phase["stop"]:
-            body = {"items": [{"video": frames_ref(unique_clip())}]}  # unique: a cache cannot answer for Triton
+            body = {"items": [{"video": video_ref(unique_clip(), fps=16)}]}  # unique: a cache cannot answer for Triton
             response = await client.post("/v1/score", json=body)  # raises if a request is left unanswered
             statuses.append(response.status_code)
             if response.status_code != 200:

@@ -66,12 +66,7 @@ def qwen2vl_base(directory: Path, seed: int = 0) -> Path:
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
+    return _save(Qwen2VLForConditionalGeneration, config, fast, directory, seed)
 
 
 def videoreward(directory: Path, base: Path, layout: str = "lora", step: int = 7, seed: int = 1,
@@ -147,11 +142,16 @@ def clip(directory: Path, seed: int = 2) -> Path:
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
         projection_dim=16,
     )
+    return _save(CLIPModel, config, fast, directory, seed)
+
+
+def _save(model_class, config, tokenizer, directory: Path, seed: int) -> Path:
+    """Randomly initialise ``model_class(config)`` with ``seed`` and save it with its tokenizer."""
     torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
+    model = model_class(config).eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    fast.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 

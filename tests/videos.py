@@ -8,11 +8,31 @@ degradation under test.
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 from fractions import Fraction
 
 import av
 import numpy as np
+
+
+_stamps = itertools.count(1)
+
+
+def unique_clip(frames: int = 9, height: int = 64, width: int = 64, speed: float = 2.0) -> np.ndarray:
+    """A moving scene whose content no other request in this session has sent (see ``stamp``)."""
+    return stamp(moving_scene(frames, height, width, speed))
+
+
+def stamp(frames: np.ndarray) -> np.ndarray:
+    """Write a session-wide counter into every frame as 16 black/white 4x4 blocks along the top
+    edge (width >= 64), so no score cache can answer for the clip. Full-contrast blocks survive
+    brightness changes and lossy encoding, which a one-pixel mark does not."""
+    n = next(_stamps)
+    out = frames.copy()
+    for bit in range(16):
+        out[:, :4, 4 * bit : 4 * bit + 4] = 255 if n >> bit & 1 else 0
+    return out
 
 
 def moving_scene(frames: int = 33, height: int = 240, width: int = 416, speed: float = 2.0) -> np.ndarray:
