@@ -1,0 +1,54 @@
+"""A tiny judge checkpoint: a Hugging Face Qwen2-VL directory (random weights) whose tokenizer
+knows the judges' prompts, has "Yes", "No" and the digits as single tokens, and carries a
+Qwen2-VL chat template with system messages, images and videos. Built by the tests; no downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.judges import unifiedreward, videoscore2, yesno
+from tests.tiny_checkpoints import QWEN_SPECIAL, _bpe_tokenizer, _save
+
+# Qwen2-VL-Instruct's chat template (add_vision_id off): a default system turn, image and video pads.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen2vl_judge(directory: Path, seed: int = 5) -> Path:
+    """Tiny Qwen2-VL (hidden 32, 1 text layer, 1 vision block), tokenizer vocabulary 700."""
+    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    corpus = [
+        videoscore2.PROMPT_TEMPLATE, unifiedreward.POINTWISE_TEMPLATE, unifiedreward.PAIRWISE_TEMPLATE,
+        yesno.COSMOS_SYSTEM_PROMPT, yesno.COSMOS_QUESTION,
+        "visual quality: 4; text-to-video alignment: 3, physical/common-sense consistency: 5",
+        "Alignment Score (1-5): 3.5 Physics Score (1-5): 2 Style Score (1-5): 4",
+    ] + ["Yes No Yes No"] * 50
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe_tokenizer(QWEN_SPECIAL, corpus, 700),
+        eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
+    )
+    for word in ("Yes", "No", "1", "2", "3", "4", "5"):
+        assert len(fast.encode(word, add_special_tokens=False)) == 1, f"{word!r} is not one token"
+    ids = {t: fast.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=8192, initializer_range=0.3,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    return _save(Qwen2VLForConditionalGeneration, config, fast, directory, seed)
