@@ -9,7 +9,7 @@ the confident answers these judges give.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from models.judges.spec import JudgeAnswerError
 
@@ -40,12 +40,13 @@ def token_at(starts: list[int], offset: int) -> int:
     return lo
 
 
-def probabilities(top: Mapping[str, float], values: Mapping[str, float]) -> dict[float, float]:
+def probabilities(top: Mapping[str, float], values: Mapping[str, float], strip: bool = True) -> dict[float, float]:
     """Probability mass per value among the alternatives ``top`` (token -> logprob), where a token
-    counts for value ``values[token.strip()]``; tokens that differ only by surrounding spaces add up."""
+    counts for value ``values[token]`` (``values[token.strip()]`` with ``strip``: then tokens that
+    differ only by surrounding spaces add up)."""
     mass: dict[float, float] = {}
     for token, logprob in top.items():
-        value = values.get(token.strip())
+        value = values.get(token.strip() if strip else token)
         if value is not None:
             mass[value] = mass.get(value, 0.0) + math.exp(logprob)
     return mass
@@ -64,7 +65,3 @@ def digit_values(lo: int, hi: int) -> dict[str, float]:
 def require_positive_mass(judge: str, mass: Mapping[float, float], what: str, raw: str) -> None:
     if not mass or sum(mass.values()) <= 0.0:
         raise JudgeAnswerError(judge, f"no probability for any {what} among the returned top log-probabilities", raw)
-
-
-def first(items: Iterable, default=None):
-    return next(iter(items), default)

@@ -97,7 +97,7 @@ def make(
                    if starts[i] >= start and t.token.strip()), None)  # the first non-blank answer token
         if at is None:
             raise JudgeAnswerError(NAME, "empty answer", raw)
-        mass = parsing.probabilities(generation.tokens[at].top, values)
+        mass = parsing.probabilities(generation.tokens[at].top, values, strip=False)  # exact tokens, as the reference
         parsing.require_positive_mass(NAME, mass, f"of the answers {answers}", raw)
         return {dimension: mass.get(1.0, 0.0) / sum(mass.values())}
 
