@@ -58,7 +58,7 @@ class TransformersRunner:
 
     def _snap(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 [n, H, W, 3] -> tensor with sides multiples of patch * merge (bicubic, antialiased)."""
-        x = torch.from_numpy(np.ascontiguousarray(frames))
+        x = torch.from_numpy(np.array(frames, dtype=np.uint8))  # a writable copy
         f = self.patch * self.merge
         h, w = x.shape[1:3]
         th, tw = max(f, round(h / f) * f), max(f, round(w / f) * f)
@@ -101,8 +101,14 @@ class TransformersRunner:
             if self.model.config.model_type == "qwen2_5_vl" and request.video_fps:
                 inputs["second_per_grid_ts"] = torch.tensor([self.temporal / request.video_fps], device=device)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        inputs["input_ids"] = ids["input_ids"].to(device)
+        input_ids = ids["input_ids"].to(device)
+        inputs["input_ids"] = input_ids
         inputs["attention_mask"] = ids["attention_mask"].to(device)
+        # Modality per position (0 text, 1 image, 2 video): without it transformers silently gives the
+        # visual tokens text positions instead of Qwen2-VL's 3D (M-RoPE) ones.
+        config = self.model.config
+        inputs["mm_token_type_ids"] = ((input_ids == config.image_token_id).int()
+                                       + 2 * (input_ids == config.video_token_id).int())
         return inputs
 
     def _generate(self, request: ChatRequest) -> Generation:

@@ -1,0 +1,205 @@
+"""Both judge runners on a real model: a tiny Qwen2-VL checkpoint built here (random weights, so
+its text is noise) run in-process, and the same model behind a real OpenAI-compatible server
+(uvicorn, ``tests/openai_upstream.py``) reached by the HTTP runner. The tests assert the plumbing:
+both runners give the same text and log-probabilities for the same input; the yes/no score equals
+the two-way softmax of the model's own next-token logits; noise is a typed error with the raw
+text; retries honour 429 + Retry-After and 503s; the concurrency bound holds; failures are typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.judges import JUDGES, unifiedreward, videoscore2, yesno
+from models.judges.runner import build_request, judge, judge_pair
+from models.judges.spec import JudgeAnswerError, UpstreamRejected, UpstreamUnavailable
+from models.judges.transformers_runner import TransformersRunner
+from service.judge_client import OpenAIChatRunner, jpeg_base64
+from tests import videos
+from tests.conftest import free_port, start_server
+from tests.judge_checkpoints import qwen2vl_judge
+from tests.openai_upstream import Upstream, decode_jpeg
+
+MODEL = "tiny-judge"
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> TransformersRunner:
+    directory = qwen2vl_judge(Path(tmp_path_factory.mktemp("judge")) / "qwen2vl-judge")
+    return TransformersRunner.load(directory)
+
+
+@pytest.fixture(scope="module")
+def upstream(local: TransformersRunner) -> Iterator[tuple[Upstream, str]]:
+    server = Upstream(runner=local, model_name=MODEL)
+    running = start_server(server.app())
+    yield server, running.url
+    running.stop()
+
+
+@pytest.fixture()
+def fresh(upstream):
+    """The upstream with no faults queued and its counters reset."""
+    server, url = upstream
+    server.faults.clear()
+    server.arrivals.clear()
+    server.max_in_flight = 0
+    server.hold_s = 0.0
+    yield server, url
+    server.faults.clear()
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return videos.moving_scene(4, 56, 84)
+
+
+def jpeg_roundtrip(frames: np.ndarray) -> np.ndarray:
+    """What the upstream decodes from the HTTP runner's JPEGs."""
+    return np.stack([decode_jpeg(jpeg_base64(f)) for f in frames])
+
+
+def tiny(judge_, **generation):
+    """The judge asking the tiny model (its served name), with generation overrides."""
+    spec = judge_.spec
+    return type(judge_)(
+        spec=spec.model_copy(update={"upstream_model": MODEL, "generation": spec.generation.model_copy(update=generation)}),
+        parse=judge_.parse, parse_pair=judge_.parse_pair,
+    )
+
+
+@pytest.mark.parametrize("name, generation", [
+    ("videoscore2", {"max_tokens": 12}),  # video, logprobs (top 20)
+    ("unifiedreward", {"max_tokens": 12}),  # 4 images, text only
+    ("yes-no", {"max_tokens": 3, "top_logprobs": 5}),  # system prompt, video, logprobs
+])
+async def test_http_and_in_process_runners_give_the_same_answer(local, fresh, frames, name, generation):
+    server, url = fresh
+    j = tiny(JUDGES[name], **generation)
+    async with OpenAIChatRunner(url) as remote:
+        over_http = await remote.generate(build_request(j.spec, frames, "a fox in the snow"))
+    in_process = await local.generate(build_request(j.spec, jpeg_roundtrip(frames), "a fox in the snow"))
+
+    seen = server.last  # what the upstream decoded from the wire
+    assert seen.model == MODEL and seen.text == j.spec.render("a fox in the snow") and seen.system == j.spec.system_prompt
+    assert seen.params == j.spec.generation
+    if j.spec.frames_as == "video":
+        assert seen.images == () and np.array_equal(seen.video, jpeg_roundtrip(frames))
+    else:
+        assert seen.video is None and np.array_equal(np.stack(seen.images), jpeg_roundtrip(frames))
+
+    assert over_http.text == in_process.text and over_http.text  # the noise of a random model, but the same noise
+    if j.spec.generation.wants_logprobs:
+        assert len(over_http.tokens) == len(in_process.tokens) > 0
+        for a, b in zip(over_http.tokens, in_process.tokens):
+            assert a.token == b.token and a.logprob == pytest.approx(b.logprob, abs=1e-6)
+            assert a.top.keys() == b.top.keys()
+            assert all(a.top[k] == pytest.approx(b.top[k], abs=1e-6) for k in a.top)
+    else:
+        assert over_http.tokens is None and in_process.tokens is None
+
+
+async def test_yes_no_score_is_the_softmax_of_the_models_own_yes_no_logits(local, fresh, frames):
+    """End to end through HTTP, against one plain forward of the model (Cosmos' computation)."""
+    _, url = fresh
+    vocab = len(local.tokenizer)
+    j = tiny(JUDGES["yes-no"], top_logprobs=vocab)  # every token's logprob, so both answers are there
+    async with OpenAIChatRunner(url) as remote:
+        out = await judge(remote, j, frames)
+
+    inputs = local._inputs(build_request(j.spec, jpeg_roundtrip(frames), ""))
+    with torch.no_grad():
+        logits = local.model(**inputs).logits[0, -1]
+    yes, no = (local.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
+    expected = float(torch.softmax(torch.stack([logits[yes], logits[no]]).double(), 0)[1])
+    assert out.scores == {"no_anomaly": pytest.approx(expected, abs=1e-5)}
+    assert 0.0 < out.scores["no_anomaly"] < 1.0
+    local_out = await judge(local, j, jpeg_roundtrip(frames))
+    assert local_out.scores["no_anomaly"] == pytest.approx(out.scores["no_anomaly"], abs=1e-6)
+
+
+async def test_noise_is_a_typed_error_carrying_the_raw_text(local, fresh, frames):
+    _, url = fresh
+    j = tiny(videoscore2.make(), max_tokens=10)
+    expected = (await local.generate(build_request(j.spec, jpeg_roundtrip(frames), "a cat"))).text
+    async with OpenAIChatRunner(url) as remote:
+        with pytest.raises(JudgeAnswerError) as caught:
+            await judge(remote, j, frames, "a cat")
+    assert caught.value.raw_text == expected and caught.value.judge == "videoscore2"
+    assert "visual quality" in caught.value.reason
+
+
+async def test_pairwise_sends_eight_frames_of_each_video(local, fresh):
+    server, url = fresh
+    a, b = videos.moving_scene(16, 28, 28), videos.moving_scene(16, 28, 28, speed=5.0)
+    j = tiny(unifiedreward.make(), max_tokens=8)
+    async with OpenAIChatRunner(url) as remote:
+        with pytest.raises(JudgeAnswerError) as caught:  # a random model does not write the format
+            await judge_pair(remote, j, a, b, "a cat")
+    assert caught.value.raw_text
+    sent = np.stack(server.last.images)
+    assert sent.shape == (16, 28, 28, 3) and server.last.text == j.spec.render_pair("a cat")
+    assert np.array_equal(sent[:8], jpeg_roundtrip(a[::2])) and np.array_equal(sent[8:], jpeg_roundtrip(b[::2]))
+
+
+async def test_429_with_retry_after_then_success(fresh, frames):
+    server, url = fresh
+    server.faults.append((429, {"Retry-After": "1"}))
+    j = tiny(JUDGES["yes-no"], max_tokens=1)
+    async with OpenAIChatRunner(url, backoff_s=0.01) as remote:
+        generation = await remote.generate(build_request(j.spec, frames, ""))
+    assert generation.text and len(server.arrivals) == 2
+    assert server.arrivals[1] - server.arrivals[0] >= 0.9  # waited as told, not the 10 ms backoff
+
+
+async def test_503s_are_retried_until_an_answer(fresh, frames):
+    server, url = fresh
+    server.faults.extend([(503, {}), (502, {})])
+    j = tiny(JUDGES["unifiedreward"], max_tokens=2)
+    async with OpenAIChatRunner(url, max_attempts=3, backoff_s=0.01) as remote:
+        generation = await remote.generate(build_request(j.spec, frames, "a cat"))
+    assert generation.text and len(server.arrivals) == 3
+
+
+async def test_503s_past_the_attempts_are_upstream_unavailable(fresh, frames):
+    server, url = fresh
+    server.faults.extend([(503, {})] * 3)
+    j = tiny(JUDGES["unifiedreward"], max_tokens=2)
+    async with OpenAIChatRunner(url, max_attempts=3, backoff_s=0.01) as remote:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await remote.generate(build_request(j.spec, frames, "a cat"))
+    assert caught.value.status == 503 and caught.value.attempts == 3 and len(server.arrivals) == 3
+
+
+async def test_an_unknown_model_is_rejected_at_once(fresh, frames):
+    server, url = fresh
+    j = tiny(JUDGES["unifiedreward"], max_tokens=2)
+    wrong = type(j)(spec=j.spec.model_copy(update={"upstream_model": "not-served"}), parse=j.parse)
+    async with OpenAIChatRunner(url, max_attempts=4, backoff_s=0.01) as remote:
+        with pytest.raises(UpstreamRejected, match="404") as caught:
+            await judge(remote, wrong, frames, "a cat")
+    assert caught.value.status == 404 and len(server.arrivals) == 1  # a 4xx is not retried
+
+
+async def test_an_upstream_that_is_down_is_upstream_unavailable(frames):
+    j = tiny(JUDGES["unifiedreward"], max_tokens=2)
+    async with OpenAIChatRunner(f"http://127.0.0.1:{free_port()}", max_attempts=2, backoff_s=0.01) as remote:
+        with pytest.raises(UpstreamUnavailable, match="ConnectError") as caught:
+            await judge(remote, j, frames, "a cat")
+    assert caught.value.attempts == 2 and caught.value.status is None
+
+
+async def test_concurrency_to_one_upstream_is_bounded(fresh, frames):
+    server, url = fresh
+    server.hold_s = 0.2
+    j = tiny(JUDGES["unifiedreward"], max_tokens=1)
+    async with OpenAIChatRunner(url, max_concurrency=2) as remote:
+        answers = await asyncio.gather(*(remote.generate(build_request(j.spec, frames, f"cat {i}")) for i in range(6)))
+    assert len(answers) == 6 and len(server.arrivals) == 6
+    assert server.max_in_flight == 2  # never more than the bound, and the bound is used
