@@ -20,6 +20,7 @@ from models.judges import JUDGES, unifiedreward, videoscore2, yesno
 from models.judges.runner import build_request, judge, judge_pair
 from models.judges.spec import JudgeAnswerError, UpstreamRejected, UpstreamUnavailable
 from models.judges.transformers_runner import TransformersRunner
+from service.judge_backend import JudgeBackend, JudgeItem, JudgeUpstream
 from service.judge_client import OpenAIChatRunner, jpeg_base64
 from tests import videos
 from tests.conftest import free_port, start_server
@@ -30,9 +31,13 @@ MODEL = "tiny-judge"
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory) -> TransformersRunner:
-    directory = qwen2vl_judge(Path(tmp_path_factory.mktemp("judge")) / "qwen2vl-judge")
-    return TransformersRunner.load(directory)
+def judge_dir(tmp_path_factory) -> Path:
+    return qwen2vl_judge(Path(tmp_path_factory.mktemp("judge")) / "qwen2vl-judge")
+
+
+@pytest.fixture(scope="module")
+def local(judge_dir: Path) -> TransformersRunner:
+    return TransformersRunner.load(judge_dir)
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +208,38 @@ async def test_concurrency_to_one_upstream_is_bounded(fresh, frames):
         answers = await asyncio.gather(*(remote.generate(build_request(j.spec, frames, f"cat {i}")) for i in range(6)))
     assert len(answers) == 6 and len(server.arrivals) == 6
     assert server.max_in_flight == 2  # never more than the bound, and the bound is used
+
+
+async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(judge_dir, local, fresh, frames):
+    server, url = fresh
+    backend = JudgeBackend.from_config({
+        "yes-no": JudgeUpstream(url=url, model=MODEL, max_attempts=1),
+        "videoscore2": JudgeUpstream(directory=judge_dir),
+        "unifiedreward": JudgeUpstream(url=f"http://127.0.0.1:{free_port()}", max_attempts=1),  # down
+    })
+    try:
+        assert backend.spec("yes-no").upstream_model == MODEL and backend.names == ["yes-no", "videoscore2", "unifiedreward"]
+        items = [JudgeItem(frames, "a fox"), JudgeItem(frames[::-1].copy(), "a dog")]
+
+        got = await backend.score("yes-no", items)
+        async with OpenAIChatRunner(url) as remote:
+            for item, result in zip(items, got):
+                try:
+                    expected = await judge(remote, tiny(JUDGES["yes-no"]), item.frames, item.prompt)
+                except JudgeAnswerError as exc:
+                    assert isinstance(result, JudgeAnswerError) and result.raw_text == exc.raw_text
+                else:
+                    assert result.scores == pytest.approx(expected.scores) and result.raw_text == expected.raw_text
+
+        noise = await backend.score("videoscore2", items)  # in process; a random model writes no scores
+        assert [type(r) for r in noise] == [JudgeAnswerError, JudgeAnswerError]
+        assert noise[0].raw_text == (await local.generate(build_request(backend.spec("videoscore2"), frames, "a fox"))).text
+
+        down = await backend.score("unifiedreward", items)
+        assert [type(r) for r in down] == [UpstreamUnavailable, UpstreamUnavailable]
+    finally:
+        await backend.aclose()
+    with pytest.raises(ValueError, match="unknown judges"):
+        JudgeBackend.from_config({"gpt-judge": JudgeUpstream(url=url)})
+    with pytest.raises(ValueError, match="exactly one"):
+        JudgeUpstream(url=url, directory=judge_dir)
