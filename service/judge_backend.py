@@ -41,7 +41,7 @@ class JudgeUpstream(BaseModel):
     timeout_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
-    def _one_place(self) -> "JudgeUpstream":
+    def _one_place(self) -> JudgeUpstream:
         if (self.url is None) == (self.directory is None):
             raise ValueError("a judge upstream needs exactly one of url or directory")
         return self
@@ -59,7 +59,7 @@ class JudgeBackend:
         self._judges = judges
 
     @classmethod
-    def from_config(cls, upstreams: dict[str, JudgeUpstream]) -> "JudgeBackend":
+    def from_config(cls, upstreams: dict[str, JudgeUpstream]) -> JudgeBackend:
         unknown = sorted(set(upstreams) - set(JUDGES))
         if unknown:
             raise ValueError(f"unknown judges {unknown}; known: {sorted(JUDGES)}")

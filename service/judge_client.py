@@ -26,6 +26,7 @@ import email.utils
 import io
 import random
 import time
+from typing import Self
 
 import httpx
 import numpy as np
@@ -142,7 +143,7 @@ class OpenAIChatRunner:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def __aenter__(self) -> "OpenAIChatRunner":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.judges import JUDGES, unifiedreward, videoscore2, yesno
+from models.judges import JUDGES, unifiedreward, videoscore2
 from models.judges.runner import build_request, judge, judge_pair
 from models.judges.spec import JudgeAnswerError, UpstreamRejected, UpstreamUnavailable
 from models.judges.transformers_runner import TransformersRunner
@@ -211,7 +211,7 @@ async def test_concurrency_to_one_upstream_is_bounded(fresh, frames):
 
 
 async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(judge_dir, local, fresh, frames):
-    server, url = fresh
+    _, url = fresh
     backend = JudgeBackend.from_config({
         "yes-no": JudgeUpstream(url=url, model=MODEL, max_attempts=1),
         "videoscore2": JudgeUpstream(directory=judge_dir),

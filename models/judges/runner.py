@@ -45,7 +45,7 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
 
 def build_request(spec: JudgeSpec, frames: np.ndarray, prompt: str, fps: float | None = None) -> ChatRequest:
     _check_frames(frames, spec.name)
-    common = dict(model=spec.upstream_model, text=spec.render(prompt), params=spec.generation, system=spec.system_prompt)
+    common = {"model": spec.upstream_model, "text": spec.render(prompt), "params": spec.generation, "system": spec.system_prompt}
     if spec.frames_as == "video":
         return ChatRequest(**common, video=frames, video_fps=fps)
     return ChatRequest(**common, images=tuple(frames))

@@ -70,7 +70,7 @@ class JudgeSpec(_Frozen):
     generation: GenerationParams = GenerationParams()
 
     @model_validator(mode="after")
-    def _check(self) -> "JudgeSpec":
+    def _check(self) -> JudgeSpec:
         if "{prompt}" not in self.prompt_template and self.needs_prompt:
             raise ValueError(f"{self.name}: prompt_template has no {{prompt}} placeholder")
         if self.pairwise_template is not None and (self.pairwise_dimensions is None or self.pairwise_frames is None):

@@ -39,7 +39,7 @@ class TransformersRunner:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, directory: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "TransformersRunner":
+    def load(cls, directory: Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> TransformersRunner:
         """A Hugging Face Qwen2-VL / Qwen2.5-VL directory (config, safetensors, tokenizer with chat template)."""
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
