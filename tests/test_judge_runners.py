@@ -1,4 +1,4 @@
-"""Both judge runners on a real model: a tiny Qwen2-VL checkpoint built here (random weights, so
+"""Both judge runners on a real model: a tiny Qwen2-VL / Qwen2.5-VL checkpoint built here (random weights, so
 its text is noise) run in-process, and the same model behind a real OpenAI-compatible server
 (uvicorn, ``tests/openai_upstream.py``) reached by the HTTP runner. The tests assert the plumbing:
 both runners give the same text and log-probabilities for the same input; the yes/no score equals
@@ -30,9 +30,10 @@ from tests.openai_upstream import Upstream, decode_jpeg
 MODEL = "tiny-judge"
 
 
-@pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory) -> Path:
-    return qwen2vl_judge(Path(tmp_path_factory.mktemp("judge")) / "qwen2vl-judge")
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def judge_dir(request, tmp_path_factory) -> Path:
+    """VideoAlign is Qwen2-VL; VideoScore2 and Cosmos-Reason1 are Qwen2.5-VL (window attention, timed video rope)."""
+    return qwen2vl_judge(Path(tmp_path_factory.mktemp("judge")) / request.param, arch=request.param)
 
 
 @pytest.fixture(scope="module")
