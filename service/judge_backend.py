@@ -73,8 +73,11 @@ class JudgeBackend:
             if key not in runners:
                 if where.url is not None:
                     runners[key] = OpenAIChatRunner(
-                        where.url, api_key=where.api_key.get_secret_value() if where.api_key else None,
-                        max_concurrency=where.max_concurrency, max_attempts=where.max_attempts, timeout_s=where.timeout_s,
+                        where.url,
+                        api_key=where.api_key.get_secret_value() if where.api_key else None,
+                        max_concurrency=where.max_concurrency,
+                        max_attempts=where.max_attempts,
+                        timeout_s=where.timeout_s,
                     )
                 else:
                     from models.judges.transformers_runner import TransformersRunner  # torch + transformers
@@ -92,8 +95,9 @@ class JudgeBackend:
 
     async def score(self, name: str, items: Sequence[JudgeItem]) -> list[JudgeOutput | JudgeError]:
         j, runner = self._judges[name]
-        results = await asyncio.gather(*(judge(runner, j, it.frames, it.prompt, it.fps) for it in items),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(judge(runner, j, it.frames, it.prompt, it.fps) for it in items), return_exceptions=True
+        )
         for r in results:  # judge failures are per item; anything else is a bug and propagates
             if isinstance(r, BaseException) and not isinstance(r, JudgeError):
                 raise r

@@ -135,7 +135,9 @@ class OpenAIChatRunner:
         self.jpeg_quality = jpeg_quality
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout_s,
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout_s,
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -169,15 +171,22 @@ class OpenAIChatRunner:
                     try:
                         data = response.json()
                     except ValueError as exc:
-                        raise UpstreamRejected(f"{where}: answer is not JSON: {response.text[:300]!r}", status=status) from exc
+                        raise UpstreamRejected(
+                            f"{where}: answer is not JSON: {response.text[:300]!r}", status=status
+                        ) from exc
                     return parse_completion(data, request.params.wants_logprobs)
                 if status not in RETRYABLE:
-                    raise UpstreamRejected(f"{where}: HTTP {status}: {response.text[:500]}", status=status, attempts=attempt)
-                failure = UpstreamUnavailable(f"{where}: HTTP {status}: {response.text[:200]}", status=status, attempts=attempt)
+                    raise UpstreamRejected(
+                        f"{where}: HTTP {status}: {response.text[:500]}", status=status, attempts=attempt
+                    )
+                failure = UpstreamUnavailable(
+                    f"{where}: HTTP {status}: {response.text[:200]}", status=status, attempts=attempt
+                )
                 hinted = retry_after_s(response)
                 delay = min(hinted, self.max_backoff_s) if hinted is not None else self._backoff(attempt)
             if attempt < self.max_attempts:
                 await asyncio.sleep(delay)
         assert failure is not None
-        raise UpstreamUnavailable(f"{failure} (gave up after {self.max_attempts} attempts)",
-                                  status=failure.status, attempts=self.max_attempts)
+        raise UpstreamUnavailable(
+            f"{failure} (gave up after {self.max_attempts} attempts)", status=failure.status, attempts=self.max_attempts
+        )

@@ -34,36 +34,73 @@ def qwen2vl_judge(directory: Path, seed: int = 5, arch: str = "qwen2_vl") -> Pat
     )
 
     corpus = [
-        videoscore2.PROMPT_TEMPLATE, unifiedreward.POINTWISE_TEMPLATE, unifiedreward.PAIRWISE_TEMPLATE,
-        yesno.COSMOS_SYSTEM_PROMPT, yesno.COSMOS_QUESTION,
+        videoscore2.PROMPT_TEMPLATE,
+        unifiedreward.POINTWISE_TEMPLATE,
+        unifiedreward.PAIRWISE_TEMPLATE,
+        yesno.COSMOS_SYSTEM_PROMPT,
+        yesno.COSMOS_QUESTION,
         "visual quality: 4; text-to-video alignment: 3, physical/common-sense consistency: 5",
         "Alignment Score (1-5): 3.5 Physics Score (1-5): 2 Style Score (1-5): 4",
     ] + ["Yes No Yes No"] * 50
     fast = PreTrainedTokenizerFast(
         tokenizer_object=_bpe_tokenizer(QWEN_SPECIAL, corpus, 700),
-        eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
     )
     for word in ("Yes", "No", "1", "2", "3", "4", "5"):
         assert len(fast.encode(word, add_special_tokens=False)) == 1, f"{word!r} is not one token"
     ids = {t: fast.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     if arch == "qwen2_5_vl":
         config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, in_channels=3, window_size=56, out_hidden_size=32,
-                      fullatt_block_indexes=[1], tokens_per_second=2, initializer_range=0.3)
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            window_size=56,
+            out_hidden_size=32,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+            initializer_range=0.3,
+        )
     else:
         config_class, model_class = Qwen2VLConfig, Qwen2VLForConditionalGeneration
-        vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.3)
+        vision = dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+            initializer_range=0.3,
+        )
     config = config_class(
         text_config=dict(
-            vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=8192, initializer_range=0.3,
+            vocab_size=len(fast),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=8192,
+            initializer_range=0.3,
             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=vision,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     return _save(model_class, config, fast, directory, seed)

@@ -47,7 +47,7 @@ def _data(url: str, media: str) -> str:
     prefix = f"data:{media};base64,"
     if not url.startswith(prefix):
         raise ValueError(f"only {prefix}... URLs are supported, got {url[:40]!r}")
-    return url[len(prefix):]
+    return url[len(prefix) :]
 
 
 @dataclass
@@ -78,10 +78,14 @@ class Upstream:
                 else:
                     raise ValueError(f"unsupported content part {part['type']!r}")
         top = int(body.get("top_logprobs") or 0) if body.get("logprobs") else 0
-        params = GenerationParams(temperature=float(body.get("temperature", 1.0)), max_tokens=int(body.get("max_tokens", 16)),
-                                  top_logprobs=top)
-        return ChatRequest(model=body["model"], text="".join(texts), params=params, system=system,
-                           images=tuple(images), video=video)
+        params = GenerationParams(
+            temperature=float(body.get("temperature", 1.0)),
+            max_tokens=int(body.get("max_tokens", 16)),
+            top_logprobs=top,
+        )
+        return ChatRequest(
+            model=body["model"], text="".join(texts), params=params, system=system, images=tuple(images), video=video
+        )
 
     async def chat(self, http: Request) -> JSONResponse:
         self.arrivals.append(time.monotonic())
@@ -90,8 +94,15 @@ class Upstream:
             return JSONResponse({"object": "error", "message": f"injected {status}", "code": status}, status, headers)
         body = await http.json()
         if body.get("model") != self.model_name:
-            return JSONResponse({"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
-                                 "type": "NotFoundError", "code": 404}, 404)
+            return JSONResponse(
+                {
+                    "object": "error",
+                    "message": f"The model `{body.get('model')}` does not exist.",
+                    "type": "NotFoundError",
+                    "code": 404,
+                },
+                404,
+            )
         try:
             request = self.request(body)
         except (KeyError, ValueError, TypeError) as exc:
@@ -107,17 +118,36 @@ class Upstream:
             self.in_flight -= 1
         logprobs = None
         if generation.tokens is not None:
-            logprobs = {"content": [
-                {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
-                 "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode())}
-                                  for k, v in sorted(t.top.items(), key=lambda kv: -kv[1])]}
-                for t in generation.tokens]}
-        return JSONResponse({
-            "id": f"chatcmpl-{len(self.arrivals)}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
-                         "logprobs": logprobs, "finish_reason": "stop"}],
-        })
+            logprobs = {
+                "content": [
+                    {
+                        "token": t.token,
+                        "logprob": t.logprob,
+                        "bytes": list(t.token.encode()),
+                        "top_logprobs": [
+                            {"token": k, "logprob": v, "bytes": list(k.encode())}
+                            for k, v in sorted(t.top.items(), key=lambda kv: -kv[1])
+                        ],
+                    }
+                    for t in generation.tokens
+                ]
+            }
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{len(self.arrivals)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": generation.text},
+                        "logprobs": logprobs,
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+        )
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])

@@ -28,7 +28,11 @@ def tokens(*pieces: tuple[str, dict[str, float] | None]) -> Generation:
     out = []
     for piece, top in pieces:
         top = top or {piece: 1.0}
-        out.append(TokenLogprob(token=piece, logprob=math.log(top.get(piece, 1e-9)), top={k: math.log(v) for k, v in top.items()}))
+        out.append(
+            TokenLogprob(
+                token=piece, logprob=math.log(top.get(piece, 1e-9)), top={k: math.log(v) for k, v in top.items()}
+            )
+        )
     return Generation(text="".join(p for p, _ in pieces), tokens=tuple(out))
 
 
@@ -36,7 +40,9 @@ def tokens(*pieces: tuple[str, dict[str, float] | None]) -> Generation:
 
 # The format its prompt asks for (vs2_inference.py), and the numbered one of its SFT data.
 VS2_ANSWER = "visual quality: 4; \ntext-to-video alignment: 3, \nphysical/common-sense consistency: 5"
-VS2_NUMBERED = "### Score:\n(1) visual quality: 2\n(2) text-to-video alignment: 5\n(3) physical/common-sense consistency: 1"
+VS2_NUMBERED = (
+    "### Score:\n(1) visual quality: 2\n(2) text-to-video alignment: 5\n(3) physical/common-sense consistency: 1"
+)
 
 
 def test_videoscore2_reads_its_answer_formats():
@@ -47,19 +53,27 @@ def test_videoscore2_reads_its_answer_formats():
 
 
 def test_videoscore2_reads_the_answer_after_the_reasoning():
-    thought = ("<think>The visual quality: 1 at first glance, but the motion is smooth; "
-               "text-to-video alignment: 2?</think>\n" + VS2_ANSWER + "\nDone.")
+    thought = (
+        "<think>The visual quality: 1 at first glance, but the motion is smooth; "
+        "text-to-video alignment: 2?</think>\n" + VS2_ANSWER + "\nDone."
+    )
     assert VS2.parse(text(thought)) == {"visual_quality": 4.0, "text_alignment": 3.0, "physical_consistency": 5.0}
 
 
-@pytest.mark.parametrize("answer, reason", [
-    ("visual quality: 4; text-to-video alignment: 3", "physical/common-sense consistency"),  # a dimension missing
-    ("visual quality: 7; text-to-video alignment: 3, physical/common-sense consistency: 5", "outside [1.0, 5.0]"),
-    ("visual quality: 0; text-to-video alignment: 3, physical/common-sense consistency: 5", "outside [1.0, 5.0]"),
-    ("visual quality: four; text-to-video alignment: 3, physical/common-sense consistency: 5", "visual quality"),
-    ("<think>visual quality: 4; text-to-video alignment: 3, physical/common-sense consistency: 5 hmm", "unclosed <think>"),
-    ("", "visual quality"),
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ("visual quality: 4; text-to-video alignment: 3", "physical/common-sense consistency"),  # a dimension missing
+        ("visual quality: 7; text-to-video alignment: 3, physical/common-sense consistency: 5", "outside [1.0, 5.0]"),
+        ("visual quality: 0; text-to-video alignment: 3, physical/common-sense consistency: 5", "outside [1.0, 5.0]"),
+        ("visual quality: four; text-to-video alignment: 3, physical/common-sense consistency: 5", "visual quality"),
+        (
+            "<think>visual quality: 4; text-to-video alignment: 3, physical/common-sense consistency: 5 hmm",
+            "unclosed <think>",
+        ),
+        ("", "visual quality"),
+    ],
+)
 def test_videoscore2_rejects_malformed_answers_with_the_raw_text(answer, reason):
     with pytest.raises(JudgeAnswerError, match="videoscore2") as caught:
         VS2.parse(text(answer))
@@ -74,10 +88,26 @@ def _vs2_tokens(digit_tops: list[dict[str, float]]) -> Generation:
     def chosen(top):
         return max(top, key=top.get)
 
-    return tokens(("visual", None), (" quality", None), (":", None), (" ", None), (chosen(v), v), (";", None),
-                  (" \n", None), ("text", None), ("-to-video alignment", None), (":", None), (" ", None), (chosen(t), t),
-                  (",", None), (" \n", None), ("physical/common-sense consistency", None), (":", None), (" ", None),
-                  (chosen(p), p))
+    return tokens(
+        ("visual", None),
+        (" quality", None),
+        (":", None),
+        (" ", None),
+        (chosen(v), v),
+        (";", None),
+        (" \n", None),
+        ("text", None),
+        ("-to-video alignment", None),
+        (":", None),
+        (" ", None),
+        (chosen(t), t),
+        (",", None),
+        (" \n", None),
+        ("physical/common-sense consistency", None),
+        (":", None),
+        (" ", None),
+        (chosen(p), p),
+    )
 
 
 def test_videoscore2_soft_score_is_the_expectation_over_the_digit_probabilities():
@@ -105,9 +135,17 @@ def test_videoscore2_soft_score_equals_the_reference_softmax_over_digit_logits()
         digit = vocab[int(logits[:5].argmax())]
         generation = Generation(
             text=f"visual quality: {digit}; text-to-video alignment: {digit}, physical/common-sense consistency: {digit}",
-            tokens=tuple(TokenLogprob(token=piece, logprob=top.get(piece, 0.0), top=top if piece == digit else {piece: 0.0})
-                         for piece in ["visual quality: ", digit, "; text-to-video alignment: ", digit,
-                                       ", physical/common-sense consistency: ", digit]),
+            tokens=tuple(
+                TokenLogprob(token=piece, logprob=top.get(piece, 0.0), top=top if piece == digit else {piece: 0.0})
+                for piece in [
+                    "visual quality: ",
+                    digit,
+                    "; text-to-video alignment: ",
+                    digit,
+                    ", physical/common-sense consistency: ",
+                    digit,
+                ]
+            ),
         )
         assert VS2.parse(generation)["visual_quality"] == pytest.approx(reference, abs=1e-9)
 
@@ -122,9 +160,13 @@ def test_videoscore2_soft_score_needs_a_digit_among_the_alternatives():
 
 # ---- UnifiedReward-2.0 ---------------------------------------------------------------------
 
-UR_POINT = "Alignment Score (1-5): 2.4036\nPhysics Score (1-5): 3.0987\nStyle Score (1-5): 3.3889"  # the authors' example
-UR_PAIR = ("Alignment Score:\n Video 1: 0.4736\n Video 2: 0.5264\n\nCoherence Score:\n Video 1: 0.5981\n Video 2: 0.4019\n\n"
-           "Style Score:\n Video 1: 0.3484\n Video 2: 0.6516\n")  # the authors' example
+UR_POINT = (
+    "Alignment Score (1-5): 2.4036\nPhysics Score (1-5): 3.0987\nStyle Score (1-5): 3.3889"  # the authors' example
+)
+UR_PAIR = (
+    "Alignment Score:\n Video 1: 0.4736\n Video 2: 0.5264\n\nCoherence Score:\n Video 1: 0.5981\n Video 2: 0.4019\n\n"
+    "Style Score:\n Video 1: 0.3484\n Video 2: 0.6516\n"
+)  # the authors' example
 
 
 def test_unifiedreward_pointwise_reads_the_authors_example():
@@ -134,12 +176,15 @@ def test_unifiedreward_pointwise_reads_the_authors_example():
     assert UR.parse(text("<think>Alignment Score (1-5): 1</think>" + UR_POINT))["alignment"] == 2.4036
 
 
-@pytest.mark.parametrize("answer, reason", [
-    ("Alignment Score (1-5): 3\nPhysics Score (1-5): 2", "Style"),
-    ("Alignment Score (1-5): 6.2\nPhysics Score (1-5): 2\nStyle Score (1-5): 3", "outside"),
-    ("Alignment Score (1-5): X\nPhysics Score (1-5): Y\nStyle Score (1-5): Z", "Alignment"),  # the template echoed
-    (UR_PAIR, "Alignment"),  # a pairwise answer is not a pointwise one
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ("Alignment Score (1-5): 3\nPhysics Score (1-5): 2", "Style"),
+        ("Alignment Score (1-5): 6.2\nPhysics Score (1-5): 2\nStyle Score (1-5): 3", "outside"),
+        ("Alignment Score (1-5): X\nPhysics Score (1-5): Y\nStyle Score (1-5): Z", "Alignment"),  # the template echoed
+        (UR_PAIR, "Alignment"),  # a pairwise answer is not a pointwise one
+    ],
+)
 def test_unifiedreward_pointwise_rejects_malformed_answers(answer, reason):
     with pytest.raises(JudgeAnswerError) as caught:
         UR.parse(text(answer))
@@ -154,12 +199,15 @@ def test_unifiedreward_pairwise_reads_the_authors_example():
     assert all(a + b == pytest.approx(1.0) for a, b in scores.values())
 
 
-@pytest.mark.parametrize("answer, reason", [
-    (UR_PAIR.replace("0.3484", "0.7484"), "do not sum to 1"),
-    (UR_PAIR.replace("Coherence", "Physics"), "Coherence"),
-    (UR_PAIR.replace("0.5981", "1.5981").replace("0.4019", "-0.5981"), "outside"),
-    (UR_POINT, "Alignment"),
-])
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        (UR_PAIR.replace("0.3484", "0.7484"), "do not sum to 1"),
+        (UR_PAIR.replace("Coherence", "Physics"), "Coherence"),
+        (UR_PAIR.replace("0.5981", "1.5981").replace("0.4019", "-0.5981"), "outside"),
+        (UR_POINT, "Alignment"),
+    ],
+)
 def test_unifiedreward_pairwise_rejects_malformed_answers(answer, reason):
     with pytest.raises(JudgeAnswerError) as caught:
         UR.parse_pair(text(answer))
@@ -204,10 +252,20 @@ def test_yes_no_without_either_answer_among_the_alternatives_is_an_error():
 
 
 def test_yes_no_question_and_rewarded_answer_are_configurable():
-    judge = yesno.make(question="Does this video show {prompt}? Answer Yes or No.", system_prompt=None,
-                       rewarded="Yes", dimension="on_topic", upstream_model="my-vlm")
-    assert judge.spec.needs_prompt and judge.spec.render("a red car") == "Does this video show a red car? Answer Yes or No."
-    g = Generation(text="Yes", tokens=(TokenLogprob("Yes", math.log(0.9), {"Yes": math.log(0.9), "No": math.log(0.1)}),))
+    judge = yesno.make(
+        question="Does this video show {prompt}? Answer Yes or No.",
+        system_prompt=None,
+        rewarded="Yes",
+        dimension="on_topic",
+        upstream_model="my-vlm",
+    )
+    assert (
+        judge.spec.needs_prompt
+        and judge.spec.render("a red car") == "Does this video show a red car? Answer Yes or No."
+    )
+    g = Generation(
+        text="Yes", tokens=(TokenLogprob("Yes", math.log(0.9), {"Yes": math.log(0.9), "No": math.log(0.1)}),)
+    )
     assert judge.parse(g) == {"on_topic": pytest.approx(0.9)}
     assert not COSMOS.spec.needs_prompt and COSMOS.spec.system_prompt.endswith('"Yes" or "No".')
     with pytest.raises(ValueError):
@@ -282,10 +340,27 @@ def test_chat_payload_and_completion_parsing():
     body = chat_payload(build_request(UR.spec, frames, "a cat"))
     assert "logprobs" not in body and body["max_tokens"] == 4096 and body["model"] == "UnifiedReward"
     assert [p["type"] for p in body["messages"][0]["content"]] == ["image_url"] * 3 + ["text"]
-    assert chat_payload(build_request(COSMOS.spec, frames, ""))["messages"][0] == {"role": "system", "content": yesno.COSMOS_SYSTEM_PROMPT}
+    assert chat_payload(build_request(COSMOS.spec, frames, ""))["messages"][0] == {
+        "role": "system",
+        "content": yesno.COSMOS_SYSTEM_PROMPT,
+    }
 
-    completion = {"choices": [{"message": {"content": "No"}, "logprobs": {"content": [
-        {"token": "No", "logprob": -0.2, "top_logprobs": [{"token": "No", "logprob": -0.2}, {"token": "Yes", "logprob": -1.8}]}]}}]}
+    completion = {
+        "choices": [
+            {
+                "message": {"content": "No"},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "No",
+                            "logprob": -0.2,
+                            "top_logprobs": [{"token": "No", "logprob": -0.2}, {"token": "Yes", "logprob": -1.8}],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
     generation = parse_completion(completion, wants_logprobs=True)
     assert generation.text == "No" and generation.tokens[0].top == {"No": -0.2, "Yes": -1.8}
     with pytest.raises(UpstreamRejected, match="logprobs"):

@@ -75,16 +75,22 @@ def tiny(judge_, **generation):
     """The judge asking the tiny model (its served name), with generation overrides."""
     spec = judge_.spec
     return type(judge_)(
-        spec=spec.model_copy(update={"upstream_model": MODEL, "generation": spec.generation.model_copy(update=generation)}),
-        parse=judge_.parse, parse_pair=judge_.parse_pair,
+        spec=spec.model_copy(
+            update={"upstream_model": MODEL, "generation": spec.generation.model_copy(update=generation)}
+        ),
+        parse=judge_.parse,
+        parse_pair=judge_.parse_pair,
     )
 
 
-@pytest.mark.parametrize("name, generation", [
-    ("videoscore2", {"max_tokens": 12}),  # video, logprobs (top 20)
-    ("unifiedreward", {"max_tokens": 12}),  # 4 images, text only
-    ("yes-no", {"max_tokens": 3, "top_logprobs": 5}),  # system prompt, video, logprobs
-])
+@pytest.mark.parametrize(
+    "name, generation",
+    [
+        ("videoscore2", {"max_tokens": 12}),  # video, logprobs (top 20)
+        ("unifiedreward", {"max_tokens": 12}),  # 4 images, text only
+        ("yes-no", {"max_tokens": 3, "top_logprobs": 5}),  # system prompt, video, logprobs
+    ],
+)
 async def test_http_and_in_process_runners_give_the_same_answer(local, fresh, frames, name, generation):
     server, url = fresh
     j = tiny(JUDGES[name], **generation)
@@ -93,7 +99,9 @@ async def test_http_and_in_process_runners_give_the_same_answer(local, fresh, fr
     in_process = await local.generate(build_request(j.spec, jpeg_roundtrip(frames), "a fox in the snow"))
 
     seen = server.last  # what the upstream decoded from the wire
-    assert seen.model == MODEL and seen.text == j.spec.render("a fox in the snow") and seen.system == j.spec.system_prompt
+    assert (
+        seen.model == MODEL and seen.text == j.spec.render("a fox in the snow") and seen.system == j.spec.system_prompt
+    )
     assert seen.params == j.spec.generation
     if j.spec.frames_as == "video":
         assert seen.images == () and np.array_equal(seen.video, jpeg_roundtrip(frames))
@@ -213,13 +221,19 @@ async def test_concurrency_to_one_upstream_is_bounded(fresh, frames):
 
 async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(judge_dir, local, fresh, frames):
     _, url = fresh
-    backend = JudgeBackend.from_config({
-        "yes-no": JudgeUpstream(url=url, model=MODEL, max_attempts=1),
-        "videoscore2": JudgeUpstream(directory=judge_dir),
-        "unifiedreward": JudgeUpstream(url=f"http://127.0.0.1:{free_port()}", max_attempts=1),  # down
-    })
+    backend = JudgeBackend.from_config(
+        {
+            "yes-no": JudgeUpstream(url=url, model=MODEL, max_attempts=1),
+            "videoscore2": JudgeUpstream(directory=judge_dir),
+            "unifiedreward": JudgeUpstream(url=f"http://127.0.0.1:{free_port()}", max_attempts=1),  # down
+        }
+    )
     try:
-        assert backend.spec("yes-no").upstream_model == MODEL and backend.names == ["yes-no", "videoscore2", "unifiedreward"]
+        assert backend.spec("yes-no").upstream_model == MODEL and backend.names == [
+            "yes-no",
+            "videoscore2",
+            "unifiedreward",
+        ]
         items = [JudgeItem(frames, "a fox"), JudgeItem(frames[::-1].copy(), "a dog")]
 
         got = await backend.score("yes-no", items)
@@ -234,7 +248,10 @@ async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(jud
 
         noise = await backend.score("videoscore2", items)  # in process; a random model writes no scores
         assert [type(r) for r in noise] == [JudgeAnswerError, JudgeAnswerError]
-        assert noise[0].raw_text == (await local.generate(build_request(backend.spec("videoscore2"), frames, "a fox"))).text
+        assert (
+            noise[0].raw_text
+            == (await local.generate(build_request(backend.spec("videoscore2"), frames, "a fox"))).text
+        )
 
         down = await backend.score("unifiedreward", items)
         assert [type(r) for r in down] == [UpstreamUnavailable, UpstreamUnavailable]

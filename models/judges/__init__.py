@@ -26,6 +26,16 @@ JUDGES: dict[str, Judge] = {
 }
 
 __all__ = [
-    "JUDGES", "Generation", "Judge", "JudgeAnswerError", "JudgeError", "JudgeOutput", "JudgeSpec", "PairOutput",
-    "TokenLogprob", "UpstreamError", "UpstreamRejected", "UpstreamUnavailable",
+    "JUDGES",
+    "Generation",
+    "Judge",
+    "JudgeAnswerError",
+    "JudgeError",
+    "JudgeOutput",
+    "JudgeSpec",
+    "PairOutput",
+    "TokenLogprob",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamUnavailable",
 ]

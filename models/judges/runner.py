@@ -45,7 +45,12 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
 
 def build_request(spec: JudgeSpec, frames: np.ndarray, prompt: str, fps: float | None = None) -> ChatRequest:
     _check_frames(frames, spec.name)
-    common = {"model": spec.upstream_model, "text": spec.render(prompt), "params": spec.generation, "system": spec.system_prompt}
+    common = {
+        "model": spec.upstream_model,
+        "text": spec.render(prompt),
+        "params": spec.generation,
+        "system": spec.system_prompt,
+    }
     if spec.frames_as == "video":
         return ChatRequest(**common, video=frames, video_fps=fps)
     return ChatRequest(**common, images=tuple(frames))
@@ -65,17 +70,26 @@ def build_pair_request(spec: JudgeSpec, frames_a: np.ndarray, frames_b: np.ndarr
         raise ValueError(f"{spec.name} has no pairwise mode")
     a = even_subsample(_check_frames(frames_a, f"{spec.name} video A"), spec.pairwise_frames)
     b = even_subsample(_check_frames(frames_b, f"{spec.name} video B"), spec.pairwise_frames)
-    return ChatRequest(model=spec.upstream_model, text=spec.render_pair(prompt), params=spec.generation,
-                       system=spec.system_prompt, images=(*a, *b))
+    return ChatRequest(
+        model=spec.upstream_model,
+        text=spec.render_pair(prompt),
+        params=spec.generation,
+        system=spec.system_prompt,
+        images=(*a, *b),
+    )
 
 
-async def judge(runner: Runner, judge: Judge, frames: np.ndarray, prompt: str = "", fps: float | None = None) -> JudgeOutput:
+async def judge(
+    runner: Runner, judge: Judge, frames: np.ndarray, prompt: str = "", fps: float | None = None
+) -> JudgeOutput:
     """Score one video: scores per dimension, or ``JudgeAnswerError`` / ``UpstreamError``."""
     generation = await runner.generate(build_request(judge.spec, frames, prompt, fps))
     return JudgeOutput(scores=judge.parse(generation), raw_text=generation.text)
 
 
-async def judge_pair(runner: Runner, judge: Judge, frames_a: np.ndarray, frames_b: np.ndarray, prompt: str = "") -> PairOutput:
+async def judge_pair(
+    runner: Runner, judge: Judge, frames_a: np.ndarray, frames_b: np.ndarray, prompt: str = ""
+) -> PairOutput:
     """Compare two videos with the judge's pairwise mode: per dimension (A's share, B's share)."""
     if judge.parse_pair is None:
         raise ValueError(f"{judge.spec.name} has no pairwise mode")

@@ -38,7 +38,8 @@ class GenerationParams(_Frozen):
     temperature: float = Field(default=0.0, ge=0.0)
     max_tokens: int = Field(default=1024, ge=1)
     top_logprobs: int = Field(
-        default=0, ge=0,
+        default=0,
+        ge=0,
         description="0: no log-probabilities wanted (hard scores from the text). k > 0: ask for each "
         "generated token's log-probability and its k most likely alternatives (soft scores).",
     )
@@ -64,7 +65,9 @@ class JudgeSpec(_Frozen):
     system_prompt: str | None = None
     prompt_template: str = Field(description="User text; '{prompt}' is replaced by the request's prompt.")
     needs_prompt: bool = True
-    pairwise_template: str | None = Field(default=None, description="User text of the pairwise mode, if the model has one.")
+    pairwise_template: str | None = Field(
+        default=None, description="User text of the pairwise mode, if the model has one."
+    )
     pairwise_dimensions: tuple[Dimension, ...] | None = None
     pairwise_frames: int | None = Field(default=None, ge=1, description="Frames per video in the pairwise mode.")
     generation: GenerationParams = GenerationParams()

@@ -64,7 +64,9 @@ class TransformersRunner:
         th, tw = max(f, round(h / f) * f), max(f, round(w / f) * f)
         if (th, tw) == (h, w):
             return x
-        y = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
+        y = F.interpolate(
+            x.permute(0, 3, 1, 2).float(), size=(th, tw), mode="bicubic", align_corners=False, antialias=True
+        )
         return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def _visual(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -75,7 +77,7 @@ class TransformersRunner:
         if request.video is not None:
             content.append({"type": "video"})
         content.append({"type": "text", "text": request.text})
-        messages = ([{"role": "system", "content": request.system}] if request.system is not None else [])
+        messages = [{"role": "system", "content": request.system}] if request.system is not None else []
         messages.append({"role": "user", "content": content})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -88,7 +90,9 @@ class TransformersRunner:
             pieces = text.split(IMAGE_PAD)
             if len(pieces) != len(visual) + 1:
                 raise ValueError(f"chat template produced {len(pieces) - 1} image pads for {len(visual)} images")
-            text = pieces[0] + "".join(IMAGE_PAD * (t * h * w // per_merge) + rest for (_, (t, h, w)), rest in zip(visual, pieces[1:]))
+            text = pieces[0] + "".join(
+                IMAGE_PAD * (t * h * w // per_merge) + rest for (_, (t, h, w)), rest in zip(visual, pieces[1:])
+            )
             inputs["pixel_values"] = torch.cat([p for p, _ in visual]).to(device, dtype)
             inputs["image_grid_thw"] = torch.tensor([g for _, g in visual], device=device)
         if request.video is not None:
@@ -107,19 +111,28 @@ class TransformersRunner:
         # Modality per position (0 text, 1 image, 2 video): without it transformers silently gives the
         # visual tokens text positions instead of Qwen2-VL's 3D (M-RoPE) ones.
         config = self.model.config
-        inputs["mm_token_type_ids"] = ((input_ids == config.image_token_id).int()
-                                       + 2 * (input_ids == config.video_token_id).int())
+        inputs["mm_token_type_ids"] = (input_ids == config.image_token_id).int() + 2 * (
+            input_ids == config.video_token_id
+        ).int()
         return inputs
 
     def _generate(self, request: ChatRequest) -> Generation:
         params = request.params
         inputs = self._inputs(request)
-        sampling = {"do_sample": True, "temperature": params.temperature} if params.temperature > 0 else {"do_sample": False}
-        out = self.model.generate(
-            **inputs, max_new_tokens=params.max_tokens, output_logits=params.wants_logprobs,
-            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id, top_p=None, top_k=None, **sampling,
+        sampling = (
+            {"do_sample": True, "temperature": params.temperature} if params.temperature > 0 else {"do_sample": False}
         )
-        new = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=params.max_tokens,
+            output_logits=params.wants_logprobs,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            top_p=None,
+            top_k=None,
+            **sampling,
+        )
+        new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
         special = set(self.tokenizer.all_special_ids)
         while new and new[-1] in special:  # the stop token is not part of the answer
             new.pop()

@@ -68,10 +68,14 @@ PAIRWISE_TEMPLATE = (
 _NUMBER = r"([-+]?\d*\.?\d+)"
 POINTWISE_LABELS = (("alignment", "Alignment"), ("physics", "Physics"), ("style", "Style"))
 PAIRWISE_LABELS = (("alignment", "Alignment"), ("coherence", "Coherence"), ("style", "Style"))
-_POINT = {d: re.compile(rf"\b{label}(?:\s+Score)?(?:\s*\(1-5\))?\s*:\s*{_NUMBER}", re.IGNORECASE)
-          for d, label in POINTWISE_LABELS}
-_PAIR = {d: re.compile(rf"\b{label}\s+Score\s*:\s*Video\s*1\s*:\s*{_NUMBER}\s*,?\s*Video\s*2\s*:\s*{_NUMBER}", re.IGNORECASE)
-         for d, label in PAIRWISE_LABELS}
+_POINT = {
+    d: re.compile(rf"\b{label}(?:\s+Score)?(?:\s*\(1-5\))?\s*:\s*{_NUMBER}", re.IGNORECASE)
+    for d, label in POINTWISE_LABELS
+}
+_PAIR = {
+    d: re.compile(rf"\b{label}\s+Score\s*:\s*Video\s*1\s*:\s*{_NUMBER}\s*,?\s*Video\s*2\s*:\s*{_NUMBER}", re.IGNORECASE)
+    for d, label in PAIRWISE_LABELS
+}
 SUM_TOLERANCE = 0.02  # |a + b - 1| allowed before the pair is rejected (the model writes 4 decimals)
 
 
@@ -83,7 +87,9 @@ def make_spec(upstream_model: str = "UnifiedReward") -> JudgeSpec:
         upstream_model=upstream_model,
         dimensions=(
             Dimension(name="alignment", description="matches the caption (1-5)", range=(1.0, 5.0)),
-            Dimension(name="physics", description="gravity, movements, collisions make physical sense (1-5)", range=(1.0, 5.0)),
+            Dimension(
+                name="physics", description="gravity, movements, collisions make physical sense (1-5)", range=(1.0, 5.0)
+            ),
             Dimension(name="style", description="visually appealing regardless of the caption (1-5)", range=(1.0, 5.0)),
         ),
         frames_as="images",
@@ -94,7 +100,11 @@ def make_spec(upstream_model: str = "UnifiedReward") -> JudgeSpec:
         pairwise_template=PAIRWISE_TEMPLATE,
         pairwise_dimensions=(
             Dimension(name="alignment", description="relative caption match, video A's share (0-1)", range=(0.0, 1.0)),
-            Dimension(name="coherence", description="relative coherence (no glitches), video A's share (0-1)", range=(0.0, 1.0)),
+            Dimension(
+                name="coherence",
+                description="relative coherence (no glitches), video A's share (0-1)",
+                range=(0.0, 1.0),
+            ),
             Dimension(name="style", description="relative aesthetics, video A's share (0-1)", range=(0.0, 1.0)),
         ),
         pairwise_frames=8,

@@ -62,7 +62,9 @@ def make_spec(upstream_model: str = "TIGER-Lab/VideoScore2", top_logprobs: int =
         dimensions=(
             Dimension(name="visual_quality", description="clarity, smoothness, artifacts (1-5)", range=(1.0, 5.0)),
             Dimension(name="text_alignment", description="fidelity to the prompt (1-5)", range=(1.0, 5.0)),
-            Dimension(name="physical_consistency", description="physical/common-sense plausibility (1-5)", range=(1.0, 5.0)),
+            Dimension(
+                name="physical_consistency", description="physical/common-sense plausibility (1-5)", range=(1.0, 5.0)
+            ),
         ),
         frames_as="video",
         # qwen-vl-utils' video defaults at fps 2: [4, 768] frames, an even count.
@@ -73,8 +75,11 @@ def make_spec(upstream_model: str = "TIGER-Lab/VideoScore2", top_logprobs: int =
     )
 
 
-def make(upstream_model: str = "TIGER-Lab/VideoScore2", soft: Literal["expectation", "normed"] = "expectation",
-         top_logprobs: int = 20) -> Judge:
+def make(
+    upstream_model: str = "TIGER-Lab/VideoScore2",
+    soft: Literal["expectation", "normed"] = "expectation",
+    top_logprobs: int = 20,
+) -> Judge:
     spec = make_spec(upstream_model, top_logprobs)
     dims = {d.name: d for d in spec.dimensions}
 

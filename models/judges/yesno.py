@@ -74,7 +74,9 @@ def make(
         dimensions=(Dimension(name=dimension, description=f"P({rewarded!r}) to {question!r}", range=(0.0, 1.0)),),
         frames_as="video",
         sampling=FrameSampling(mode="count", count=160, min_frames=2, max_frames=160, multiple_of=2),
-        resolution=Resolution(max_pixels=9216 * 28 * 28 * 2 // 160, min_pixels=16 * 28 * 28 * 2, size_factor=28, filter="bicubic"),
+        resolution=Resolution(
+            max_pixels=9216 * 28 * 28 * 2 // 160, min_pixels=16 * 28 * 28 * 2, size_factor=28, filter="bicubic"
+        ),
         system_prompt=system_prompt,
         prompt_template=question,
         needs_prompt="{prompt}" in question,
@@ -93,8 +95,9 @@ def make(
             return {dimension: values[word]}
         text, starts = generation.token_spans()
         start = parsing.answer_start(NAME, text)
-        at = next((i for i, t in enumerate(generation.tokens)
-                   if starts[i] >= start and t.token.strip()), None)  # the first non-blank answer token
+        at = next(
+            (i for i, t in enumerate(generation.tokens) if starts[i] >= start and t.token.strip()), None
+        )  # the first non-blank answer token
         if at is None:
             raise JudgeAnswerError(NAME, "empty answer", raw)
         mass = parsing.probabilities(generation.tokens[at].top, values, strip=False)  # exact tokens, as the reference
