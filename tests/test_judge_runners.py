@@ -18,7 +18,7 @@ import torch
 
 from models.judges import JUDGES, unifiedreward, videoscore2
 from models.judges.runner import build_request, judge, judge_pair
-from models.judges.spec import JudgeAnswerError, UpstreamRejected, UpstreamUnavailable
+from models.judges.spec import Generation, JudgeAnswerError, TokenLogprob, UpstreamRejected, UpstreamUnavailable
 from models.judges.transformers_runner import TransformersRunner
 from service.judge_backend import JudgeBackend, JudgeItem, JudgeUpstream
 from service.judge_client import OpenAIChatRunner, jpeg_base64
@@ -261,3 +261,48 @@ async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(jud
         JudgeBackend.from_config({"gpt-judge": JudgeUpstream(url=url)})
     with pytest.raises(ValueError, match="exactly one"):
         JudgeUpstream(url=url, directory=judge_dir)
+
+
+async def test_videoscore2_soft_scores_from_the_models_own_logprobs_on_a_forced_answer(local, frames):
+    """Teacher forcing: a well-formed answer, tokenised by the model's tokenizer, and the model's real
+    next-token log-probabilities along it. The parser must find each score digit among the real
+    token pieces and return the expectation over the digit tokens there, computed here by brute
+    force over the vocabulary (the reference's softmax over the digit logits)."""
+    spec = tiny(JUDGES["videoscore2"]).spec
+    inputs = local._inputs(build_request(spec, frames, "a cat"))
+    answer = "visual quality: 4; text-to-video alignment: 3, physical/common-sense consistency: 5"
+    answer_ids = local.tokenizer.encode(answer, add_special_tokens=False)
+    prompt_len = inputs["input_ids"].shape[1]
+    ids = torch.cat([inputs["input_ids"], torch.tensor([answer_ids])], 1)
+    types = torch.cat([inputs["mm_token_type_ids"], torch.zeros((1, len(answer_ids)), dtype=torch.int)], 1)
+    with torch.no_grad():
+        logits = (
+            local.model(
+                **{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
+            )
+            .logits[0, prompt_len - 1 : -1]
+            .double()
+        )
+    logprobs = torch.log_softmax(logits, -1)
+    vocab = [local.tokenizer.decode([j]) for j in range(logprobs.shape[1])]
+    pieces = [vocab[i] for i in answer_ids]
+    assert "".join(pieces) == answer
+    generation = Generation(
+        text=answer,
+        tokens=tuple(
+            TokenLogprob(
+                p, float(logprobs[k, i]), {v: float(logprobs[k, j]) for j, v in reversed(list(enumerate(vocab)))}
+            )
+            for k, (p, i) in enumerate(zip(pieces, answer_ids))
+        ),
+    )
+    scores = JUDGES["videoscore2"].parse(generation)
+
+    digit_positions = [k for k, p in enumerate(pieces) if p.strip() in {"4", "3", "5"}]
+    assert len(digit_positions) == 3
+    for dim, k in zip(["visual_quality", "text_alignment", "physical_consistency"], digit_positions):
+        mass = {
+            s: sum(float(logprobs[k, j].exp()) for j, v in enumerate(vocab) if v.strip() == str(s)) for s in range(1, 6)
+        }
+        expected = sum(s * m for s, m in mass.items()) / sum(mass.values())
+        assert scores[dim] == pytest.approx(expected, rel=1e-9)
