@@ -31,6 +31,7 @@ def debian_kubectl() -> Path:
         debs = list(Path(tmp).glob("kubernetes-client_*.deb"))
         if not debs:
             raise RuntimeError(f"could not fetch Debian's kubernetes-client package: {fetched.stderr.strip()}")
+        binary.parents[2].mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(binary.parents[2])], check=True)
     return binary
 
