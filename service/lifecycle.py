@@ -91,6 +91,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_task: asyncio.Future | None = None
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -98,10 +99,13 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain.draining or self._loop is None or sig not in (signal.SIGTERM, signal.SIGINT):
-            self.should_exit = self.force_exit = True  # second signal, or before start-up finished: now
+            self.should_exit = self.force_exit = True  # a second signal: stop now
             return
         self.drain.begin()
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._exit_when_idle()))
+        self._loop.call_soon_threadsafe(self._start_exit_when_idle)
+
+    def _start_exit_when_idle(self) -> None:
+        self._exit_task = asyncio.ensure_future(self._exit_when_idle())  # held: the loop keeps only weak refs
 
     async def _exit_when_idle(self) -> None:
         await self.drain.wait_idle()

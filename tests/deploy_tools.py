@@ -43,7 +43,10 @@ def chromium() -> Path:
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
     done = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], env=env, capture_output=True, text=True
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     found = shutil.which("chromium")
     if not found:

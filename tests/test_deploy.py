@@ -120,7 +120,9 @@ def test_gateway_image_command_serves_and_its_healthcheck_passes():
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "the image command did not start"
             time.sleep(0.2)
-        scored = httpx.post(f"{base}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]}, timeout=60)
+        scored = httpx.post(
+            f"{base}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]}, timeout=60
+        )
         assert scored.status_code == 200, scored.text
         assert scored.json()["models"][0]["name"] == "signal"  # the embedded default model
 
@@ -163,7 +165,9 @@ def rendered() -> dict[str, list[dict]]:
     newer = shutil.which("kubectl")
     if newer:
         for target in TARGETS:
-            assert comparable(kustomize(newer, target)) == comparable(out[target]), f"{newer} renders {target} differently"
+            assert comparable(kustomize(newer, target)) == comparable(out[target]), (
+                f"{newer} renders {target} differently"
+            )
     return out
 
 
@@ -196,7 +200,9 @@ def test_every_object_validates_against_its_schema(rendered):
                 try:
                     kubernetes_validate.validate(obj, version, strict=True)
                 except kubernetes_validate.ValidationError as exc:
-                    pytest.fail(f"{target}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): {exc.message}")
+                    pytest.fail(
+                        f"{target}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): {exc.message}"
+                    )
     assert {o["metadata"]["name"] for o in operator_objects} == {"vrs-gateway", "vrs-triton"}
     assert validate_prometheus_operator(operator_objects) == []
 
@@ -218,9 +224,9 @@ def _gateway_pod(objects: list[dict]) -> tuple[dict, dict]:
 
 
 @pytest.mark.parametrize("target", ["overlays/cpu-dev", "overlays/gpu"])
-def test_gateway_deployment_probes_resources_and_drain(rendered, target):
+def test_gateway_deployment_probes_resources_and_drain(rendered, target, monkeypatch):
     objects = rendered[target]
-    deployment, pod = _gateway_pod(objects)
+    _, pod = _gateway_pod(objects)
     (container,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8000}
@@ -235,10 +241,11 @@ def test_gateway_deployment_probes_resources_and_drain(rendered, target):
     config = find(objects, "ConfigMap", "vrs-config")
     assert {"configMapRef": {"name": config["metadata"]["name"]}} in sources
     assert {"secretRef": {"name": find(objects, "Secret", "vrs-api-keys")["metadata"]["name"]}} in sources
-    for key in config["data"]:  # every key is a real setting, and together they parse
+    for key, value in config["data"].items():  # every key is a real setting, and together they parse
         assert key.startswith("VRS_") and key[4:].lower() in Settings.model_fields, key
-    settings = Settings(**{k[4:].lower(): v for k, v in config["data"].items() if k != "VRS_MODELS"})
-    assert settings.redis_url == "redis://vrs-redis:6379/0"
+        monkeypatch.setenv(key, value)
+    settings = Settings()  # as the pod reads them: from its environment
+    assert settings.redis_url == "redis://vrs-redis:6379/0" and settings.models == ["signal"]
 
     # Drain: preStop sleep + the drain grace fit in the termination grace period, with a small margin.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -256,19 +263,27 @@ def test_gateway_deployment_probes_resources_and_drain(rendered, target):
     assert selects(monitor["spec"]["selector"]["matchLabels"], labels)
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
-    dashboard_jobs = {v["name"]: v["query"] for v in json.loads((ROOT / "deploy/grafana/vrs-dashboard.json").read_text())["templating"]["list"]}
+    dashboard_jobs = {
+        v["name"]: v["query"]
+        for v in json.loads((ROOT / "deploy/grafana/vrs-dashboard.json").read_text())["templating"]["list"]
+    }
     assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": dashboard_jobs["job"]}]
 
     # Redis is in the namespace and the gateway's URL names its Service.
     redis = find(objects, "StatefulSet", "vrs-redis")
-    assert selects(find(objects, "Service", "vrs-redis")["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"])
+    assert selects(
+        find(objects, "Service", "vrs-redis")["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"]
+    )
 
 
 def test_hpa_scales_the_gateway_on_a_metric_the_gateway_exports(rendered, gateway: RunningServer):
     objects = rendered["overlays/gpu"]
     hpa = find(objects, "HorizontalPodAutoscaler", "vrs-gateway")
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", find(objects, "Deployment", "vrs-gateway")["metadata"]["name"])
+    assert (target["kind"], target["name"]) == (
+        "Deployment",
+        find(objects, "Deployment", "vrs-gateway")["metadata"]["name"],
+    )
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
     name = metric["pods"]["metric"]["name"]
@@ -280,11 +295,15 @@ def test_hpa_scales_the_gateway_on_a_metric_the_gateway_exports(rendered, gatewa
     endpoints = re.search(r'endpoint=~"([^"]+)"', rule["metricsQuery"]).group(1)
 
     # The live gateway exports that series, with the endpoint values the adapter's query keeps.
-    httpx.post(f"{gateway.url}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]}, timeout=60)
+    httpx.post(
+        f"{gateway.url}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]}, timeout=60
+    )
     exported = httpx.get(f"{gateway.url}/metrics").text
     values = re.findall(rf'^{series}{{endpoint="([^"]+)"}}', exported, flags=re.M)
     assert "/v1/score" in values
-    assert {v for v in values if re.fullmatch(endpoints, v)} == {v for v in values if v.startswith("/v1/") and v != "/v1/models"}
+    assert {v for v in values if re.fullmatch(endpoints, v)} == {
+        v for v in values if v.startswith("/v1/") and v != "/v1/models"
+    }
 
 
 def test_triton_runs_on_a_gpu_node_after_building_engines(rendered):
@@ -323,7 +342,9 @@ def test_triton_runs_on_a_gpu_node_after_building_engines(rendered):
 
 def _egress_peers(policy: dict) -> list[tuple[dict, set[int]]]:
     return [
-        (peer, {p["port"] for p in rule.get("ports", [])}) for rule in policy["spec"].get("egress", []) for peer in rule["to"]
+        (peer, {p["port"] for p in rule.get("ports", [])})
+        for rule in policy["spec"].get("egress", [])
+        for peer in rule["to"]
     ]
 
 
@@ -337,7 +358,10 @@ def test_network_policies_confine_the_gateway(rendered):
     for name, port in (("vrs-redis", 6379), ("vrs-triton", 8001)):
         kind = "StatefulSet" if name == "vrs-redis" else "Deployment"
         labels = find(objects, kind, name)["spec"]["template"]["metadata"]["labels"]
-        assert any("podSelector" in p and selects(p["podSelector"]["matchLabels"], labels) and port in ports for p, ports in peers), name
+        assert any(
+            "podSelector" in p and selects(p["podSelector"]["matchLabels"], labels) and port in ports
+            for p, ports in peers
+        ), name
     for name in ("vrs-redis", "vrs-triton"):  # they accept the gateway
         ingress = find(objects, "NetworkPolicy", name)["spec"]["ingress"][0]
         assert selects(ingress["from"][0]["podSelector"]["matchLabels"], gateway_pod["metadata"]["labels"])

@@ -23,10 +23,10 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from service.api import create_app
 from tests import videos
 from tests.conftest import ORIGIN_HOST, RunningServer, free_port, start_server, test_settings
 from tests.deploy_tools import chromium
-from service.api import create_app
 from vrs_client.videos import video_ref
 
 VRS = Path(sys.executable).with_name("vrs")
@@ -96,7 +96,9 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(slow_origin: Slo
             while (ready := httpx.get(f"{base}/readyz", timeout=5)).status_code == 200 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
-            refused = httpx.post(f"{base}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]})
+            refused = httpx.post(
+                f"{base}/v1/score", json={"items": [{"video": video_ref(videos.unique_clip(), fps=16)}]}
+            )
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "shutting_down" and refused.headers["retry-after"] == "1"
             assert httpx.get(f"{base}/healthz").status_code == 200  # liveness holds: no restart mid-drain
@@ -186,8 +188,13 @@ def test_without_keys_the_api_is_open_and_undeclared(client: httpx.Client):
 
 def test_process_metrics_are_exported(client: httpx.Client):
     text = client.get("/metrics").text
-    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"):
-        line = next((l for l in text.splitlines() if l.startswith(name + " ")), None)
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ):
+        line = next((row for row in text.splitlines() if row.startswith(name + " ")), None)
         assert line is not None, name
         assert float(line.split()[1]) > 0
 
