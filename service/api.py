@@ -17,10 +17,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.registry import RewardModel, builtin_models, load_models
-from service import ingest, operations
+from service import auth, ingest, lifecycle, operations
 from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
+from service.docs import serve_docs
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
 from service.schemas import (
@@ -72,9 +73,14 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         version="0.1.0",
         description="Scores generated videos with reward models. See README.md.",
         lifespan=lifespan,
+        docs_url=None,  # served offline by serve_docs
+        redoc_url=None,
     )
     app.state.engine = engine
+    app.state.drain = lifecycle.Drain(settings.shutdown_grace_s)  # `vrs serve` starts it on SIGTERM
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    auth.protect(app, settings.api_keys)  # 401 before any body is read
+    app.add_middleware(lifecycle.DrainGate, drain=app.state.drain)
     app.add_middleware(RequestTelemetry, metrics=engine.metrics)  # outermost: sees every answer, 413s included
 
     @app.exception_handler(ServiceError)
@@ -164,6 +170,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         return _labelled(request, await operations.rank(engine, body, inputs))
 
     _add_wire_schemas(app)
+    auth.document(app, settings.api_keys)
+    serve_docs(app)
     return app
 
 

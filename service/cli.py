@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import uvicorn
-
 from service import score_command, triton_command
 from service.telemetry import configure_logging
 
@@ -14,7 +12,11 @@ from service.telemetry import configure_logging
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vrs", description="Video reward-model service.")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="Run the HTTP gateway (settings from VRS_* environment variables).")
+    serve = sub.add_parser(
+        "serve",
+        help="Run the HTTP gateway (settings from VRS_* environment variables). One process: scale out with "
+        "replicas (README 'Deploy'). SIGTERM drains for VRS_SHUTDOWN_GRACE_S, then exits.",
+    )
     serve.add_argument("--host", default=None, help="Bind address (default: VRS_HOST or 127.0.0.1).")
     serve.add_argument("--port", type=int, default=None, help="Port (default: VRS_PORT or 8000).")
     serve.add_argument("--log-level", default="info")
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         return triton_command.run(args)
 
     if args.command == "serve":
+        from service import lifecycle
         from service.api import create_app
         from service.config import Settings
 
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(**overrides)
         configure_logging(args.log_level)
         app = create_app(settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+        lifecycle.serve(app, settings.host, settings.port)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     port: int = 8000
     models: list[str] = Field(default=["signal"], description="Models loaded at start.")
     default_model: str = "signal"
+    api_keys: list[SecretStr] = Field(
+        default=[], description='Bearer keys, JSON list (e.g. ["k1", "k2"]); empty = no auth (service/auth.py).'
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, how long in-flight requests may finish (service/lifecycle.py)."
+    )
 
     # Input limits, checked before anything large is allocated.
     max_request_bytes: int = 512 * 1024**2

@@ -35,6 +35,10 @@ def add_parser(sub) -> None:
     triton.add_argument("--queue-timeout-us", type=int, default=TritonOptions.queue_timeout_us)
     triton.add_argument("--instances", type=int, default=TritonOptions.instances)
     triton.add_argument("--verbose", action="store_true", help="Triton's verbose log.")
+    triton.add_argument(
+        "--write-only", action="store_true",
+        help="Write the repository and exit, for another tritonserver to serve (the GPU image's init step).",
+    )  # fmt: skip
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
@@ -82,6 +86,9 @@ def run(args: argparse.Namespace) -> None:
     from service.triton_server import LocalTriton
 
     repo = write_repo(args)  # the models loaded for their specs are released before Triton loads them
+    if args.write_only:
+        print(f"Triton model repository written: {repo}", flush=True)
+        return
     server = LocalTriton(
         repo, args.grpc_port, args.http_port, args.metrics_port, host=args.host, verbose=args.verbose, inherit_output=True
     )
