@@ -19,7 +19,7 @@ from service import cache, decode, ingest
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable
+from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
 from service.metrics import Metrics
 
@@ -110,7 +110,7 @@ class Engine:
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise BadInput(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models))}", code="unknown_model")
+            raise BadInput(f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.models))}", code="unknown_model")
         return self.models[name].spec
 
     async def ready(self) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from models.spec import ModelSpec, Pairwise
 from service import pairwise, ranking, scoring
 from service.engine import Engine, ScoreInput
-from service.errors import BadInput
+from service.errors import BadInput, shown
 from service.schemas import (
     CompareRequest,
     CompareResponse,
@@ -53,7 +53,7 @@ def plan(engine: Engine, options: ScoringOptions) -> Plan:
     weights, field = options.weights, "weights"
     if options.preset is not None:
         weights = scoring.preset_weights(options.preset, engine.settings.weight_presets)
-        field = f"preset {options.preset!r}"
+        field = f"preset {shown(options.preset)}"
     names = options.models or (scoring.models_named(weights) if weights else []) or [engine.settings.default_model]
     specs = [engine.spec(name) for name in dict.fromkeys(names)]
     resolved = scoring.resolve_weights(weights, specs, field)

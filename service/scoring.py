@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from models.spec import Dimension, ModelSpec
-from service.errors import BadInput
+from service.errors import BadInput, shown
 
 
 def dimensions(specs: Sequence[ModelSpec]) -> dict[str, Dimension]:
@@ -24,7 +24,7 @@ def preset_weights(name: str, presets: Mapping[str, Mapping[str, float]]) -> dic
     """The weights of a named preset from configuration."""
     if name not in presets:
         known = ", ".join(sorted(presets)) or "none configured"
-        raise BadInput(f"preset: unknown preset {name!r}; known: {known}", code="unknown_preset")
+        raise BadInput(f"preset: unknown preset {shown(name)}; known: {known}", code="unknown_preset")
     return dict(presets[name])
 
 
@@ -44,9 +44,9 @@ def resolve_weights(
     known = dimensions(specs)
     for key, value in weights.items():
         if key not in known:
-            raise BadInput(f"{field}: unknown dimension {key!r}; known: {', '.join(known)}", code="bad_weights")
+            raise BadInput(f"{field}: unknown dimension {shown(key)}; known: {', '.join(known)}", code="bad_weights")
         if not math.isfinite(value) or value < 0:
-            raise BadInput(f"{field}: {key!r} must be a finite number >= 0, got {value}", code="bad_weights")
+            raise BadInput(f"{field}: {shown(key)} must be a finite number >= 0, got {value}", code="bad_weights")
     if not any(weights.values()):
         raise BadInput(f"{field}: at least one weight must be positive", code="bad_weights")
     return dict(weights)
