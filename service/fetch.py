@@ -136,6 +136,8 @@ def checked_url(url: str) -> httpx.URL:
         raise BadInput(f"not a valid URL ({exc}): {shown!r}", code="bad_url") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise BadInput(f"only absolute http(s) URLs are fetched, got {shown!r}", code="bad_url")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise BadInput(f"URL port {parsed.port} is out of range: {shown!r}", code="bad_url")
     if _NUMERIC_HOST.fullmatch(parsed.host) and not _CANONICAL_IPV4.fullmatch(parsed.host):
         raise BadInput(
             f"URL host {parsed.host[:100]!r} is an ambiguous IPv4 spelling; write the dotted decimal form",

@@ -6,13 +6,17 @@ out, errors as ``BadInput`` naming the request field at fault.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from models.spec import Dimension, ModelSpec
 from service.errors import BadInput, shown
+
+
+# Larger weights let `overall` overflow to inf (and inf - inf to NaN in comparisons); relative
+# weights never need more range than this.
+MAX_WEIGHT = 1e6
 
 
 def dimensions(specs: Sequence[ModelSpec]) -> dict[str, Dimension]:
@@ -45,8 +49,8 @@ def resolve_weights(
     for key, value in weights.items():
         if key not in known:
             raise BadInput(f"{field}: unknown dimension {shown(key)}; known: {', '.join(known)}", code="bad_weights")
-        if not math.isfinite(value) or value < 0:
-            raise BadInput(f"{field}: {shown(key)} must be a finite number >= 0, got {value}", code="bad_weights")
+        if not 0 <= value <= MAX_WEIGHT:  # also refuses NaN
+            raise BadInput(f"{field}: {shown(key)} must be a number in [0, {MAX_WEIGHT:g}], got {value}", code="bad_weights")
     if not any(weights.values()):
         raise BadInput(f"{field}: at least one weight must be positive", code="bad_weights")
     return dict(weights)
