@@ -117,3 +117,11 @@ def test_raw_frames_response_matches_the_schema(http, openapi):
     frames = np.repeat(videos.unique_clip(1, 32, 32), 4, axis=0)  # a still video
     ref = {"frames": base64.b64encode(videos.npy_bytes(frames)).decode(), "fps": 0.1}
     assert_matches_schema(openapi, http.post("/v1/score", json={"items": [{"video": ref}]}), "ScoreResponse")
+
+
+def test_variable_frame_rate_video_is_scored(http, openapi):
+    from tests.test_decode import VFR_TIMES
+
+    data = videos.encode_vfr(videos.moving_scene(40, 64, 96), VFR_TIMES, "mkv")
+    r = http.post("/v1/score", json={"items": [{"video": {"data": base64.b64encode(data).decode()}}]})
+    assert_matches_schema(openapi, r, "ScoreResponse")
