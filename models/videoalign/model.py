@@ -164,14 +164,15 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch
         raise CheckpointError(f"{step}: rm_head.weight has shape {tuple(head_weight.shape)}, expected {tuple(head.weight.shape)}")
     with torch.no_grad():
         head.weight.copy_(head_weight.float())
-    plain.pop("lm_head.weight", None)
+    plain.pop("lm_head.weight", None)  # scoring reads the head, never the LM's logits
+    lora = {k: v for k, v in lora.items() if not k.startswith("lm_head.")}
     try:
         result = model.load_state_dict(plain, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise CheckpointError(f"{step}: weights do not fit the base model {base} ({exc})") from exc
     if result.unexpected_keys:
         raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
-    checkpoint.merge_lora(model, lora, config, step)
+    checkpoint.merge_lora(dict(model.named_parameters()) | {"rm_head.weight": head.weight}, lora, config, step)
     model.to(device=device, dtype=dtype).eval()
     head.to(device=device, dtype=dtype).eval()
     reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
