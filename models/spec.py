@@ -91,6 +91,11 @@ class ModelSpec(_Frozen):
     sampling: FrameSampling
     resolution: Resolution
     needs_prompt: bool = False
+    prompt_forbidden: str | None = Field(
+        default=None,
+        description="Regular expression a prompt must not match: the model's control-token syntax, which its "
+        "tokenizer would read as control tokens rather than text.",
+    )
     pairwise: Pairwise = Pairwise()
     batching: Batching = Batching()
 

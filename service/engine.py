@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,6 +132,11 @@ class Engine:
             for spec in specs:
                 if spec.needs_prompt and not (item.prompt and item.prompt.strip()):
                     raise BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
+                if spec.prompt_forbidden and item.prompt and (found := re.search(spec.prompt_forbidden, item.prompt)):
+                    raise Unprocessable(
+                        f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
+                        item=i, code="bad_prompt",
+                    )
         work = len(items) * len(specs)
         if work > self.settings.max_pending:
             raise TooLarge(f"{len(items)} items x {len(specs)} models exceed max_pending={self.settings.max_pending}")

@@ -77,6 +77,7 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
         # Frames arrive with the short side near 2x the model's input; the forward does CLIP's resize + centre crop.
         resolution=Resolution(max_pixels=(2 * image_size) ** 2 * 16 // 9, min_pixels=image_size**2, size_factor=2, filter="bicubic"),
         needs_prompt=True,
+        prompt_forbidden=r"<\|[A-Za-z0-9_]+\|>",  # CLIP's <|startoftext|> / <|endoftext|>: an early end-of-text
         batching=Batching(max_batch_size=16, max_wait_ms=5.0),
     )
 

@@ -53,6 +53,7 @@ def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
             filter="bicubic", antialias=True,
         ),
         needs_prompt=True,
+        prompt_forbidden=prompt.CONTROL_TOKEN,
         pairwise=Pairwise(model="rao-kupper", theta=5.0),
         batching=Batching(max_batch_size=4, max_wait_ms=10.0),
     )
