@@ -40,11 +40,13 @@ def models_named(weights: Mapping[str, float]) -> list[str]:
 def resolve_weights(
     weights: Mapping[str, float] | None, specs: Sequence[ModelSpec], field: str = "weights"
 ) -> dict[str, float]:
-    """Check weights against the models' dimensions. Default: each model's dimensions equally, models equally.
+    """Check weights against the models' dimensions. Default: each model's own (not derived)
+    dimensions equally, models equally.
 
     ``field`` names where the weights came from (``weights`` or ``preset 'name'``) in errors."""
-    if weights is None:
-        return {f"{s.name}.{d}": 1.0 / (len(s.dimensions) * len(specs)) for s in specs for d in s.dimension_names}
+    if weights is None:  # derived dimensions (videoalign's Overall) would count their parts twice
+        own = {s.name: [d.name for d in s.dimensions if not d.derived] for s in specs}
+        return {f"{s.name}.{d}": 1.0 / (len(own[s.name]) * len(specs)) for s in specs for d in own[s.name]}
     known = dimensions(specs)
     for key, value in weights.items():
         if key not in known:

@@ -609,7 +609,7 @@ async def _score_both(gateways, model: str, data: list[bytes], triton: LocalTrit
     """Score ``data`` (one request) on both gateways; return both score arrays and Triton's counter change."""
     local, remote = gateways
     items = [{"video": {"data": b64(v)}, "prompt": p} for v, p in zip(data, PROMPTS)]
-    body = {"items": items, "models": [model]}
+    body = {"items": items, "models": [model]} | ({"normalise": True} if model == "videoalign" else {})
     before = stats(triton, model)
     async with httpx.AsyncClient(timeout=300) as client:
         answers = await asyncio.gather(*(client.post(f"{g.url}/v1/score", json=body) for g in (local, remote)))
