@@ -1,9 +1,11 @@
 """Fetch a video from an http(s) URL without letting the URL reach inside our network.
 
-Every TCP connection (the first and one per redirect) resolves the host itself, refuses the
-connection if *any* resolved address is loopback, private, link-local (which covers the
-cloud metadata address 169.254.169.254), multicast, reserved or otherwise not globally
-routable, and then connects to an address it checked, so DNS cannot change the answer in
+A URL is parsed first (``checked_url``): malformed ones and ambiguous IPv4 spellings are
+``bad_url``. Every TCP connection (the first and one per redirect) resolves the host itself,
+refuses the connection if *any* resolved address is not public (``is_allowed_address``:
+loopback, private, link-local, which covers the cloud metadata address 169.254.169.254, CGNAT,
+benchmarking, documentation, multicast, reserved..., and IPv6 forms judged by the IPv4 address
+they carry), and then connects to an address it checked, so DNS cannot change the answer in
 between. Bytes, redirects and total time are capped, and the body streams into a bounded
 buffer.
 """
@@ -196,6 +198,8 @@ class UrlFetcher:
                     if response.status_code != 200:
                         raise BadInput(f"URL answered HTTP {response.status_code}", code="url_fetch_failed")
                     return await self._read_capped(response)
+            except httpx.InvalidURL as exc:  # checked above; httpx may still refuse (e.g. a header it cannot encode)
+                raise BadInput(f"URL could not be sent: {exc}", code="bad_url") from exc
             except httpx.TimeoutException as exc:
                 raise BadInput(f"URL timed out: {type(exc).__name__}", code="url_timeout") from exc
             except httpx.HTTPError as exc:
