@@ -9,6 +9,7 @@ import httpx
 import jsonschema
 import numpy as np
 import pytest
+import torch
 
 from tests import videos
 from tests.test_bad_input import assert_error
@@ -125,3 +126,29 @@ def test_variable_frame_rate_video_is_scored(http, openapi):
     data = videos.encode_vfr(videos.moving_scene(40, 64, 96), VFR_TIMES, "mkv")
     r = http.post("/v1/score", json={"items": [{"video": {"data": base64.b64encode(data).decode()}}]})
     assert_matches_schema(openapi, r, "ScoreResponse")
+
+
+def _nan_for_some_prompts(frames, num_frames, prompts):
+    """A real weight-free model whose score is NaN when the prompt says so (a model can misbehave)."""
+    return torch.tensor([[float("nan") if p == "nan" else float(n)] for p, n in zip(prompts, num_frames.tolist())])
+
+
+def test_non_finite_model_output_is_an_error_not_a_null(refs):
+    from models import signal
+    from models.registry import RewardModel, builtin_models
+    from models.spec import Dimension
+    from service.api import create_app
+    from tests.conftest import start_server, test_settings
+
+    spec = signal.SPEC.model_copy(update={"name": "nan-probe", "needs_prompt": True, "dimensions": (Dimension(name="n"),)})
+    models = builtin_models() | {"nan-probe": RewardModel(spec=spec, forward=_nan_for_some_prompts)}
+    running = start_server(create_app(test_settings(models=["signal", "nan-probe"]), models=models))
+    try:
+        items = [{"video": refs[i], "prompt": p} for i, p in enumerate(["ok", "nan", "ok", "nan"])]
+        r = httpx.post(f"{running.url}/v1/score", json={"items": items, "models": ["nan-probe"]}, timeout=60)
+        error = assert_error(r, 422, "non_finite_score", 1, "nan-probe.n")
+        assert [o["item"] for o in error["others"]] == [3]
+        fine = httpx.post(f"{running.url}/v1/score", json={"items": items[:1], "models": ["nan-probe"]}, timeout=60)
+        assert fine.status_code == 200 and fine.json()["results"][0]["scores"]["nan-probe.n"] > 0
+    finally:
+        running.stop()
