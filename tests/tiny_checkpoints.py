@@ -131,8 +131,16 @@ def clip(directory: Path, seed: int = 2) -> Path:
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
     corpus = ["a cat surfing a wave at sunset", "a dog runs on the beach", "a red car in the rain", "a blurry video", "a video"]
+    from tokenizers.processors import TemplateProcessing
+
+    bpe = _bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300)
+    # As CLIP's tokenizer: every sequence starts and ends with its marks (CLIP pools at the first <|endoftext|>).
+    bpe.post_processor = TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[(t, bpe.token_to_id(t)) for t in ("<|startoftext|>", "<|endoftext|>")],
+    )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300),
+        tokenizer_object=bpe,
         bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
     )
     config = CLIPConfig(
