@@ -24,6 +24,9 @@ class Dimension(_Frozen):
     range: tuple[float, float] | None = Field(default=None, description="Closed range of raw scores, if bounded.")
     mean: float | None = Field(default=None, description="Population mean used for optional normalisation.")
     std: float | None = Field(default=None, description="Population std used for optional normalisation.")
+    derived: bool = Field(
+        default=False, description="Computed from the model's other dimensions; left out of the default weights."
+    )
 
 
 class FrameSampling(_Frozen):
@@ -91,6 +94,11 @@ class ModelSpec(_Frozen):
     sampling: FrameSampling
     resolution: Resolution
     needs_prompt: bool = False
+    prompt_forbidden: str | None = Field(
+        default=None,
+        description="Regular expression a prompt must not match: the model's control-token syntax, which its "
+        "tokenizer would read as control tokens rather than text.",
+    )
     pairwise: Pairwise = Pairwise()
     batching: Batching = Batching()
 

@@ -17,13 +17,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.registry import RewardModel, builtin_models, load_models
-from service import auth, ingest, lifecycle, operations
+from service import auth, fetch, ingest, lifecycle, operations
 from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.docs import serve_docs
 from service.engine import Engine, ScoreInput
-from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
+from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, shown
 from service.schemas import (
     CompareRequest,
     CompareResponse,
@@ -202,7 +202,7 @@ def _invalid(errors: list[dict]) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [p for p in first.get("loc", ()) if p != "body"]
     item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
-    where = ".".join(str(p) for p in loc) or "body"
+    where = ".".join(str(p)[:80] for p in loc) or "body"
     body = {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}", "item": item}
     return JSONResponse({"error": body}, status_code=422)
 
@@ -245,7 +245,7 @@ async def _read_request(
         body, files = await _parse(kind, await request.body()), {}
     else:
         raise UnsupportedMedia(
-            f"send application/json or multipart/form-data, not {content_type!r}", code="bad_content_type"
+            f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type"
         )
     return body, await run_in_threadpool(_to_inputs, body, files, settings)
 
@@ -266,9 +266,9 @@ async def _read_multipart(
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
             if value.size is not None and value.size > settings.max_video_bytes:
-                raise TooLarge(f"file part {name!r} is {value.size} bytes; the limit is {settings.max_video_bytes}")
+                raise TooLarge(f"file part {shown(name)} is {value.size} bytes; the limit is {settings.max_video_bytes}")
             if name in files:
-                raise BadInput(f"two file parts named {name!r}; give each a distinct name", code="bad_multipart")
+                raise BadInput(f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart")
             files[name] = await value.read()
     if "request" in form:
         return await _parse(kind, str(form["request"])), files
@@ -298,18 +298,22 @@ async def _read_multipart(
 
 def _to_inputs(body: WireRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
     """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
-    inputs = []
+    inputs, errors = [], []
     for i, (video, prompt) in enumerate(body.videos_with_prompts()):
         try:
             inputs.append(ScoreInput(source=_to_source(video, files, settings), prompt=prompt))
         except ServiceError as exc:
-            raise exc.for_item(i)
+            errors.append(exc.for_item(i))
+    if errors:  # the first bad item answers; `others` lists the rest
+        errors[0].others = errors[1:]
+        raise errors[0]
     return inputs
 
 
 def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> ingest.VideoSource:
     limit = settings.max_video_bytes
     if ref.url is not None:
+        fetch.checked_url(ref.url)  # a malformed URL fails here, with the other ingest errors
         return ingest.VideoURL(ref.url)
     if ref.data is not None:
         return ingest.EncodedVideo(ingest.decode_base64(ref.data, max_bytes=limit, what="data"))
@@ -317,10 +321,10 @@ def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> in
         raw = ingest.decode_base64(ref.frames, max_bytes=limit, what="frames")
         return ingest.parse_frames_npy(raw, ref.fps or 0.0)
     if ref.file not in files:
-        raise BadInput(f"no file part named {ref.file!r} in the upload", code="missing_file")
+        raise BadInput(f"no file part named {shown(ref.file)} in the upload", code="missing_file")
     data = files[ref.file]
     if len(data) > limit:
-        raise TooLarge(f"file part {ref.file!r} is {len(data)} bytes; the limit is {limit}")
+        raise TooLarge(f"file part {shown(ref.file)} is {len(data)} bytes; the limit is {limit}")
     return ingest.EncodedVideo(data)
 
 

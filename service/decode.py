@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -134,7 +135,7 @@ def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -
                 raise Unprocessable("video has no frames", code="no_frames")
             fps = _frame_rate(stream, timestamps)
             _check_length(len(timestamps), fps, limits)
-            present = len(timestamps) / fps
+            present = _present_seconds(stream, timestamps, fps)
             if declared and present < 0.9 * declared - 1 / fps:
                 raise Unprocessable(
                     f"truncated video: the header declares {declared:.2f} s but only {present:.2f} s of frames are present",
@@ -195,6 +196,15 @@ def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[in
     if any(s is None for s in stamps):
         return [None] * len(stamps), []  # no timestamps: fall back to counting frames in order
     return sorted(stamps), sorted(keyframes)
+
+
+def _present_seconds(stream, timestamps: list[int | None], fps: float) -> float:
+    """How long the frames present last: by their timestamps, so a variable frame rate is not
+    mistaken for missing frames; by count / rate when the stream has no timestamps."""
+    if len(timestamps) < 2 or timestamps[0] is None:
+        return len(timestamps) / fps
+    last = statistics.median(b - a for a, b in zip(timestamps, timestamps[1:]))  # the last frame's duration
+    return float((timestamps[-1] - timestamps[0] + last) * stream.time_base)
 
 
 def _frame_rate(stream, timestamps: list[int | None]) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from service import cache, decode, ingest
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable
+from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
 from service.metrics import Metrics
 
@@ -110,7 +111,7 @@ class Engine:
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise BadInput(f"unknown model {name!r}; loaded: {', '.join(sorted(self.models))}", code="unknown_model")
+            raise BadInput(f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.models))}", code="unknown_model")
         return self.models[name].spec
 
     async def ready(self) -> tuple[bool, str]:
@@ -131,6 +132,11 @@ class Engine:
             for spec in specs:
                 if spec.needs_prompt and not (item.prompt and item.prompt.strip()):
                     raise BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
+                if spec.prompt_forbidden and item.prompt and (found := re.search(spec.prompt_forbidden, item.prompt)):
+                    raise Unprocessable(
+                        f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
+                        item=i, code="bad_prompt",
+                    )
         work = len(items) * len(specs)
         if work > self.settings.max_pending:
             raise TooLarge(f"{len(items)} items x {len(specs)} models exceed max_pending={self.settings.max_pending}")

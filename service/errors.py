@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+MAX_MESSAGE = 1000  # characters of a message sent back; a client's megabyte of text is not echoed
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (and saying so)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
 
 class ServiceError(Exception):
     """Base class; subclasses fix the HTTP status. ``item`` is the request item's index."""
@@ -10,6 +18,8 @@ class ServiceError(Exception):
     code = "bad_request"
 
     def __init__(self, message: str, *, item: int | None = None, code: str | None = None) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + "... (cut)"
         super().__init__(message)
         self.message = message
         self.item = item

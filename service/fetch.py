@@ -1,9 +1,11 @@
 """Fetch a video from an http(s) URL without letting the URL reach inside our network.
 
-Every TCP connection (the first and one per redirect) resolves the host itself, refuses the
-connection if *any* resolved address is loopback, private, link-local (which covers the
-cloud metadata address 169.254.169.254), multicast, reserved or otherwise not globally
-routable, and then connects to an address it checked, so DNS cannot change the answer in
+A URL is parsed first (``checked_url``): malformed ones and ambiguous IPv4 spellings are
+``bad_url``. Every TCP connection (the first and one per redirect) resolves the host itself,
+refuses the connection if *any* resolved address is not public (``is_allowed_address``:
+loopback, private, link-local, which covers the cloud metadata address 169.254.169.254, CGNAT,
+benchmarking, documentation, multicast, reserved..., and IPv6 forms judged by the IPv4 address
+they carry), and then connects to an address it checked, so DNS cannot change the answer in
 between. Bytes, redirects and total time are capped, and the body streams into a bounded
 buffer.
 """
@@ -12,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Sequence
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpcore
 import httpx
@@ -29,13 +32,63 @@ class ForbiddenAddress(BadInput):
     code = "url_forbidden"
 
 
+# Networks refused whatever ``is_global`` says (IANA special-purpose registries).
+_REFUSED_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+        "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24",
+        "192.168.0.0/16", "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+        "224.0.0.0/4", "240.0.0.0/4",
+    )
+)
+_REFUSED_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/8",  # unspecified, loopback, IPv4-compatible (deprecated); IPv4-mapped and NAT64 are unwrapped first
+        "64:ff9b:1::/48",  # local-use NAT64: the prefix length is site-specific, so the IPv4 inside is unknowable
+        "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16",
+        "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped, NAT64 (64:ff9b::/96), 6to4, Teredo
+    (server and client). Traffic to such an address ends at (or passes through) those IPv4 hosts."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip in _TEREDO and ip.teredo is not None:
+        return list(ip.teredo)
+    return []
+
+
 def is_allowed_address(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> bool:
-    """True for globally routable unicast addresses, or those inside an allowed network."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """True for globally routable unicast addresses, or those inside an allowed network.
+
+    An IPv6 address that embeds IPv4 addresses is allowed only when each of them is; reserved,
+    shared (CGNAT), benchmarking, documentation and the other special-purpose ranges are
+    refused by name, not only through ``is_global``."""
     if any(ip in net for net in allow):
         return True
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if ip.ipv4_mapped is not None or ip in _NAT64:
+            return is_allowed_address(inner[0], allow)  # the IPv4 host is the real destination
+        if not all(is_allowed_address(v4, allow) for v4 in inner):
+            return False
+        refused: tuple[IPNetwork, ...] = _REFUSED_V6
+    else:
+        refused = _REFUSED_V4
+    if any(ip in net for net in refused):
+        return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_private or ip.is_link_local)
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -65,6 +118,34 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+# A host written only with digits, dots and hex parts: an IPv4 literal in some spelling. Only the
+# canonical dotted quad is accepted; ``0177.0.0.1``, ``127.000.000.001``, ``2130706433`` or
+# ``0x7f.1`` mean different hosts to different parsers (inet_aton reads 0177 as octal 127).
+_NUMERIC_HOST = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+))*\.?", re.IGNORECASE)
+_CANONICAL_IPV4 = re.compile(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}")
+
+
+def checked_url(url: str) -> httpx.URL:
+    """Parse an absolute http(s) URL, or raise BadInput ``bad_url`` saying what is wrong with it."""
+    shown = url[:200]
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise BadInput(f"URL contains whitespace or control characters: {shown!r}", code="bad_url")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise BadInput(f"not a valid URL ({exc}): {shown!r}", code="bad_url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInput(f"only absolute http(s) URLs are fetched, got {shown!r}", code="bad_url")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise BadInput(f"URL port {parsed.port} is out of range: {shown!r}", code="bad_url")
+    if _NUMERIC_HOST.fullmatch(parsed.host) and not _CANONICAL_IPV4.fullmatch(parsed.host):
+        raise BadInput(
+            f"URL host {parsed.host[:100]!r} is an ambiguous IPv4 spelling; write the dotted decimal form",
+            code="bad_url",
+        )
+    return parsed
 
 
 class UrlFetcher:
@@ -108,9 +189,7 @@ class UrlFetcher:
 
     async def _follow(self, url: str) -> bytes:
         for _ in range(self.max_redirects + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise BadInput(f"only absolute http(s) URLs are fetched, got {url[:200]!r}", code="bad_url")
+            url = str(checked_url(url))
             try:
                 async with self._client.stream("GET", url) as response:
                     if response.is_redirect and "location" in response.headers:
@@ -119,6 +198,8 @@ class UrlFetcher:
                     if response.status_code != 200:
                         raise BadInput(f"URL answered HTTP {response.status_code}", code="url_fetch_failed")
                     return await self._read_capped(response)
+            except httpx.InvalidURL as exc:  # checked above; httpx may still refuse (e.g. a header it cannot encode)
+                raise BadInput(f"URL could not be sent: {exc}", code="bad_url") from exc
             except httpx.TimeoutException as exc:
                 raise BadInput(f"URL timed out: {type(exc).__name__}", code="url_timeout") from exc
             except httpx.HTTPError as exc:

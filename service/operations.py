@@ -7,12 +7,13 @@ compare and rank as well), then applies the pure math in ``scoring``, ``pairwise
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from models.spec import ModelSpec, Pairwise
 from service import pairwise, ranking, scoring
 from service.engine import Engine, ScoreInput
-from service.errors import BadInput
+from service.errors import BadInput, Unprocessable, shown
 from service.schemas import (
     CompareRequest,
     CompareResponse,
@@ -53,7 +54,7 @@ def plan(engine: Engine, options: ScoringOptions) -> Plan:
     weights, field = options.weights, "weights"
     if options.preset is not None:
         weights = scoring.preset_weights(options.preset, engine.settings.weight_presets)
-        field = f"preset {options.preset!r}"
+        field = f"preset {shown(options.preset)}"
     names = options.models or (scoring.models_named(weights) if weights else []) or [engine.settings.default_model]
     specs = [engine.spec(name) for name in dict.fromkeys(names)]
     resolved = scoring.resolve_weights(weights, specs, field)
@@ -118,13 +119,20 @@ async def rank(engine: Engine, body: RankRequest, inputs: list[ScoreInput]) -> R
 async def _score(engine: Engine, p: Plan, inputs: list[ScoreInput], cache) -> list[_Scored]:
     """Raw scores from the engine -> shown scores (normalised if asked) and the weighted overall."""
     results = await engine.score(inputs, [s.name for s in p.specs], cache=cache)
-    scored = []
+    scored, bad = [], []
     for i, result in enumerate(results):
         raw = scoring.flatten(result.scores, p.specs)
+        broken = [key for key, value in raw.items() if not math.isfinite(value)]
+        if broken:  # JSON has no NaN/inf: a 200 would carry null where its schema says number
+            bad.append(Unprocessable(f"the model gave a non-finite score for {', '.join(broken)}", item=i, code="non_finite_score"))
+            continue
         shown = scoring.normalise(raw, p.specs) if p.normalise else raw
         total = scoring.overall(scoring.oriented(shown, p.specs), p.weights)
         item = ItemScore(index=i, scores=shown, overall=total, cached=all(result.cached.values()))
         scored.append(_Scored(raw, item))
+    if bad:
+        bad[0].others = bad[1:]
+        raise bad[0]
     return scored
 
 

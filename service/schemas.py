@@ -8,12 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from models.spec import ModelSpec
 
+# Requests: JSON types as written (no "2" for 2, no "true" for true) and only finite numbers.
+_WIRE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
 
 class VideoRef(BaseModel):
     """Exactly one of: ``url``; ``data`` (base64 container); ``frames`` (base64 .npy uint8
     [T,H,W,3]) with ``fps``; ``file`` (name of a multipart part)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _WIRE
 
     url: str | None = Field(default=None, examples=["https://example.com/rollout.mp4"])
     data: str | None = Field(default=None, description="Base64 of a video container (mp4, webm, mkv, ...).")
@@ -32,7 +35,7 @@ class VideoRef(BaseModel):
 
 
 class ScoreItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _WIRE
 
     video: VideoRef
     prompt: str | None = Field(default=None, description="Text prompt the video was generated from.")
@@ -41,7 +44,7 @@ class ScoreItem(BaseModel):
 class ScoringOptions(BaseModel):
     """What every scoring request shares: the models, how dimensions combine into `overall`, the cache."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _WIRE
 
     models: list[str] | None = Field(
         default=None,

@@ -6,13 +6,17 @@ out, errors as ``BadInput`` naming the request field at fault.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from models.spec import Dimension, ModelSpec
-from service.errors import BadInput
+from service.errors import BadInput, shown
+
+
+# Larger weights let `overall` overflow to inf (and inf - inf to NaN in comparisons); relative
+# weights never need more range than this.
+MAX_WEIGHT = 1e6
 
 
 def dimensions(specs: Sequence[ModelSpec]) -> dict[str, Dimension]:
@@ -24,7 +28,7 @@ def preset_weights(name: str, presets: Mapping[str, Mapping[str, float]]) -> dic
     """The weights of a named preset from configuration."""
     if name not in presets:
         known = ", ".join(sorted(presets)) or "none configured"
-        raise BadInput(f"preset: unknown preset {name!r}; known: {known}", code="unknown_preset")
+        raise BadInput(f"preset: unknown preset {shown(name)}; known: {known}", code="unknown_preset")
     return dict(presets[name])
 
 
@@ -36,17 +40,19 @@ def models_named(weights: Mapping[str, float]) -> list[str]:
 def resolve_weights(
     weights: Mapping[str, float] | None, specs: Sequence[ModelSpec], field: str = "weights"
 ) -> dict[str, float]:
-    """Check weights against the models' dimensions. Default: each model's dimensions equally, models equally.
+    """Check weights against the models' dimensions. Default: each model's own (not derived)
+    dimensions equally, models equally.
 
     ``field`` names where the weights came from (``weights`` or ``preset 'name'``) in errors."""
-    if weights is None:
-        return {f"{s.name}.{d}": 1.0 / (len(s.dimensions) * len(specs)) for s in specs for d in s.dimension_names}
+    if weights is None:  # derived dimensions (videoalign's Overall) would count their parts twice
+        own = {s.name: [d.name for d in s.dimensions if not d.derived] for s in specs}
+        return {f"{s.name}.{d}": 1.0 / (len(own[s.name]) * len(specs)) for s in specs for d in own[s.name]}
     known = dimensions(specs)
     for key, value in weights.items():
         if key not in known:
-            raise BadInput(f"{field}: unknown dimension {key!r}; known: {', '.join(known)}", code="bad_weights")
-        if not math.isfinite(value) or value < 0:
-            raise BadInput(f"{field}: {key!r} must be a finite number >= 0, got {value}", code="bad_weights")
+            raise BadInput(f"{field}: unknown dimension {shown(key)}; known: {', '.join(known)}", code="bad_weights")
+        if not 0 <= value <= MAX_WEIGHT:  # also refuses NaN
+            raise BadInput(f"{field}: {shown(key)} must be a number in [0, {MAX_WEIGHT:g}], got {value}", code="bad_weights")
     if not any(weights.values()):
         raise BadInput(f"{field}: at least one weight must be positive", code="bad_weights")
     return dict(weights)

@@ -17,38 +17,43 @@ from models import registry
 from models.clip_segmental import SegmentalConfig, make_spec, reward
 from service.api import create_app
 from service.decode import Limits, sample_frames, sample_indices
+from service.errors import Unprocessable
 from service.ingest import EncodedVideo
 from tests import videos
 from tests.conftest import start_server, test_settings
 
 
-def test_segment_choice_one_frame_from_the_middle_of_each_segment():
-    sampling = make_spec(SegmentalConfig(segments=4), 224, "t").sampling
-    assert sample_indices(33, 16.0, sampling) == [4, 12, 20, 28]  # int((s + 0.5) * 33 / 4)
-    assert sample_indices(100, 30.0, sampling) == [12, 37, 62, 87]
-    assert sample_indices(3, 16.0, sampling) == [0, 1, 1, 2]  # shorter than S: frames repeat
-    assert len(sample_indices(500, 30.0, make_spec(SegmentalConfig(segments=8), 224, "t").sampling)) == 8
+def test_the_gateway_hands_over_a_clip_of_f_uniform_frames():
+    sampling = make_spec(SegmentalConfig(frames=16, segments=4), 224, "t").sampling
+    assert sample_indices(33, 16.0, sampling) == np.linspace(0, 32, 16).round().astype(int).tolist()
+    assert sample_indices(10, 30.0, sampling) == list(range(10))  # shorter than F: every frame
+    with pytest.raises(Unprocessable):
+        sample_indices(3, 16.0, sampling)  # fewer frames than segments
 
 
-def test_attenuation_weights():
-    # positions in segments: f_s = s + 0.5, F = S
-    assert torch.allclose(reward.attenuation(4), torch.exp(-torch.tensor([1.5, 0.5, 0.5, 1.5])))
-    w8 = reward.attenuation(8)
-    assert torch.allclose(w8, w8.flip(0)) and w8.argmax() in (3, 4) and math.isclose(w8[0].item(), math.exp(-3.5), rel_tol=1e-6)
-    assert torch.allclose(reward.attenuation(5, lam=2.0), torch.exp(-2.0 * torch.tensor([2.0, 1.0, 0.0, 1.0, 2.0])))
-    assert torch.equal(reward.attenuation(6, lam=0.0), torch.ones(6))
+def test_instructvideo_frame_choice_and_weights_in_frames():
+    """As InstructVideo's reward code: segment span F // S, the first frame of each segment, weights
+    exp(-lambda |i - F // 2|) with i and F counted in frames."""
+    assert reward.tsn_indices(16, 4) == [0, 4, 8, 12]
+    assert reward.tsn_indices(17, 4) == [0, 4, 8, 12]
+    assert reward.tsn_indices(10, 4) == [0, 2, 4, 6]
+    w = reward.temporally_attenuated_weights([0, 4, 8, 12], 16)
+    assert torch.allclose(w, torch.exp(-torch.tensor([8.0, 4.0, 0.0, 4.0])))
+    w17 = reward.temporally_attenuated_weights(reward.tsn_indices(17, 4), 17, lam=0.5)
+    assert torch.allclose(w17, torch.exp(-0.5 * torch.tensor([8.0, 4.0, 0.0, 4.0])))  # 17 // 2 = 8
+    assert torch.equal(reward.temporally_attenuated_weights([0, 3, 9], 12, lam=0.0), torch.ones(3))
+    with pytest.raises(ValueError):
+        reward.tsn_indices(3, 4)
 
 
 def test_segmental_reward_on_hand_made_embeddings():
     eye = torch.eye(4)
-    text = eye[1]
-    # frame 1 matches the text, the others are orthogonal: reward = w_1 * 1 / S
-    assert math.isclose(reward.segmental(eye, text).item(), math.exp(-0.5) / 4, rel_tol=1e-6)
-    # all frames match: mean of the weights
-    same = text.expand(4, -1)
-    assert math.isclose(reward.segmental(same, text).item(), reward.attenuation(4).mean().item(), rel_tol=1e-6)
-    # a matching frame at the edge counts less than one in the middle
-    assert reward.segmental(eye, eye[0]).item() < reward.segmental(eye, eye[1]).item()
+    w = reward.temporally_attenuated_weights([0, 4, 8, 12], 16)
+    # frame 2 (index 8, the middle) matches the text, the others are orthogonal: reward = w_2 * 1 / S
+    assert math.isclose(reward.segmental(eye, eye[2], w).item(), 1.0 / 4, rel_tol=1e-6)
+    assert math.isclose(reward.segmental(eye, eye[0], w).item(), math.exp(-8.0) / 4, rel_tol=1e-5)
+    same = eye[1].expand(4, -1)
+    assert math.isclose(reward.segmental(same, eye[1], w).item(), w.mean().item(), rel_tol=1e-6)
 
 
 def test_goal_baseline_projection_on_hand_made_embeddings():
@@ -74,7 +79,7 @@ def test_temporal_consistency_on_hand_made_embeddings():
 def goal_clip_dir(tiny_clip, d):
     """A copy of the tiny CLIP directory with 4 segments and the goal/baseline prompts ``_reference`` uses."""
     shutil.copytree(tiny_clip, d)
-    config = {"segments": 4, "lambda": 1.0, "goal_prompts": ["a cat surfing a wave"], "baseline_prompts": ["a video"], "alpha": 0.5}
+    config = {"frames": 16, "segments": 4, "lambda": 1.0, "goal_prompts": ["a cat surfing a wave"], "baseline_prompts": ["a video"], "alpha": 0.5}
     (d / "segmental_reward.json").write_text(json.dumps(config))
     return d
 
@@ -85,28 +90,54 @@ def clip_dir(tiny_dirs, tmp_path_factory):
 
 
 def _reference(clip_dir, frames: np.ndarray, text: str) -> list[float]:
-    """Independent: transformers' CLIP image processor (PIL) and CLIPModel, formulas in numpy."""
+    """Independent: PIL resizes, transformers' CLIPModel, the references' formulas in numpy.
+
+    ``frames`` is the clip the gateway hands over (F frames). segmental as InstructVideo's reward code:
+    Resize(224)-style short-side bilinear resize (plus a centre crop for non-square frames), span F // S,
+    the first frame of each segment, weights exp(-lambda |i - F // 2|). goal_baseline as VLM-RM's: every
+    frame squashed to the model's size (bicubic), R = 1 - |(x - g) P|^2 / 2, mean over frames."""
+    from PIL import Image
     from transformers import AutoTokenizer, CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     model = CLIPModel.from_pretrained(clip_dir).eval()
     tok = AutoTokenizer.from_pretrained(clip_dir)
     size = model.config.vision_config.image_size
-    proc = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    with torch.inference_mode():
-        pixels = proc.preprocess(list(frames), return_tensors="pt")["pixel_values"]
-        x = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1).numpy()
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
-        def txt(ps):
+    def resize(frame, wh, method):  # PIL on float channels: the references resize float tensors, not uint8
+        return np.stack([np.asarray(Image.fromarray(frame[..., c].astype(np.float32) / 255, mode="F").resize(wh, method))
+                         for c in range(3)], axis=-1)
+
+    def instructvideo(frame):
+        h, w = frame.shape[:2]
+        nh, nw = (size, round(w * size / h)) if h <= w else (round(h * size / w), size)
+        x = resize(frame, (nw, nh), Image.BILINEAR)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return x[top : top + size, left : left + size]
+
+    def vlmrm(frame):
+        return resize(frame, (size, size), Image.BICUBIC)
+
+    def embed(images):
+        pixels = torch.from_numpy(((np.stack(images) - mean) / std).transpose(0, 3, 1, 2).copy())
+        with torch.inference_mode():
+            return F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1).numpy()
+
+    def txt(ps):
+        with torch.inference_mode():
             return F.normalize(model.get_text_features(**tok(ps, padding=True, return_tensors="pt")).pooler_output, dim=-1).numpy()
 
-        t, g, b = txt([text])[0], txt(["a cat surfing a wave"]).mean(0), txt(["a video"]).mean(0)
-    s = len(x)
-    w = np.exp(-np.abs(np.arange(s) + 0.5 - s / 2))
+    n, segments = len(frames), 4
+    index = np.arange(segments) * (n // segments)
+    x = embed([instructvideo(f) for f in frames[index]])
+    every = embed([vlmrm(f) for f in frames])
+    t, g, b = txt([text])[0], txt(["a cat surfing a wave"]).mean(0), txt(["a video"]).mean(0)
+    w = np.exp(-np.abs(index - n // 2))
     d = g - b
     p = 0.5 * np.outer(d, d) / d.dot(d) + 0.5 * np.eye(len(d))
     return [float(np.mean(w * (x @ t))), float(np.mean(np.sum(x[1:] * x[:-1], -1))),
-            float(np.mean(1 - 0.5 * np.sum(((x - g) @ p) ** 2, -1)))]
+            float(np.mean(1 - 0.5 * np.sum(((every - g) @ p) ** 2, -1)))]
 
 
 def test_clip_segmental_end_to_end(clip_dir):
@@ -121,18 +152,17 @@ def test_clip_segmental_end_to_end(clip_dir):
         results = r.json()["results"]
         listed = httpx.get(f"{running.url}/v1/models").json()["models"][0]
         assert [d["name"] for d in listed["dimensions"]] == ["segmental", "temporal_consistency", "goal_baseline"]
-        assert listed["sampling"] == listed["sampling"] | {"mode": "segments", "segments": 4}
+        assert listed["sampling"] == listed["sampling"] | {"mode": "count", "count": 16, "min_frames": 4}
     finally:
         running.stop()
     model = registry.load_model("clip-segmental", clip_dir)
     for v, res in zip(data, results):
         clip = sample_frames(EncodedVideo(v), model.spec, Limits(10**9, 10**6, 10**6))
-        assert clip.indices == [4, 12, 20, 28]
+        assert clip.indices == np.linspace(0, 32, 16).round().astype(int).tolist()
         got = [res["scores"][f"clip-segmental.{d}"] for d in ("segmental", "temporal_consistency", "goal_baseline")]
-        # Tolerance 2e-3 (observed ~2e-4): the reference resizes with PIL bicubic, the model with torch antialiased bicubic.
+        # PIL's float resize and torch's antialiased interpolation agree to ~1e-8 here.
         expected = _reference(clip_dir, clip.frames, "a cat surfing a wave")
-        print("clip-segmental got", got, "reference", expected)
-        np.testing.assert_allclose(got, expected, atol=2e-3)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
 def test_repeated_prompts_are_encoded_once(tiny_dirs):
@@ -154,5 +184,5 @@ def test_bad_clip_directory_stops_startup(tiny_dirs, tmp_path):
     bad = tmp_path / "clip"
     shutil.copytree(tiny_dirs["clip"], bad)
     (bad / "segmental_reward.json").write_text('{"segments": 0}')
-    with pytest.raises(registry.ModelLoadError, match="segmental_reward.json: need 1 <= segments"):
+    with pytest.raises(registry.ModelLoadError, match="segmental_reward.json: need 1 <= segments <= frames"):
         registry.load_model("clip-segmental", bad)

@@ -141,3 +141,25 @@ def test_uint8_bilinear_resize_is_within_one_level_of_float32():
     reference = float_bilinear.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
     assert np.abs(fast.astype(int) - reference).max() <= 1
     assert np.abs(slow.astype(int) - reference).max() > 1  # the check can tell filters apart
+
+
+# 20 frames at 30 fps, then 20 frames 200 ms apart: 4.66 s of video whose header says 30 fps.
+VFR_TIMES = [33 * i for i in range(20)] + [660 + 200 * i for i in range(20)]
+
+
+@pytest.mark.parametrize("fmt", ["mkv", "mp4"])
+def test_variable_frame_rate_video_is_not_taken_for_truncated(fmt):
+    """40 frames at a nominal 30 fps last 1.33 s by count, but their timestamps span the declared 4.5 s."""
+    data = videos.encode_vfr(videos.moving_scene(40, 64, 96), VFR_TIMES, fmt)
+    clip = sample_frames(EncodedVideo(data), signal.SPEC, LIMITS)
+    assert clip.total_frames == 40
+
+
+def test_truncated_variable_frame_rate_video_is_still_refused():
+    data = videos.encode_vfr(videos.moving_scene(40, 64, 96), VFR_TIMES, "mkv")
+    with av.open(io.BytesIO(data)) as container:  # cut inside the slow part: frames stop at about 2.5 s
+        stream = container.streams.video[0]
+        cut = next(p.pos for p in container.demux(stream) if p.pts is not None and p.pts >= 2500)
+    with pytest.raises(Unprocessable) as refused:
+        sample_frames(EncodedVideo(data[:cut]), signal.SPEC, LIMITS)
+    assert refused.value.code == "truncated_video"

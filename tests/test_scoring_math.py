@@ -141,8 +141,9 @@ def test_weights_resolution_and_errors():
     assert sum(default.values()) == pytest.approx(1.0) and default["normed.q"] == pytest.approx(0.25)
     for weights, fragment in [
         ({"signal.nope": 1.0}, "unknown dimension 'signal.nope'"),
-        ({"signal.sharpness": -1.0}, ">= 0"),
-        ({"signal.sharpness": float("nan")}, ">= 0"),
+        ({"signal.sharpness": -1.0}, "a number in [0, 1e+06]"),
+        ({"signal.sharpness": float("nan")}, "a number in [0, 1e+06]"),
+        ({"signal.sharpness": 1e300}, "a number in [0, 1e+06]"),
         ({"signal.sharpness": 0.0}, "at least one weight must be positive"),
     ]:
         with pytest.raises(BadInput, match="weights: ") as err:
@@ -150,6 +151,13 @@ def test_weights_resolution_and_errors():
         assert fragment in err.value.message and err.value.code == "bad_weights"
     with pytest.raises(BadInput, match="preset 'x': unknown dimension"):
         scoring.resolve_weights({"normed.q": 1.0}, [SIGNAL], field="preset 'x'")
+
+
+def test_derived_dimensions_stay_out_of_the_default_weights():
+    derived = NORMED.model_copy(update={"name": "withsum", "dimensions": (*NORMED.dimensions, Dimension(name="sum", derived=True))})
+    default = scoring.resolve_weights(None, [derived])
+    assert "withsum.sum" not in default and sum(default.values()) == pytest.approx(1.0)
+    assert scoring.resolve_weights({"withsum.sum": 1.0}, [derived]) == {"withsum.sum": 1.0}  # still weighable by name
 
 
 def test_presets_and_models_named():

@@ -44,6 +44,13 @@ def _legacy_to_current(key: str) -> str:
     return key
 
 
+def normalised(spec, raw: np.ndarray) -> np.ndarray:
+    """The forward's rows as the service reports them with ``normalise: true``: (raw - mean) / std per dimension."""
+    mean = np.array([d.mean for d in spec.dimensions])
+    std = np.array([d.std for d in spec.dimensions])
+    return (raw - mean) / std
+
+
 def processor_patches(frames: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """transformers 4.45 Qwen2VLImageProcessor._preprocess for one video (already at its size)."""
     x = frames.astype(np.float64) * (1 / 255)
@@ -145,7 +152,8 @@ def videos_va():
 def test_service_scores_equal_a_direct_transformers_forward(gateway_va, tiny_dirs, videos_va):
     prompts = ["a cat surfing a wave at sunset", "a red car in the rain", "a dog runs on the beach"]
     items = [{"video": {"data": base64.b64encode(v).decode()}, "prompt": p} for v, p in zip(videos_va, prompts)]
-    r = httpx.post(f"{gateway_va.url}/v1/score", json={"items": items, "models": ["videoalign"]}, timeout=120)
+    body = {"items": items, "models": ["videoalign"], "normalise": True}  # VideoAlign's reward(use_norm=True)
+    r = httpx.post(f"{gateway_va.url}/v1/score", json=body, timeout=120)
     assert r.status_code == 200, r.text
     got = np.array([[res["scores"][f"videoalign.{d}"] for d in DIMS] for res in r.json()["results"]])
 
@@ -168,7 +176,7 @@ def test_full_state_dict_layout_equals_reference(tiny_dirs, videos_va):
     for i, c in enumerate(clips):
         frames[i, : len(c)] = c
     with torch.inference_mode():
-        got = model.forward(torch.from_numpy(frames), torch.tensor([4, 12]), ["a cat", "a car"]).numpy()
+        got = normalised(model.spec, model.forward(torch.from_numpy(frames), torch.tensor([4, 12]), ["a cat", "a car"]).numpy())
     reference = Reference(tiny_dirs["videoalign-full"], tiny_dirs["base"])
     expected = np.concatenate([reference([c], [p]) for c, p in zip(clips, ["a cat", "a car"])])
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
@@ -182,7 +190,27 @@ def test_models_endpoint_lists_videoalign(gateway_va):
     assert va["needs_prompt"] is True and va["pairwise"] == {"model": "rao-kupper", "theta": 5.0}
     assert va["sampling"] | {} == va["sampling"] and va["sampling"]["fps"] == 2.0 and va["sampling"]["rounding"] == "nearest"
     assert va["resolution"]["max_pixels"] == 448 * 448 and va["resolution"]["size_factor"] == 28
-    assert "3.6757" in va["dimensions"][0]["description"]  # VQ mean from the checkpoint's inference_config
+    vq, overall = va["dimensions"][0], va["dimensions"][3]
+    assert (vq["mean"], vq["std"], vq["derived"]) == (3.6757, 2.2476, False)  # the checkpoint's inference_config
+    assert overall["derived"] is True and (overall["mean"], overall["std"]) == (0.0, 1.0)
+
+
+def test_raw_scores_normalise_in_the_service_and_overall_is_not_counted_twice(gateway_va, videos_va):
+    """The forward returns raw VQ/MQ/TA; ``normalise`` applies the spec's mean/std; Overall (derived,
+    VideoAlign's sum of the normalised three) stays out of the default weights."""
+    items = [{"video": {"data": base64.b64encode(v).decode()}, "prompt": "a cat"} for v in videos_va[:2]]
+    raw, norm = (httpx.post(f"{gateway_va.url}/v1/score", json={"items": items, "models": ["videoalign"], "normalise": n},
+                            timeout=120).json() for n in (False, True))
+    stats = {"VQ": (3.6757, 2.2476), "MQ": (1.1646, 1.3811), "TA": (2.8105, 2.5121)}
+    third = 1 / 3
+    assert raw["weights"] == norm["weights"] == {"videoalign.VQ": third, "videoalign.MQ": third, "videoalign.TA": third}
+    for r, n in zip(raw["results"], norm["results"]):
+        for d, (mean, std) in stats.items():
+            assert abs((r["scores"][f"videoalign.{d}"] - mean) / std - n["scores"][f"videoalign.{d}"]) < 1e-5
+        parts = [n["scores"][f"videoalign.{d}"] for d in stats]
+        assert abs(n["scores"]["videoalign.Overall"] - sum(parts)) < 1e-5
+        assert abs(r["scores"]["videoalign.Overall"] - sum(parts)) < 1e-5  # Overall is the same either way
+        assert abs(n["overall"] - sum(parts) / 3) < 1e-5
 
 
 def test_patches_match_transformers_image_processor():

@@ -131,8 +131,16 @@ def clip(directory: Path, seed: int = 2) -> Path:
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 
     corpus = ["a cat surfing a wave at sunset", "a dog runs on the beach", "a red car in the rain", "a blurry video", "a video"]
+    from tokenizers.processors import TemplateProcessing
+
+    bpe = _bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300)
+    # As CLIP's tokenizer: every sequence starts and ends with its marks (CLIP pools at the first <|endoftext|>).
+    bpe.post_processor = TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[(t, bpe.token_to_id(t)) for t in ("<|startoftext|>", "<|endoftext|>")],
+    )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300),
+        tokenizer_object=bpe,
         bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
     )
     config = CLIPConfig(
@@ -170,3 +178,73 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
         "videoalign-full": videoreward(root / "VideoReward-full", base, layout="full", seed=3),
         "clip": clip(root / "clip-tiny"),
     }
+
+
+def videoreward_as_trained(directory: Path, merged: Path, base: Path, exclude: list[str] | None, save: str = "step", seed: int = 4) -> Path:
+    """A VideoReward checkpoint saved the way VideoAlign's training code saves one, over ``base``:
+
+    the reward model (Qwen2-VL plus ``rm_head``) is wrapped by PEFT with LoRA on every Linear and
+    Embedding except ``visual`` (``vision_lora`` false) and the names in ``exclude``
+    (``lora_namespan_exclude``; train.sh passes lm_head, rm_head, embed_tokens; None = its default []);
+    the vision tower, ``rm_head`` and the input embeddings train in full. ``save="step"`` writes a
+    checkpoint step as the trainer does (adapter via ``save_pretrained``; ``non_lora_state_dict.pth`` =
+    every trained parameter whose name has no ``lora_``, so a LoRA-wrapped module's own weight appears
+    as ``<module>.base_layer.weight``); ``save="final"`` writes the PEFT model's whole state dict as
+    ``model.pth`` (its ``final_model.pth``). The same trained weights, LoRA merged, go to ``merged`` in
+    the plain full layout, which is what loading either must equal."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer))
+    hidden = model.config.text_config.hidden_size
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-3:] = torch.randn(3, hidden)
+    model.rm_head = torch.nn.Linear(hidden, 3, bias=False)
+    with torch.no_grad():
+        model.rm_head.weight.copy_(torch.randn(3, hidden) * 0.3)
+    skip = (exclude or []) + ["visual"]
+    targets = [name for name, module in model.named_modules()
+               if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and not any(s in name for s in skip)]
+    lora_r, lora_alpha = 4, 8
+    peft_model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=targets))
+    for name, p in peft_model.named_parameters():  # as train_reward.py sets requires_grad
+        p.requires_grad = "lora_" in name or ".visual." in name or ".rm_head." in name or "embed_tokens" in name
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.2)
+
+    def legacy(key: str) -> str:
+        return key.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+
+    step_dir = directory / "checkpoint-11"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    if save == "step":
+        peft_model.save_pretrained(step_dir / "adapter")  # the trainer's PEFT save: adapter_model.safetensors
+        (step_dir / "adapter" / "adapter_model.safetensors").rename(step_dir / "adapter_model.safetensors")
+        non_lora = {legacy(k): p.detach().clone() for k, p in peft_model.named_parameters() if "lora_" not in k and p.requires_grad}
+        torch.save(non_lora, step_dir / "non_lora_state_dict.pth")
+    else:
+        torch.save({legacy(k): v for k, v in peft_model.state_dict().items()}, step_dir / "model.pth")
+    full = peft_model.merge_and_unload()
+    rm_head = full.rm_head.weight.detach().clone()
+    del full.rm_head
+    state = {legacy(k): v for k, v in full.state_dict().items()} | {"rm_head.weight": rm_head}
+    (merged / "checkpoint-11").mkdir(parents=True, exist_ok=True)
+    torch.save(state, merged / "checkpoint-11" / "model.pth")
+    norm = {"VQ_mean": 3.6757, "VQ_std": 2.2476, "MQ_mean": 1.1646, "MQ_std": 1.3811, "TA_mean": 2.8105, "TA_std": 2.5121}
+    for target, lora in ((directory, True), (merged, False)):
+        config = {
+            "data_config": {"max_frame_pixels": 448 * 448, "num_frames": None, "fps": 2.0, "prompt_template_type": "detailed_special",
+                            "sample_type": "uniform"},
+            "model_config": {"model_name_or_path": BASE_ID, "output_dim": 3, "use_special_tokens": True, "reward_token": "special"},
+            "peft_lora_config": {"lora_enable": lora, "vision_lora": False, "lora_r": lora_r, "lora_alpha": lora_alpha,
+                                 "lora_namespan_exclude": exclude, "use_rslora": False},
+            "inference_config": norm,
+        }
+        (target / "model_config.json").write_text(json.dumps(config, indent=2))
+    return directory

@@ -113,6 +113,26 @@ def encode(
     return buf.getvalue()
 
 
+def encode_vfr(frames: np.ndarray, times_ms: list[int], fmt: str = "mkv", nominal_fps: int = 30) -> bytes:
+    """H.264 with the given presentation time per frame (milliseconds): a variable-frame-rate
+    video, as screen recorders and phones write them, with a nominal rate in the header."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format={"mkv": "matroska"}.get(fmt, fmt)) as container:
+        stream = container.add_stream("libx264", rate=Fraction(nominal_fps))
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for array, t in zip(frames, times_ms, strict=True):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def audio_only(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """An m4a (AAC) file with no video stream."""
     buf = io.BytesIO()

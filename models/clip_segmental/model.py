@@ -1,12 +1,14 @@
 """`clip-segmental`: a CLIP dual encoder (transformers' CLIPModel, weights from a local directory)
-scoring S frames, one per segment, against the prompt.
+scoring a clip of F frames (sampled uniformly from the video) against the prompt.
 
-Dimensions: ``segmental`` (InstructVideo's attenuated segmental reward), ``temporal_consistency``
-and, when goal/baseline prompts are configured, ``goal_baseline`` (VLM-RM). Formulas in ``reward``.
+Dimensions: ``segmental`` (InstructVideo's temporally attenuated segmental reward on S of the F
+frames), ``temporal_consistency`` (of those S frames) and, when goal/baseline prompts are
+configured, ``goal_baseline`` (VLM-RM, every one of the F frames). Each dimension's frames are
+prepared as its reference prepares them. Formulas in ``reward``.
 
 Directory layout: a Hugging Face CLIP directory (config.json, weights, tokenizer files, optionally
 preprocessor_config.json for image mean/std) plus an optional ``segmental_reward.json``:
-``{"segments": 8, "lambda": 1.0, "goal_prompts": [...], "baseline_prompts": [...], "alpha": 1.0}``.
+``{"frames": 16, "segments": 4, "lambda": 1.0, "goal_prompts": [...], "baseline_prompts": [...], "alpha": 1.0}``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class SegmentalConfig:
-    segments: int = 8
+    """Defaults are InstructVideo's: 16-frame clips, 4 segments, lambda_TAR = 1."""
+
+    frames: int = 16
+    segments: int = 4
     lam: float = 1.0
     goal_prompts: tuple[str, ...] = ()
     baseline_prompts: tuple[str, ...] = ()
@@ -48,14 +53,14 @@ def read_config(directory: Path) -> SegmentalConfig:
     try:
         raw = json.loads(path.read_text())
         config = SegmentalConfig(
-            segments=int(raw.get("segments", 8)), lam=float(raw.get("lambda", 1.0)),
+            frames=int(raw.get("frames", 16)), segments=int(raw.get("segments", 4)), lam=float(raw.get("lambda", 1.0)),
             goal_prompts=tuple(raw.get("goal_prompts", ())), baseline_prompts=tuple(raw.get("baseline_prompts", ())),
             alpha=float(raw.get("alpha", 1.0)),
         )
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: malformed ({type(exc).__name__}: {exc})") from exc
-    if not 1 <= config.segments <= 64 or not 0.0 <= config.alpha <= 1.0:
-        raise CheckpointError(f"{path}: need 1 <= segments <= 64 and 0 <= alpha <= 1")
+    if not 1 <= config.segments <= config.frames <= 256 or not 0.0 <= config.alpha <= 1.0:
+        raise CheckpointError(f"{path}: need 1 <= segments <= frames <= 256 and 0 <= alpha <= 1")
     if bool(config.goal_prompts) != bool(config.baseline_prompts):
         raise CheckpointError(f"{path}: goal_prompts and baseline_prompts go together")
     return config
@@ -63,20 +68,26 @@ def read_config(directory: Path) -> SegmentalConfig:
 
 def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSpec:
     dims = [
-        Dimension(name="segmental", range=(-1.0, 1.0), description=f"mean_s exp(-{config.lam:g}|s+0.5-S/2|) cos(frame_s, prompt), S={config.segments}"),
-        Dimension(name="temporal_consistency", range=(-1.0, 1.0), description="mean cosine similarity of consecutive frame embeddings"),
+        Dimension(
+            name="segmental", range=(-1.0, 1.0),
+            description=f"InstructVideo: mean_s exp(-{config.lam:g}|i_s - F//2|) cos(frame i_s, prompt), i_s = s*(F//S), "
+            f"S={config.segments} of the F<={config.frames} frames",
+        ),
+        Dimension(name="temporal_consistency", range=(-1.0, 1.0), description="mean cosine similarity of consecutive segment-frame embeddings"),
     ]
     if config.goal_prompts:
-        dims.append(Dimension(name="goal_baseline", description=f"VLM-RM 1 - 0.5|(x-g)P|^2, alpha={config.alpha:g}, mean over frames"))
+        dims.append(Dimension(name="goal_baseline", description=f"VLM-RM 1 - 0.5|(x-g)P|^2, alpha={config.alpha:g}, mean over the F frames"))
     return ModelSpec(
         name="clip-segmental",
         version=version,
         description="CLIP frame rewards: InstructVideo segmental reward, temporal consistency, optional VLM-RM goal-baseline.",
         dimensions=tuple(dims),
-        sampling=FrameSampling(mode="segments", segments=config.segments, min_frames=1, max_frames=config.segments),
-        # Frames arrive with the short side near 2x the model's input; the forward does CLIP's resize + centre crop.
+        # The clip the reward model sees: F frames uniformly over the video (fewer, down to S, if it is shorter).
+        sampling=FrameSampling(mode="count", count=config.frames, min_frames=config.segments, max_frames=config.frames),
+        # Frames arrive with the short side near 2x the model's input; the forward does each reference's resize.
         resolution=Resolution(max_pixels=(2 * image_size) ** 2 * 16 // 9, min_pixels=image_size**2, size_factor=2, filter="bicubic"),
         needs_prompt=True,
+        prompt_forbidden=r"<\|[A-Za-z0-9_]+\|>",  # CLIP's <|startoftext|> / <|endoftext|>: an early end-of-text
         batching=Batching(max_batch_size=16, max_wait_ms=5.0),
     )
 
@@ -111,30 +122,42 @@ class ClipSegmental:
             self._text.popitem(last=False)
         return out
 
-    def image_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> normalised [N, D]: CLIP's resize (short side) + centre crop + normalise."""
-        x = frames.permute(0, 3, 1, 2).float()
+    def image_embeddings(self, frames: torch.Tensor, resize: str) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised [N, D]. Pixels to [0, 1], then each reference's resize:
+        ``instructvideo``: short side to the model's size, bilinear (torchvision ``Resize(224)``), then a
+        centre crop (its 256x256 clips came out square; others need the crop to fit the model);
+        ``vlmrm``: both sides to the model's size, bicubic (``Resize((s, s))``, aspect not kept).
+        Both antialiased (torchvision's default for tensors since 0.17); then mean/std."""
+        x = frames.permute(0, 3, 1, 2).float() / 255.0
         h, w = x.shape[2:]
         s = self.image_size
-        size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
-        top, left = (size[0] - s) // 2, (size[1] - s) // 2
-        x = x[:, :, top : top + s, left : left + s] / 255.0
+        if resize == "instructvideo":
+            size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            top, left = (size[0] - s) // 2, (size[1] - s) // 2
+            x = x[:, :, top : top + s, left : left + s]
+        else:
+            x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
         x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
         return F.normalize(self.model.get_image_features(pixel_values=x).pooler_output.float(), dim=-1)
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """uint8 [B, S, H, W, 3] padded, counts [B], prompts -> float32 [B, K]."""
+        """uint8 [B, F, H, W, 3] padded, counts [B], prompts -> float32 [B, K]."""
         counts = [int(n) for n in num_frames]
         device = next(self.model.parameters()).device
-        real = torch.cat([frames[b, :n] for b, n in enumerate(counts)]).to(device)
-        images = self.image_embeddings(real).split(counts)
+        picks = [reward.tsn_indices(n, self.config.segments) for n in counts]
+        chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)]).to(device)
+        segment_images = self.image_embeddings(chosen, "instructvideo").split(self.config.segments)
+        if self.projection is not None:
+            everything = torch.cat([frames[b, :n] for b, n in enumerate(counts)]).to(device)
+            all_images = self.image_embeddings(everything, "vlmrm").split(counts)
         texts = self.text_embeddings(prompts)
         rows = []
-        for b, image in enumerate(images):
-            row = [reward.segmental(image, texts[b], self.config.lam), reward.temporal_consistency(image)]
+        for b, image in enumerate(segment_images):
+            weights = reward.temporally_attenuated_weights(picks[b], counts[b], self.config.lam)
+            row = [reward.segmental(image, texts[b], weights), reward.temporal_consistency(image)]
             if self.projection is not None:
-                row.append(reward.goal_baseline(image, self.goal, self.projection).mean())
+                row.append(reward.goal_baseline(all_images[b], self.goal, self.projection).mean())
             rows.append(torch.stack(row))
         return torch.stack(rows).float().cpu()
 

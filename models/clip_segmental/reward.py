@@ -8,20 +8,25 @@ from __future__ import annotations
 import torch
 
 
-def attenuation(segments: int, lam: float = 1.0) -> torch.Tensor:
-    """InstructVideo's temporally attenuated weights ``exp(-lam * |f_s - F/2|)`` for S segments.
+def tsn_indices(frames: int, segments: int) -> list[int]:
+    """InstructVideo's frame choice for a clip of ``frames`` frames: S segments of ``frames // S``
+    frames each, the first frame of each (its deterministic ``fixed_first`` selection; in training
+    its TSN option draws a random frame inside each segment instead)."""
+    span = frames // segments
+    if span < 1:
+        raise ValueError(f"{frames} frames cannot be split into {segments} segments")
+    return [s * span for s in range(segments)]
 
-    Units: positions are measured in segments. Segment s (0-based) is represented by its midpoint
-    ``f_s = s + 0.5`` and the clip spans ``F = S``; so the weights depend on where a frame lies in
-    the video, not on the video's frame count or rate, and are symmetric about the middle.
-    """
-    f = torch.arange(segments, dtype=torch.float32) + 0.5
-    return torch.exp(-lam * (f - segments / 2).abs())
+
+def temporally_attenuated_weights(indices: list[int], frames: int, lam: float = 1.0) -> torch.Tensor:
+    """InstructVideo's temporally attenuated reward weights ``exp(-lambda * |i - F // 2|)``, with
+    ``i`` the chosen frames' indices and ``F`` the clip's frame count: distances in frames."""
+    return torch.exp(-lam * (torch.tensor(indices, dtype=torch.float32) - frames // 2).abs())
 
 
-def segmental(image: torch.Tensor, text: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
-    """Mean over segments of ``w_s * (image_s . text)``: image [S, D], text [D] -> scalar."""
-    return (attenuation(image.shape[0], lam).to(image) * (image @ text)).mean()
+def segmental(image: torch.Tensor, text: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over segments of ``w_s * (image_s . text)``: image [S, D], text [D], weights [S] -> scalar."""
+    return (weights.to(image) * (image @ text)).mean()
 
 
 def goal_baseline_projection(goal: torch.Tensor, baseline: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -32,7 +37,7 @@ def goal_baseline_projection(goal: torch.Tensor, baseline: torch.Tensor, alpha: 
 
 
 def goal_baseline(image: torch.Tensor, goal: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-    """VLM-RM's ``R = 1 - 0.5 * |(x - g) P|^2`` per frame (image [S, D]) -> [S]."""
+    """VLM-RM's ``R = 1 - 0.5 * |(x - g) P|^2`` per frame (image [N, D]) -> [N]."""
     return 1.0 - 0.5 * ((image - goal) @ projection).pow(2).sum(-1)
 
 

@@ -99,8 +99,13 @@ def latest_step(directory: Path) -> Path:
 
 
 def _current_key(key: str) -> str:
-    """A transformers-4.45 (optionally PEFT-wrapped) key -> the current Qwen2VLForConditionalGeneration key."""
-    key = key.removeprefix("base_model.model.")
+    """A transformers-4.45 (optionally PEFT-wrapped) key -> the current Qwen2VLForConditionalGeneration key.
+
+    PEFT wraps each LoRA target: its own weight becomes ``<module>.base_layer.weight`` (saved in
+    ``non_lora_state_dict.pth`` when training updated it, e.g. a LoRA-wrapped ``rm_head``, and in a
+    full ``model.pth`` of a PEFT model) and ``modules_to_save`` keeps a trained copy under
+    ``<module>.modules_to_save.default``; both map to ``<module>.weight``, and LoRA merges on top."""
+    key = key.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
     if key.startswith("visual."):
         return "model." + key
     if key.startswith("model.") and not key.startswith(("model.language_model.", "model.visual.")):
@@ -126,8 +131,14 @@ def state_dicts(step_dir: Path, config: VideoRewardConfig) -> tuple[dict[str, to
         raise
     except Exception as exc:  # torch.load / safetensors raise several types on corrupt files
         raise CheckpointError(f"{step_dir}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    plain = {_current_key(k): v for k, v in plain.items() if "lora_" not in k}
-    lora = {_current_key(k): v for k, v in lora.items()}
+    # PEFT's save_pretrained also writes whole layers it wrapped (embeddings): plain weights in the adapter file.
+    layers = _split({k: v for k, v in lora.items() if "lora_" not in k}, step_dir)
+    lora = _split_lora(lora) | _split_lora(plain)
+    plain = _split(plain, step_dir)
+    for key, value in layers.items():
+        if key in plain and not torch.equal(plain[key], value):
+            raise CheckpointError(f"{step_dir}: adapter and non-LoRA weights disagree on {key!r}")
+        plain.setdefault(key, value)
     if lora and not config.lora:
         raise CheckpointError(f"{step_dir}: LoRA weights present but peft_lora_config.lora_enable is false")
     if "rm_head.weight" not in plain:
@@ -135,14 +146,33 @@ def state_dicts(step_dir: Path, config: VideoRewardConfig) -> tuple[dict[str, to
     return plain, lora
 
 
-def merge_lora(model: torch.nn.Module, lora: dict[str, torch.Tensor], config: VideoRewardConfig, where: Path) -> None:
-    """Fold LoRA pairs into the base weights: W += s * B @ A (Linear), W += s * (B @ A)^T (Embedding),
-    s = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT's scaling)."""
+def _split_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a state dict (an adapter file, or a full ``model.pth`` of a PEFT model)."""
+    return {_current_key(k): v for k, v in state.items() if "lora_" in k}
+
+
+def _split(state: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
+    """The plain weights in the current layout; PEFT's frozen copies (``original_module``) dropped."""
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if "lora_" in key or ".original_module." in key:
+            continue
+        current = _current_key(key)
+        if current in plain:
+            raise CheckpointError(f"{where}: two weights for {current!r} (one of them PEFT-wrapped); cannot tell which was trained")
+        plain[current] = value
+    return plain
+
+
+def merge_lora(params: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], config: VideoRewardConfig, where: Path) -> None:
+    """Fold LoRA pairs into the weights ``params`` (name -> parameter): W += s * B @ A (Linear),
+    W += s * (B @ A)^T (Embedding), s = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT's scaling).
+    Keys are ``<module>.lora_A.weight`` (adapter files) or ``<module>.lora_A.default.weight`` (a PEFT
+    model's own state dict)."""
     scale = config.lora_alpha / (math.sqrt(config.lora_r) if config.use_rslora else config.lora_r)
-    params = dict(model.named_parameters())
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in lora.items():
-        m = re.fullmatch(r"(.+)\.lora_(A|B|embedding_A|embedding_B)(?:\.weight)?", key)
+        m = re.fullmatch(r"(.+)\.lora_(A|B|embedding_A|embedding_B)(?:\.default)?(?:\.weight)?", key)
         if m is None:
             raise CheckpointError(f"{where}: unexpected LoRA key {key!r}")
         pairs.setdefault(m.group(1), {})[m.group(2)] = value

@@ -30,19 +30,22 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
     """The spec for a checkpoint: VideoAlign's sampling and resize rule with its config's fps and max pixels."""
 
-    def norm(d: str) -> str:
-        mean, std = config.norm.get(d, (0.0, 1.0))
-        return f"(raw - {mean:g}) / {std:g}, mean/std from the checkpoint's inference_config"
+    def raw(d: str, what: str) -> Dimension:
+        mean, std = norm_stats(config)[d]
+        return Dimension(name=d, mean=mean, std=std, description=f"{what}: the head's raw output (normalise: (raw - mean) / std)")
 
     return ModelSpec(
         name="videoalign",
         version=version,
         description="VideoReward (VideoAlign): Qwen2-VL-2B with a 3-way reward head at rubric tokens.",
         dimensions=(
-            Dimension(name="VQ", description=f"visual quality, {norm('VQ')}"),
-            Dimension(name="MQ", description=f"motion quality, {norm('MQ')}"),
-            Dimension(name="TA", description=f"text alignment, {norm('TA')}"),
-            Dimension(name="Overall", description="VQ + MQ + TA (normalised)"),
+            raw("VQ", "visual quality"),
+            raw("MQ", "motion quality"),
+            raw("TA", "text alignment"),
+            Dimension(
+                name="Overall", mean=0.0, std=1.0, derived=True,
+                description="VideoAlign's Overall: the sum of the normalised VQ, MQ and TA, whether or not normalise is asked",
+            ),
         ),
         sampling=FrameSampling(
             mode="fps", fps=config.fps, min_frames=FPS_MIN_FRAMES, max_frames=FPS_MAX_FRAMES,
@@ -53,9 +56,19 @@ def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
             filter="bicubic", antialias=True,
         ),
         needs_prompt=True,
+        prompt_forbidden=prompt.CONTROL_TOKEN,
         pairwise=Pairwise(model="rao-kupper", theta=5.0),
         batching=Batching(max_batch_size=4, max_wait_ms=10.0),
     )
+
+
+# VideoReward's published inference_config (DESIGN.md 4.2), for checkpoints whose config lacks one.
+PUBLISHED_NORM = {"VQ": (3.6757, 2.2476), "MQ": (1.1646, 1.3811), "TA": (2.8105, 2.5121)}
+
+
+def norm_stats(config: checkpoint.VideoRewardConfig) -> dict[str, tuple[float, float]]:
+    """(mean, std) per dimension: the checkpoint's inference_config, else the published values."""
+    return {d: config.norm.get(d, PUBLISHED_NORM[d]) for d in ("VQ", "MQ", "TA")}
 
 
 def video_patches(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -87,7 +100,8 @@ class VideoReward:
     std: torch.Tensor  # [3]
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """uint8 [B, T, H, W, 3] (padded along T), counts [B], prompts -> float32 [B, 4] (VQ, MQ, TA, Overall)."""
+        """uint8 [B, T, H, W, 3] (padded along T), counts [B], prompts -> float32 [B, 4]: raw VQ, MQ, TA and
+        Overall, the sum of the normalised three (VideoAlign's ``reward(use_norm=True)``)."""
         device = self.head.weight.device
         merge = self.model.config.vision_config.spatial_merge_size
         patches, grids, ids = [], [], []
@@ -121,7 +135,7 @@ class VideoReward:
             rows.append(logits.diagonal())  # output k at token k
         raw = torch.stack(rows).float()
         norm = (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
-        return torch.cat([norm, norm.sum(1, keepdim=True)], dim=1)
+        return torch.cat([raw, norm.sum(1, keepdim=True)], dim=1)
 
 
 def read_spec(directory: Path) -> ModelSpec:
@@ -164,19 +178,21 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch
         raise CheckpointError(f"{step}: rm_head.weight has shape {tuple(head_weight.shape)}, expected {tuple(head.weight.shape)}")
     with torch.no_grad():
         head.weight.copy_(head_weight.float())
-    plain.pop("lm_head.weight", None)
+    plain.pop("lm_head.weight", None)  # scoring reads the head, never the LM's logits
+    lora = {k: v for k, v in lora.items() if not k.startswith("lm_head.")}
     try:
         result = model.load_state_dict(plain, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise CheckpointError(f"{step}: weights do not fit the base model {base} ({exc})") from exc
     if result.unexpected_keys:
         raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
-    checkpoint.merge_lora(model, lora, config, step)
+    checkpoint.merge_lora(dict(model.named_parameters()) | {"rm_head.weight": head.weight}, lora, config, step)
     model.to(device=device, dtype=dtype).eval()
     head.to(device=device, dtype=dtype).eval()
     reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
-    mean = torch.tensor([config.norm.get(d, (0.0, 1.0))[0] for d in ("VQ", "MQ", "TA")])
-    std = torch.tensor([config.norm.get(d, (0.0, 1.0))[1] for d in ("VQ", "MQ", "TA")])
+    stats = norm_stats(config)
+    mean = torch.tensor([stats[d][0] for d in ("VQ", "MQ", "TA")])
+    std = torch.tensor([stats[d][1] for d in ("VQ", "MQ", "TA")])
     scorer = VideoReward(model, head, tokenizer, reward_ids, mean, std)
     spec = make_spec(config, version=f"{directory.name}@{step.name}")
     return RewardModel(spec=spec, forward=scorer.forward)

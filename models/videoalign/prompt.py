@@ -7,6 +7,11 @@ tokens end the three rubric sections in the order VQ, MQ, TA.
 from __future__ import annotations
 
 REWARD_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
+# Qwen2-VL's special tokens and the reward tokens all read <|name|>. In a user prompt the tokenizer
+# would take them as control tokens: a <|TA_reward|> moves where TA is read, a <|video_pad|> breaks
+# the video placement. Such prompts are refused (a split tokenisation would change the tokens of
+# ordinary prompts at the seams and lose the match with VideoAlign's own inference).
+CONTROL_TOKEN = r"<\|[A-Za-z0-9_]+\|>"
 
 _TEMPLATE = """
 You are tasked with evaluating a generated video based on three distinct criteria: Visual Quality, Motion Quality, and Text Alignment. Please provide a rating from 0 to 10 for each of the three categories, with 0 being the worst and 10 being the best. Each evaluation should be independent of the others.
