@@ -43,7 +43,7 @@ import torch
 
 from models.spec import ModelSpec
 from service import colour, decode
-from service.errors import ServiceError, Unprocessable
+from service.errors import TooLarge, Unprocessable, UnsupportedMedia
 from service.ingest import EncodedVideo, RawFrames
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,29 @@ def nvdec_path(device: torch.device) -> decode.FramePath:
     def to_rgb(frame: av.VideoFrame) -> torch.Tensor:
         if frame.format.name != "cuda":
             raise NvdecRefused(f"the decoder gave a {frame.format.name} frame, not a CUDA surface")
-        # FFmpeg's CUDA frames are written on the legacy default stream, which orders them before
-        # torch's work on its (default) current stream; the planes are views, not copies.
-        y = torch.from_dlpack(frame.planes[0])
-        uv = torch.from_dlpack(frame.planes[1])
-        return colour.nv12_to_rgb(y, uv, matrix_of(frame))
+        return nv12_to_rgb(frame)
 
     return decode.FramePath("nvdec", to_rgb, hwaccel)
+
+
+def nv12_to_rgb(frame: av.VideoFrame) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] of an NV12/P010 frame, on the device that holds the frame's planes.
+
+    A CUDA frame's planes are DLPack views of the decoder's surface (no copy). FFmpeg writes them
+    on the legacy default stream, which orders them before torch's work on its default stream.
+    A software frame in another format is first converted to NV12 by FFmpeg: that is how the
+    CPU tests run the GPU path's conversion (tests/test_gpu_path.py).
+    """
+    if frame.format.name not in ("cuda", "nv12", "p010le"):
+        frame = frame.reformat(format="nv12")
+    y = torch.from_dlpack(frame.planes[0])
+    uv = torch.from_dlpack(frame.planes[1])
+    return colour.nv12_to_rgb(y, uv, matrix_of(frame))
+
+
+# The GPU path's conversion on software frames: same checks, index, seeks and resize as NVDEC,
+# runnable anywhere (tests, and bench_gpu.py's --smoke run).
+NV12_ON_CPU = decode.FramePath("nv12-cpu", nv12_to_rgb)
 
 
 def matrix_of(frame: av.VideoFrame) -> colour.Matrix:
@@ -139,13 +155,13 @@ def sample_clips(
         return decode.sample_clips(video, specs, limits)
     try:
         return decode.sample_container(video.data, specs, limits, nvdec_path(policy.device))
+    except TooLarge:
+        raise  # the shared limits: the same answer on the CPU, never retried
     except Unprocessable as exc:
         if exc.code != "corrupt_video":
-            raise  # refused by the shared checks: the same on the CPU
+            raise  # too few frames, truncated, ...: decided by the shared index, never retried
         reason: Exception = exc
-    except ServiceError:
-        raise  # too large, not a video, ...: the shared checks, never retried
-    except (NvdecRefused, NotImplementedError, RuntimeError, av.FFmpegError) as exc:
-        reason = exc
+    except (UnsupportedMedia, NvdecRefused, NotImplementedError, RuntimeError, av.FFmpegError) as exc:
+        reason = exc  # the header opened on the CPU (``probe``): this is NVDEC's refusal (no device, profile, ...)
     log.info("NVDEC refused a %s %dx%d stream (%s); decoding on the CPU", *header, reason)
     return decode.sample_clips(video, specs, limits)
