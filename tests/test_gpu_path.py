@@ -191,3 +191,13 @@ def test_models_and_readyz_say_where_each_model_runs():
         assert ready.status_code == 200 and ready.json()["placement"] == expected
     finally:
         running.stop()
+
+
+def test_triton_python_model_runs_on_gpu_instances_when_the_device_is_cuda():
+    from models.triton_repo import TritonOptions, python_config
+
+    model = builtin_models()["signal"]
+    on_gpu = python_config(model, TritonOptions(device="cuda", dtype="bfloat16"))
+    assert "kind: KIND_GPU" in on_gpu and 'key: "device" value: { string_value: "cuda" }' in on_gpu
+    assert 'key: "dtype" value: { string_value: "bfloat16" }' in on_gpu
+    assert "kind: KIND_CPU" in python_config(model, TritonOptions())

@@ -6,7 +6,7 @@
 - preprocessing: ``service.ingest`` (base64, .npy) and ``service.decode.sample_frames`` with the
   ``signal`` spec and the gateway's default limits (decode + sample + resize);
 - the model: ``models.signal.forward`` under ``torch.inference_mode``, on batches padded with
-  ``FrameBatch.pad`` and grouped by frame size, at most ``MAX_BATCH`` videos per forward, as the
+  ``FrameBatch.assemble`` and grouped by frame size, at most ``MAX_BATCH`` videos per forward, as the
   gateway's batcher does (``signal.SPEC.batching.max_batch_size``);
 - the answer: per-video scores (6 floats) and, for ``/v1/rank``, the ranking by their mean.
 """
