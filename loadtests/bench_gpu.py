@@ -11,7 +11,7 @@
    one forward (matmuls, convolutions, attention); the share is of the GPU's dense bf16 peak
    (spec sheet, ``PEAK_BF16``), and of a measured 8192^3 bf16 matmul for context.
 3. grpo: /v1/rank groups of 8 x 53x480x480 mp4 (base64) through the gateway (uvicorn, in-process
-   backend, NVDEC by policy, micro-batching, videoalign in bf16, cache bypassed) with several
+   backend, NVDEC by policy, micro-batches of up to 16, videoalign in bf16, cache bypassed) with several
    groups in flight, vs the DanceGRPO-style naive loop: in-process, one video at a time, CPU
    decode, the same model in the same dtype on the same GPU. Groups/s and the ratio.
 
@@ -202,7 +202,7 @@ def gateway_groups_per_s(dirs, settings_overrides: dict, group: list[bytes], n_g
     settings = Settings(
         models=["videoalign"], default_model="videoalign", model_dirs={"videoalign": dirs["videoalign"]},
         base_model_dirs={random_checkpoints.BASE_ID: dirs["base"]}, decode_workers=os.cpu_count() or 2,
-        max_pending=4096, request_timeout_s=600, **settings_overrides,
+        max_pending=4096, request_timeout_s=600, max_batch_size=16, max_wait_ms=10.0, **settings_overrides,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))

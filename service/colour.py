@@ -15,6 +15,7 @@ converters do, so the result matches the CPU path's ``frame.to_ndarray(format="r
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -53,9 +54,16 @@ def nv12_to_rgb(y: torch.Tensor, uv: torch.Tensor, matrix: Matrix = "bt601", ful
         luma, chroma = _as_unsigned(y) / 256.0, _as_unsigned(uv) / 256.0
     chroma = chroma.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)[:h, :w]  # [H, W, 2]
     yuv = torch.cat([luma.unsqueeze(-1), chroma], dim=-1)  # [H, W, 3]
-    m, offset = yuv_to_rgb_coefficients(matrix, full_range)
-    rgb = (yuv - offset.to(yuv.device)) @ m.to(yuv.device).T
+    m, offset = _coefficients_on(matrix, full_range, yuv.device)
+    rgb = (yuv - offset) @ m.T
     return rgb.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=32)
+def _coefficients_on(matrix: Matrix, full_range: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coefficients, moved to ``device`` once (not once per frame)."""
+    m, offset = yuv_to_rgb_coefficients(matrix, full_range)
+    return m.to(device), offset.to(device)
 
 
 def _as_unsigned(x: torch.Tensor) -> torch.Tensor:

@@ -116,8 +116,10 @@ def nv12_to_rgb(frame: av.VideoFrame) -> torch.Tensor:
     """
     if frame.format.name not in ("cuda", "nv12", "p010le"):
         frame = frame.reformat(format="nv12")
-    y = torch.from_dlpack(frame.planes[0])
-    uv = torch.from_dlpack(frame.planes[1])
+    # The capsule is taken without a stream: PyAV refuses the stream torch.from_dlpack(plane) would
+    # pass for a CUDA plane; ordering comes from the legacy default stream (see above).
+    y = torch.from_dlpack(frame.planes[0].__dlpack__())
+    uv = torch.from_dlpack(frame.planes[1].__dlpack__())
     return colour.nv12_to_rgb(y, uv, matrix_of(frame))
 
 

@@ -512,6 +512,8 @@ def test_checkpoint_model_config_names_its_directory_not_a_forward(checkpoints: 
             "model_dir": str(checkpoints.model_dirs[name].resolve()),
             "base_model_dirs": json.dumps({BASE_ID: str(checkpoints.base_model_dirs[BASE_ID].resolve())}),
             "spec_version": model.spec.version,
+            "device": "cpu",  # KIND_CPU instances; "cuda" gives KIND_GPU (tests/test_gpu_path.py)
+            "dtype": "auto",
         }
         assert config.name == name and config.max_batch_size == model.spec.batching.max_batch_size
         assert list(config.output[0].dims) == [len(model.spec.dimensions)]
