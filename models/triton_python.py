@@ -65,26 +65,21 @@ class TritonPythonModel:
         self.forward, self.device = configured_model(parameters)
 
     def execute(self, requests: list) -> list:
-        """Requests of equal frame size run as one padded forward; each gets its own rows back."""
+        """Clips of equal frame size, over all the requests, run as one padded forward (``FrameBatch.by_size``,
+        the gateway's own batching); each request gets its own rows back."""
         from service.backends.base import FrameBatch
 
         inputs = [_read(request) for request in requests]
-        scores: list[np.ndarray | None] = [None] * len(requests)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (frames, _, _) in enumerate(inputs):
-            groups.setdefault(frames.shape[2:4], []).append(i)
-        for members in groups.values():
-            clips = [torch.from_numpy(inputs[i][0][b, :n]) for i in members for b, n in enumerate(inputs[i][1])]
-            prompts = [p for i in members for p in inputs[i][2]]
-            batch = FrameBatch.assemble(clips, prompts, self.device)
+        owner = [r for r, (_, counts, _) in enumerate(inputs) for _ in counts]  # request of each clip
+        clips = [torch.from_numpy(frames[b, :n]) for frames, counts, _ in inputs for b, n in enumerate(counts)]
+        prompts = [p for _, _, request_prompts in inputs for p in request_prompts]
+        rows: list[np.ndarray | None] = [None] * len(clips)
+        for members, batch in FrameBatch.by_size(clips, prompts, self.device):
             with torch.inference_mode():
                 out = self.forward(batch.frames, batch.num_frames, batch.prompts)
-            out = out.detach().float().cpu().numpy()
-            start = 0
-            for i in members:
-                size = len(inputs[i][1])
-                scores[i] = out[start : start + size]
-                start += size
+            for row, i in zip(out.detach().float().cpu().numpy(), members):
+                rows[i] = row
+        scores = [np.stack([rows[i] for i in range(len(clips)) if owner[i] == r]) for r in range(len(requests))]
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", s)]) for s in scores]
 
 

@@ -266,13 +266,10 @@ class Engine:
 
     async def _infer(self, model: str, jobs: list[_Job]) -> list[np.ndarray]:
         """Batcher handler: one backend call per group of equally sized frames."""
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            groups[job.frames.shape[1:3]].append(i)
         out: list[np.ndarray | None] = [None] * len(jobs)
         width = len(self.models[model].spec.dimensions)
-        for members in groups.values():
-            batch = FrameBatch.assemble([jobs[i].frames for i in members], [jobs[i].prompt for i in members], self.backend.device)
+        clips, prompts = [job.frames for job in jobs], [job.prompt for job in jobs]
+        for members, batch in FrameBatch.by_size(clips, prompts, self.backend.device):
             with self.metrics.stage("inference", model):
                 scores = await self.backend.infer(model, batch)
             if scores.shape != (len(members), width):

@@ -149,6 +149,15 @@ def test_batch_assembly_pads_once_on_the_target_device():
     assert (batch.frames[0] == 7).all() and (batch.frames[1, 0] == 9).all() and (batch.frames[1, 1:] == 0).all()
 
 
+def test_batches_by_frame_size_keep_each_clip_with_its_prompt():
+    small, large = torch.zeros((2, 8, 8, 3), dtype=torch.uint8), torch.ones((3, 16, 16, 3), dtype=torch.uint8)
+    groups = FrameBatch.by_size([small, large, small + 5], ["a", "b", "c"], "cpu")
+    assert [members for members, _ in groups] == [[0, 2], [1]]
+    (_, first), (_, second) = groups
+    assert first.prompts == ["a", "c"] and first.num_frames.tolist() == [2, 2] and (first.frames[1] == 5).all()
+    assert second.prompts == ["b"] and second.frames.shape == (1, 3, 16, 16, 3)
+
+
 async def test_host_stage_of_the_next_batch_overlaps_the_device_stage():
     """Batch 2's ``pre`` runs while batch 1's ``core`` is still running (core waits for it)."""
     second_pre_ran = threading.Event()

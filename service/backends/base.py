@@ -38,6 +38,19 @@ class FrameBatch:
         counts = torch.tensor([len(c) for c in clips], dtype=torch.int32)
         return cls(frames=frames, num_frames=counts, prompts=list(prompts))
 
+    @classmethod
+    def by_size(
+        cls, clips: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
+    ) -> list[tuple[list[int], "FrameBatch"]]:
+        """One batch per frame size (H, W), in first-seen order: (positions of its clips, batch)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, clip in enumerate(clips):
+            groups.setdefault(tuple(clip.shape[1:3]), []).append(i)
+        return [
+            (members, cls.assemble([clips[i] for i in members], [prompts[i] for i in members], device))
+            for members in groups.values()
+        ]
+
 
 class Backend(Protocol):
     """Where forwards run: in this process, or in a Triton server."""
