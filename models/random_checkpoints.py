@@ -98,8 +98,6 @@ def _save(model_class, config, tokenizer, directory: Path, seed: int, dtype: tor
 
 def qwen2vl_2b(directory: Path, shrink: dict | None = None, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Qwen2-VL-2B-Instruct's architecture with random weights (``shrink``: {"text": {...}, "vision": {...}} overrides)."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
     from transformers import Qwen2VLForConditionalGeneration
 
     tokenizer = _bpe(QWEN_SPECIAL, _corpus(), 2000, eos_token="<|im_end|>", pad_token="<|endoftext|>",
