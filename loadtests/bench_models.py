@@ -64,7 +64,7 @@ def _run(name: str, repeats: int, queue) -> None:
         after_load = _rss_mib()
         rows = []
         for total, h, w, fps in SHAPES:
-            clip = sample_frames(RawFrames(videos.moving_scene(total, h, w), float(fps)), model.spec, Limits(10**9, 10**6, 10**6)).frames
+            clip = sample_frames(RawFrames(videos.moving_scene(total, h, w), float(fps)), model.spec, Limits(10**9, 10**6, 10**6)).frames.numpy()
             for batch in (1, 4):
                 frames = torch.from_numpy(np.stack([clip] * batch))
                 counts = torch.full((batch,), len(clip), dtype=torch.int32)

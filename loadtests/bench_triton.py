@@ -112,7 +112,7 @@ def payloads(shape: tuple[int, int, int]) -> tuple[str, list]:
     """The same clip as a gateway JSON body and as Triton inputs, built once."""
     clip = videos.moving_scene(*shape)
     body = json.dumps({"items": [{"video": {"frames": base64.b64encode(videos.npy_bytes(clip)).decode(), "fps": 16}}]})
-    return body, to_inputs(FrameBatch.pad([clip], [""]))
+    return body, to_inputs(FrameBatch.assemble([clip], [""]))
 
 
 async def run(args: argparse.Namespace) -> dict:

@@ -20,7 +20,7 @@ What each server gets and does (details in the modules' docstrings):
 
 Identical for all: the request bodies (pre-encoded once; the gateway's JSON with base64 mp4 `data` or base64 `.npy`
 `frames`), `service.ingest` + `service.decode.sample_frames` with the `signal` spec, `models.signal.forward`
-under `torch.inference_mode` on batches padded by `FrameBatch.pad` and grouped by frame size, the torch thread
+under `torch.inference_mode` on batches padded by `FrameBatch.assemble` and grouped by frame size, the torch thread
 count, `OMP_WAIT_POLICY=PASSIVE`, the load generator (`loadtests/loadgen`, in the driver process, open loop) and
 the client timeout (180 s). Servers time requests out after 120 s where they can (gateway, LitServe, Ray Serve;
 naive has no timeout). What differs is only the serving: processes, queues, batching and overlap. Peers answer

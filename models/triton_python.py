@@ -4,14 +4,15 @@ Imported by the generated ``model.py`` inside Triton's python stub process, wher
 ``triton_python_backend_utils`` exists. config.pbtxt names the forward to run, so Triton and the
 in-process backend share it: ``parameters.forward = "module:function"`` is imported;
 ``parameters.model_name`` + ``model_dir`` (+ ``base_model_dirs``, JSON) are loaded with
-``models.registry.load_model``, the loader the gateway uses for ``VRS_MODEL_DIRS``.
+``models.registry.load_model``, the loader the gateway uses for ``VRS_MODEL_DIRS``, onto the
+placement ``parameters.device`` / ``parameters.dtype`` name (models/placement.py). Requests are
+assembled into batches by the gateway's own ``FrameBatch.assemble``, on that device.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +27,31 @@ def load_forward(path: str):
 
 
 def configured_forward(parameters: dict[str, str]):
+    return configured_model(parameters)[0]
+
+
+def configured_model(parameters: dict[str, str]):
     """The forward config.pbtxt's parameters name: a checkpoint loaded by the registry, or an import.
     A checkpoint must still be the version the config was generated for (its dimensions and
     frame policy are in the config and in the gateway's spec); a bad directory raises
-    ModelLoadError naming the path, and Triton reports the model as failed to load."""
+    ModelLoadError naming the path, and Triton reports the model as failed to load.
+    Returns (forward, device to assemble batches on)."""
+    from models.placement import resolve
+
+    placement = resolve(parameters.get("device", "cpu"), parameters.get("dtype", "auto"))
     if "model_dir" not in parameters:
-        return load_forward(parameters["forward"])
+        return load_forward(parameters["forward"]), placement.device
     from models.registry import ModelLoadError, load_model
 
     bases = {name: Path(path) for name, path in json.loads(parameters.get("base_model_dirs", "{}")).items()}
-    model = load_model(parameters["model_name"], Path(parameters["model_dir"]), bases)
+    model = load_model(parameters["model_name"], Path(parameters["model_dir"]), bases, placement)
     expected = parameters.get("spec_version")
     if expected is not None and model.spec.version != expected:
         raise ModelLoadError(
             f"{parameters['model_name']}: {parameters['model_dir']} now holds version {model.spec.version}, "
             f"the repository was generated for {expected} (regenerate it)"
         )
-    return model.forward
+    return model.forward, placement.device
 
 
 class TritonPythonModel:
@@ -50,28 +59,27 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        self.forward = configured_forward({k: v["string_value"] for k, v in config["parameters"].items()})
+        parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        if args.get("model_instance_kind") == "GPU":  # KIND_GPU: Triton picks the GPU of this instance
+            parameters["device"] = f"cuda:{args['model_instance_device_id']}"
+        self.forward, self.device = configured_model(parameters)
 
     def execute(self, requests: list) -> list:
-        """Requests of equal frame size run as one padded forward; each gets its own rows back."""
+        """Clips of equal frame size, over all the requests, run as one padded forward (``FrameBatch.by_size``,
+        the gateway's own batching); each request gets its own rows back."""
+        from service.backends.base import FrameBatch
+
         inputs = [_read(request) for request in requests]
-        scores: list[np.ndarray | None] = [None] * len(requests)
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, (frames, _, _) in enumerate(inputs):
-            groups[frames.shape[2:4]].append(i)
-        for members in groups.values():
-            longest = max(inputs[i][0].shape[1] for i in members)
-            frames = np.concatenate([_pad_t(inputs[i][0], longest) for i in members])
-            counts = np.concatenate([inputs[i][1] for i in members])
-            prompts = [p for i in members for p in inputs[i][2]]
+        owner = [r for r, (_, counts, _) in enumerate(inputs) for _ in counts]  # request of each clip
+        clips = [torch.from_numpy(frames[b, :n]) for frames, counts, _ in inputs for b, n in enumerate(counts)]
+        prompts = [p for _, _, request_prompts in inputs for p in request_prompts]
+        rows: list[np.ndarray | None] = [None] * len(clips)
+        for members, batch in FrameBatch.by_size(clips, prompts, self.device):
             with torch.inference_mode():
-                out = self.forward(torch.from_numpy(frames), torch.from_numpy(counts), prompts)
-            out = out.detach().cpu().numpy().astype(np.float32, copy=False)
-            start = 0
-            for i in members:
-                size = len(inputs[i][1])
-                scores[i] = out[start : start + size]
-                start += size
+                out = self.forward(batch.frames, batch.num_frames, batch.prompts)
+            for row, i in zip(out.detach().float().cpu().numpy(), members):
+                rows[i] = row
+        scores = [np.stack([rows[i] for i in range(len(clips)) if owner[i] == r]) for r in range(len(requests))]
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", s)]) for s in scores]
 
 
@@ -83,11 +91,3 @@ def _read(request) -> tuple[np.ndarray, np.ndarray, list[str]]:
     raw = prompt.as_numpy().reshape(-1) if prompt is not None else [b""] * len(frames)
     prompts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in raw]
     return frames, counts, prompts
-
-
-def _pad_t(frames: np.ndarray, length: int) -> np.ndarray:
-    """Zero-pad [B,T,H,W,3] along T to ``length`` (counts keep the real lengths)."""
-    if frames.shape[1] == length:
-        return frames
-    pad = np.zeros((frames.shape[0], length - frames.shape[1], *frames.shape[2:]), dtype=frames.dtype)
-    return np.concatenate([frames, pad], axis=1)

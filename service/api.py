@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.placement import CPU, resolve
 from models.registry import RewardModel, builtin_models, load_models
 from service import auth, fetch, ingest, lifecycle, operations
 from service.backends.base import Backend
@@ -48,10 +49,11 @@ _ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
     """Build the gateway app; the engine starts and stops with the app's lifespan."""
     settings = settings or Settings()
+    placement = resolve(settings.device, settings.dtype)  # the server hands each loader its device and dtype
     if models is None:  # built-ins plus the configured checkpoints (a bad checkpoint stops start-up here)
         in_process = settings.backend == "inprocess"  # with Triton, the weights live there: read specs only
         models = builtin_models() | load_models(
-            settings.models, settings.model_dirs, settings.base_model_dirs, weights=in_process
+            settings.models, settings.model_dirs, settings.base_model_dirs, weights=in_process, placement=placement
         )
     available = models
     missing = [name for name in settings.models if name not in available]
@@ -116,11 +118,11 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         ok, reason = await engine.ready()
         if not ok:
             return JSONResponse({"error": {"code": "not_ready", "message": reason, "item": None}}, status_code=503)
-        return {"status": "ready", "models": sorted(engine.models)}
+        return {"status": "ready", "models": sorted(engine.models), "placement": _placement(settings, engine)}
 
     @app.get("/v1/models", response_model=ModelsResponse, summary="Specs of the loaded models")
     async def list_models() -> ModelsResponse:
-        return ModelsResponse(models=[m.spec for m in engine.models.values()])
+        return ModelsResponse(models=[m.spec for m in engine.models.values()], placement=_placement(settings, engine))
 
     @app.post(
         "/v1/score",
@@ -194,7 +196,21 @@ def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
             ready_timeout_s=settings.triton_ready_timeout_s,
             max_inflight=settings.triton_max_inflight,
         )
-    return InProcessBackend(models, settings.inference_threads)
+    return InProcessBackend(models, settings.inference_threads, resolve(settings.device, settings.dtype))
+
+
+def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
+    """Where each model runs: backend, device and dtype (weight-free models compute in float32 on
+    the backend's device); behind Triton the device is Triton's (see its model config)."""
+    out = {}
+    for name, model in engine.models.items():
+        if settings.backend == "triton":
+            out[name] = {"backend": "triton", "device": "triton", "dtype": "triton"}
+        else:
+            weight_free = model.placement == CPU  # computes where its frames are
+            where = {"device": str(engine.backend.device), "dtype": "float32"} if weight_free else model.placement.describe()
+            out[name] = {"backend": "inprocess", **where, "decode": engine.decode_policy.pixels_id}
+    return out
 
 
 def _invalid(errors: list[dict]) -> JSONResponse:

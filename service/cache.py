@@ -56,11 +56,13 @@ def preprocessing_hash(spec: ModelSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_key(digest: str, spec: ModelSpec, prompt: str | None) -> str:
+def cache_key(digest: str, spec: ModelSpec, prompt: str | None, pixels: str = "cpu") -> str:
     """``vrs:<model>@<version>:<preprocessing>:<prompt>:<content>``. Models that take no prompt
-    (``needs_prompt`` false) ignore it, so their key leaves it out and any prompt hits."""
+    (``needs_prompt`` false) ignore it, so their key leaves it out and any prompt hits. ``pixels``
+    names the decode path (service/nvdec.py) when it is not the CPU's: its pixels differ by rounding."""
     prompt_part = hashlib.sha256((prompt or "").encode()).hexdigest()[:16] if spec.needs_prompt else "-"
-    return f"vrs:{spec.name}@{spec.version}:{preprocessing_hash(spec)}:{prompt_part}:{digest}"
+    preprocessing = preprocessing_hash(spec) + ("" if pixels == "cpu" else f"+{pixels}")
+    return f"vrs:{spec.name}@{spec.version}:{preprocessing}:{prompt_part}:{digest}"
 
 
 def encode_scores(scores: np.ndarray) -> bytes:

@@ -42,6 +42,16 @@ class Settings(BaseSettings):
         default=[], description="Networks exempt from the private-address block (for tests and private deployments)."
     )
 
+    # Where models run (models/placement.py): auto = the first CUDA device if torch sees one, else cpu.
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    # Decode path (service/nvdec.py): nvdec decodes on the GPU when the device is CUDA and the policy
+    # says so, with the CPU as fallback; cpu always decodes with FFmpeg's software decoders.
+    decode: Literal["auto", "cpu", "nvdec"] = "auto"  # auto = nvdec when the device is CUDA, else cpu
+    nvdec_min_pixels: int = Field(
+        default=640 * 360, ge=0, description="Smaller frames decode on the CPU (NVDEC's per-stream set-up outweighs them)."
+    )
+
     # Work scheduling.
     decode_workers: int = 2
     inference_threads: int = 0  # torch intra-op threads for in-process inference; 0 = torch default

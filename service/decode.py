@@ -5,6 +5,11 @@ before any frame is decoded, only the demuxers of real video containers are enab
 the decoder itself refuses frames larger than the pixel limit (a header can lie). Frames
 the model does not need are decoded only when the codec needs them as references and are
 never converted to RGB; a keyframe seek skips whole GOPs between far-apart samples.
+
+Clips are torch tensors. A ``FramePath`` says how a decoded frame becomes RGB: the default is
+FFmpeg's software decoder and converter on the CPU (clips land in pinned host memory when CUDA
+is present, so the one host->device copy at batch assembly is asynchronous); service/nvdec.py
+plugs in NVDEC with a GPU colour conversion through the same checks, index and seeks.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
-import numpy as np
 import torch
 
 from models.spec import FrameSampling, ModelSpec
@@ -31,7 +35,24 @@ from service.ingest import EncodedVideo, RawFrames
 CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,gif,mpeg,nut"
 
 
-Convert = Callable[[av.VideoFrame, int], list[np.ndarray]]  # (frame, source index) -> one array per spec
+Convert = Callable[[av.VideoFrame, int], list[torch.Tensor | None]]  # (frame, source index) -> one per spec
+
+
+def _cpu_rgb(frame: av.VideoFrame) -> torch.Tensor:
+    return torch.from_numpy(frame.to_ndarray(format="rgb24"))
+
+
+@dataclass(frozen=True)
+class FramePath:
+    """How decoded frames become RGB uint8 [H, W, 3] tensors: the decoder FFmpeg opens (``hwaccel``,
+    an ``av.codec.hwaccel.HWAccel`` or None for software) and the conversion of one frame."""
+
+    name: str  # "cpu", "nvdec": named in cache keys when pixels differ (service/cache.py)
+    to_rgb: Callable[[av.VideoFrame], torch.Tensor]
+    hwaccel: object | None = None
+
+
+CPU_PATH = FramePath("cpu", _cpu_rgb)
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,7 @@ class Limits:
 class Clip:
     """Sampled, resized frames of one video for one model (one spec)."""
 
-    frames: np.ndarray  # uint8 [n, h, w, 3]
+    frames: torch.Tensor  # uint8 [n, h, w, 3], on the host (pinned when CUDA is present) or a GPU
     indices: list[int]  # which source frames (0-based, presentation order)
     total_frames: int
     fps: float
@@ -82,7 +103,7 @@ def sample_clips(video: EncodedVideo | RawFrames, specs: Sequence[ModelSpec], li
     """
     if isinstance(video, RawFrames):
         return [_sample_raw(video, spec, limits) for spec in specs]
-    return _sample_container(video.data, specs, limits)
+    return sample_container(video.data, specs, limits)
 
 
 def _check_size(height: int, width: int, limits: Limits) -> None:
@@ -105,20 +126,36 @@ def _sample_raw(video: RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
     _check_length(total, video.fps, limits)
     indices = sample_indices(total, video.fps, spec.sampling)
     size = preprocess.target_size(height, width, spec.resolution)
-    frames = preprocess.resize(video.frames[indices], size, spec.resolution)
-    return Clip(frames, indices, total, video.fps)
+    frames = preprocess.resize(torch.from_numpy(video.frames[indices]), size, spec.resolution)
+    return Clip(_host(frames), indices, total, video.fps)
 
 
-def _open(data: bytes) -> av.container.InputContainer:
+def _stack(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Stack a clip's frames; host frames go straight into pinned memory when CUDA is present."""
+    first = frames[0]
+    if first.device.type != "cpu" or not torch.cuda.is_available():
+        return torch.stack(frames)
+    out = torch.empty((len(frames), *first.shape), dtype=first.dtype, pin_memory=True)
+    return torch.stack(frames, out=out)
+
+
+def _host(frames: torch.Tensor) -> torch.Tensor:
+    """Host frames in pinned memory when a GPU may take them (an asynchronous copy later), else as they are."""
+    return frames.pin_memory() if frames.device.type == "cpu" and torch.cuda.is_available() else frames
+
+
+def _open(data: bytes, hwaccel=None) -> av.container.InputContainer:
     try:
-        return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": CONTAINER_FORMATS})
+        options = {"format_whitelist": CONTAINER_FORMATS}
+        return av.open(io.BytesIO(data), mode="r", container_options=options, hwaccel=hwaccel)
     except av.FFmpegError as exc:
         reason = exc.strerror or str(exc)
         raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
 
 
-def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -> list[Clip]:
-    with _open(data) as container:
+def sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits, path: FramePath = CPU_PATH) -> list[Clip]:
+    """Decode a container along ``path`` (all checks, the index and the seeks are the same on every path)."""
+    with _open(data, path.hwaccel) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")
@@ -149,12 +186,12 @@ def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
             stream.thread_type = "AUTO"
 
-            def convert(frame: av.VideoFrame, index: int) -> list[np.ndarray | None]:
+            def convert(frame: av.VideoFrame, index: int) -> list[torch.Tensor | None]:
                 """RGB once, resized for each spec that samples this frame: memory stays at the outputs' size."""
                 _check_size(frame.height, frame.width, limits)  # the bitstream may disagree with the header
-                rgb = frame.to_ndarray(format="rgb24")[None]
-                resized: dict[tuple, np.ndarray] = {}  # specs with the same size and filter share one resize
-                out: list[np.ndarray | None] = []
+                rgb = path.to_rgb(frame)[None]
+                resized: dict[tuple, torch.Tensor] = {}  # specs with the same size and filter share one resize
+                out: list[torch.Tensor | None] = []
                 for spec, (_, size), wanted in zip(specs, plans, wanted_by):
                     key = (size, spec.resolution.filter, spec.resolution.antialias)
                     if index in wanted and key not in resized:
@@ -167,7 +204,7 @@ def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
         return [
-            Clip(np.stack([got[i][m] for i in indices]), indices, len(timestamps), fps)
+            Clip(_stack([got[i][m] for i in indices]), indices, len(timestamps), fps)
             for m, (indices, _) in enumerate(plans)
         ]
 
@@ -217,7 +254,7 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
     return float(Fraction(stream.guessed_rate or 25))
 
 
-def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> dict[int, list[np.ndarray]]:
+def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> dict[int, list[torch.Tensor]]:
     """Decode and convert the frames at ``indices`` (source index -> converted); matched by
     timestamp, or by order when the stream has no timestamps."""
     if timestamps[0] is None:
@@ -225,7 +262,7 @@ def _decode_at(container, stream, timestamps, keyframes, indices, convert: Conve
     index_of = {timestamps[i]: i for i in indices}
     wanted = set(index_of)
     targets = sorted(wanted)
-    got: dict[int, list[np.ndarray]] = {}
+    got: dict[int, list[torch.Tensor]] = {}
     t = 0
     while t < len(targets):
         # Seek at the start, and whenever a keyframe lies between here and the next target:
@@ -257,9 +294,9 @@ def _keyframe_between(keyframes: list[int], position: int, target: int) -> bool:
     return k >= 0 and keyframes[k] > position
 
 
-def _decode_in_order(container, stream, indices, convert: Convert) -> dict[int, list[np.ndarray]]:
+def _decode_in_order(container, stream, indices, convert: Convert) -> dict[int, list[torch.Tensor]]:
     wanted = set(indices)
-    got: dict[int, list[np.ndarray]] = {}
+    got: dict[int, list[torch.Tensor]] = {}
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
             got[i] = convert(frame, i)

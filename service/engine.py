@@ -13,10 +13,11 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
+import torch
 
 from models.registry import RewardModel
 from models.spec import ModelSpec
-from service import cache, decode, ingest
+from service import cache, decode, ingest, nvdec
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -52,7 +53,7 @@ Pair = tuple[int, int]  # (item index, model index) within one call
 
 @dataclass(frozen=True)
 class _Job:
-    frames: np.ndarray  # uint8 [T, H, W, 3]
+    frames: torch.Tensor  # uint8 [T, H, W, 3], host or device
     prompt: str
 
 
@@ -66,6 +67,7 @@ class Engine:
         self.cache = cache.ScoreCache(settings)
         self.inflight = cache.InFlight()
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
+        self.decode_policy = nvdec.DecodePolicy(settings.decode, backend.device, settings.nvdec_min_pixels)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
         self.stats: Counter[str] = Counter()  # videos_decoded, frames_decoded, inferences
         self.metrics = Metrics()
@@ -231,7 +233,8 @@ class Engine:
         async def prepare(i: int) -> list[decode.Clip]:
             try:
                 with self.metrics.stage("decode"):
-                    return await _in_pool(self._decode_pool, _sample, videos[i], [specs[m] for m in needs[i]], self.limits)
+                    wanted = [specs[m] for m in needs[i]]
+                    return await _in_pool(self._decode_pool, _sample, videos[i], wanted, self.limits, self.decode_policy)
             except ServiceError as exc:
                 raise exc.for_item(i)
 
@@ -260,17 +263,19 @@ class Engine:
     async def _keys(self, videos, items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
         """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop."""
         digests = await asyncio.gather(*(_in_pool(self._decode_pool, cache.content_digest, v) for v in videos))
-        return {(i, m): cache.cache_key(digests[i], spec, items[i].prompt) for i in range(len(items)) for m, spec in enumerate(specs)}
+        pixels = self.decode_policy.pixels_id
+        return {
+            (i, m): cache.cache_key(digests[i], spec, items[i].prompt, pixels)
+            for i in range(len(items))
+            for m, spec in enumerate(specs)
+        }
 
     async def _infer(self, model: str, jobs: list[_Job]) -> list[np.ndarray]:
         """Batcher handler: one backend call per group of equally sized frames."""
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            groups[job.frames.shape[1:3]].append(i)
         out: list[np.ndarray | None] = [None] * len(jobs)
         width = len(self.models[model].spec.dimensions)
-        for members in groups.values():
-            batch = FrameBatch.pad([jobs[i].frames for i in members], [jobs[i].prompt for i in members])
+        clips, prompts = [job.frames for job in jobs], [job.prompt for job in jobs]
+        for members, batch in FrameBatch.by_size(clips, prompts, self.backend.device):
             with self.metrics.stage("inference", model):
                 scores = await self.backend.infer(model, batch)
             if scores.shape != (len(members), width):
@@ -321,10 +326,11 @@ async def _nothing() -> dict:
     return {}
 
 
-def _sample(video, specs: list[ModelSpec], limits: decode.Limits) -> list[decode.Clip]:
-    """decode.sample_clips, with unexpected decoder failures reported as bad input, not crashes."""
+def _sample(video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy) -> list[decode.Clip]:
+    """decode.sample_clips on the path ``policy`` picks, with unexpected decoder failures reported
+    as bad input, not crashes."""
     try:
-        return decode.sample_clips(video, specs, limits)
+        return nvdec.sample_clips(video, specs, limits, policy)
     except ServiceError:
         raise
     except Exception as exc:  # untrusted bytes can fail in ways FFmpeg/numpy do not classify

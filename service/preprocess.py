@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,18 +33,19 @@ def target_size(height: int, width: int, policy: Resolution) -> tuple[int, int]:
     return h, w
 
 
-def resize(frames: np.ndarray, size: tuple[int, int], policy: Resolution) -> np.ndarray:
-    """Resize uint8 [N, H, W, 3] to uint8 [N, h, w, 3] with the policy's filter.
+def resize(frames: torch.Tensor, size: tuple[int, int], policy: Resolution) -> torch.Tensor:
+    """Resize uint8 [N, H, W, 3] to uint8 [N, h, w, 3] with the policy's filter, on the frames' device.
 
-    Antialiased bilinear runs on torch's native uint8 kernel (several times faster than going
-    through float32, within one grey level of it); other filters go through float32 and round.
+    On the CPU, antialiased bilinear runs on torch's native uint8 kernel (several times faster than
+    going through float32, within one grey level of it); other filters, and every filter on a GPU,
+    go through float32 and round.
     """
-    if frames.shape[1:3] == size:
-        return np.ascontiguousarray(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
-    if policy.filter == "bilinear" and policy.antialias:
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames.contiguous()
+    x = frames.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    if policy.filter == "bilinear" and policy.antialias and x.device.type == "cpu":
         y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     else:
         options = {} if policy.filter == "area" else {"align_corners": False, "antialias": policy.antialias}
         y = F.interpolate(x.float(), size=size, mode=policy.filter, **options).round_().clamp_(0, 255).to(torch.uint8)
-    return y.permute(0, 2, 3, 1).contiguous().numpy()
+    return y.permute(0, 2, 3, 1).contiguous()

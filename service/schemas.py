@@ -172,6 +172,9 @@ class RankResponse(ScoreResponse):
 
 class ModelsResponse(BaseModel):
     models: list[ModelSpec]
+    placement: dict[str, dict[str, str]] = Field(
+        default={}, description='Where each model runs: {"backend", "device", "dtype", "decode"} by model name.'
+    )
 
 
 class ErrorDetail(BaseModel):

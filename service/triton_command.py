@@ -56,6 +56,7 @@ def write_repo(args: argparse.Namespace) -> Path:
     """Write the repository for the requested models. Checkpoint-backed models are loaded here once,
     with the gateway's loader and settings, for their specs and so that a bad directory stops the
     command naming the path before Triton starts; Triton's python model loads them again."""
+    from models.placement import resolve
     from models.registry import ModelLoadError, builtin_models, load_models
     from models.triton_repo import write_python_repo
     from service.config import Settings
@@ -77,6 +78,8 @@ def write_repo(args: argparse.Namespace) -> Path:
         max_queue_size=args.max_queue_size,
         queue_timeout_us=args.queue_timeout_us,
         instances=args.instances,
+        device=resolve(settings.device, settings.dtype).device.type,  # "cuda" -> KIND_GPU instances
+        dtype=settings.dtype,
     )
     return write_python_repo(args.repo.resolve(), {n: available[n] for n in names}, options, model_dirs, base_dirs)
 

@@ -18,7 +18,7 @@ DIMS = [f"signal.{d}" for d in signal.SPEC.dimension_names]
 
 
 def expected_scores(frames: np.ndarray, fps: float = 16.0) -> dict[str, float]:
-    clip = sample_frames(RawFrames(frames, fps), signal.SPEC, Limits(10**9, 10**6, 10**6)).frames
+    clip = sample_frames(RawFrames(frames, fps), signal.SPEC, Limits(10**9, 10**6, 10**6)).frames.numpy()
     out = signal.forward(torch.from_numpy(clip[None]), torch.tensor([len(clip)]))[0]
     return dict(zip(DIMS, out.tolist()))
 

@@ -161,7 +161,7 @@ def test_clip_segmental_end_to_end(clip_dir):
         assert clip.indices == np.linspace(0, 32, 16).round().astype(int).tolist()
         got = [res["scores"][f"clip-segmental.{d}"] for d in ("segmental", "temporal_consistency", "goal_baseline")]
         # PIL's float resize and torch's antialiased interpolation agree to ~1e-8 here.
-        expected = _reference(clip_dir, clip.frames, "a cat surfing a wave")
+        expected = _reference(clip_dir, clip.frames.numpy(), "a cat surfing a wave")
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 

@@ -21,7 +21,7 @@ LIMITS = Limits(10**9, 10**6, 10**6)
 
 def alone(source) -> list[float]:
     """The signal model run on one video by itself, outside the service."""
-    clip = sample_frames(source, signal.SPEC, LIMITS).frames
+    clip = sample_frames(source, signal.SPEC, LIMITS).frames.numpy()
     return signal.forward(torch.from_numpy(clip[None]), torch.tensor([len(clip)]))[0].tolist()
 
 

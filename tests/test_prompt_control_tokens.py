@@ -66,7 +66,7 @@ def test_look_alikes_score_as_text_equal_to_the_reference(gateway, clip_mp4, tin
     va = next(m for m in spec if m["name"] == "videoalign")
     from models.spec import ModelSpec
 
-    frames = sample_frames(EncodedVideo(clip_mp4), ModelSpec.model_validate(va), LIMITS).frames
+    frames = sample_frames(EncodedVideo(clip_mp4), ModelSpec.model_validate(va), LIMITS).frames.numpy()
     reference = Reference(tiny_dirs["videoalign"], tiny_dirs["base"])
     expected = np.concatenate([reference([frames], [p]) for p in LOOK_ALIKES])
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)

@@ -19,7 +19,7 @@ SHAPES = [(33, 240, 416), (53, 480, 480), (53, 400, 640), (49, 512, 512)]  # DES
 def scores(frames: np.ndarray, fmt: str | None = None) -> dict[str, float]:
     """Score frames through the service's sampling path (optionally via a real encode)."""
     source = RawFrames(frames, 16.0) if fmt is None else EncodedVideo(videos.encode(frames, fmt))
-    clip = sample_frames(source, signal.SPEC, LIMITS).frames
+    clip = sample_frames(source, signal.SPEC, LIMITS).frames.numpy()
     out = signal.forward(torch.from_numpy(clip[None]), torch.tensor([len(clip)]))
     return dict(zip(DIMS, out[0].tolist()))
 
@@ -84,8 +84,8 @@ def test_contrast_and_colourfulness_respond():
 
 def test_padding_does_not_change_scores():
     """An item scored alone equals the same item zero-padded in a batch with a longer one."""
-    short = sample_frames(RawFrames(videos.moving_scene(9, 128, 128), 16.0), signal.SPEC, LIMITS).frames
-    long = sample_frames(RawFrames(videos.flicker(videos.moving_scene(20, 128, 128)), 16.0), signal.SPEC, LIMITS).frames
+    short = sample_frames(RawFrames(videos.moving_scene(9, 128, 128), 16.0), signal.SPEC, LIMITS).frames.numpy()
+    long = sample_frames(RawFrames(videos.flicker(videos.moving_scene(20, 128, 128)), 16.0), signal.SPEC, LIMITS).frames.numpy()
     alone = signal.forward(torch.from_numpy(short[None]), torch.tensor([9]))
     batch = np.zeros((2, 20, *short.shape[1:]), dtype=np.uint8)
     batch[0, :9], batch[1] = short, long

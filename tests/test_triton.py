@@ -294,7 +294,7 @@ def _as_batch(clip: np.ndarray):
     from service.decode import Limits, sample_frames
     from service.ingest import RawFrames
 
-    frames = sample_frames(RawFrames(clip, 16.0), signal_model.SPEC, Limits(10**9, 10**6, 10**6)).frames
+    frames = sample_frames(RawFrames(clip, 16.0), signal_model.SPEC, Limits(10**9, 10**6, 10**6)).frames.numpy()
     return torch.from_numpy(frames[None]), torch.tensor([len(frames)])
 
 
@@ -306,7 +306,7 @@ async def test_triton_dynamic_batching_under_concurrency(triton):
     from service.backends.triton import to_inputs
 
     clip = videos.moving_scene(9, 64, 64)
-    batch = FrameBatch.pad([clip], [""])
+    batch = FrameBatch.assemble([clip], [""])
     before = stats(triton)
     async with grpcaio.InferenceServerClient(triton.grpc_url) as client:
         results = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(32)))
@@ -481,7 +481,7 @@ async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
 
     options = TritonOptions(max_queue_delay_us=20_000, max_queue_size=2)
     server = start_triton(write_python_repo(tmp_path / "repo", {"signal": SIGNAL}, options))
-    batch = FrameBatch.pad([videos.moving_scene(9, 64, 64)], [""])
+    batch = FrameBatch.assemble([videos.moving_scene(9, 64, 64)], [""])
     try:
         async with grpcaio.InferenceServerClient(server.grpc_url) as client:
             flood = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(16)), return_exceptions=True)
@@ -512,6 +512,8 @@ def test_checkpoint_model_config_names_its_directory_not_a_forward(checkpoints: 
             "model_dir": str(checkpoints.model_dirs[name].resolve()),
             "base_model_dirs": json.dumps({BASE_ID: str(checkpoints.base_model_dirs[BASE_ID].resolve())}),
             "spec_version": model.spec.version,
+            "device": "cpu",  # KIND_CPU instances; "cuda" gives KIND_GPU (tests/test_gpu_path.py)
+            "dtype": "auto",
         }
         assert config.name == name and config.max_batch_size == model.spec.batching.max_batch_size
         assert list(config.output[0].dims) == [len(model.spec.dimensions)]
@@ -632,7 +634,7 @@ async def test_videoalign_through_triton_equals_in_process_and_reference(checkpo
     np.testing.assert_allclose(remote, local, atol=1e-5, rtol=0)
 
     model = load_models(["videoalign"], checkpoints.model_dirs, checkpoints.base_model_dirs)["videoalign"]
-    clips = [sample_frames(EncodedVideo(v), model.spec, Limits(10**9, 10**6, 10**6)).frames for v in data]
+    clips = [sample_frames(EncodedVideo(v), model.spec, Limits(10**9, 10**6, 10**6)).frames.numpy() for v in data]
     assert [len(c) for c in clips] == [4, 12, 8]
     reference = VideoAlignReference(checkpoints.model_dirs["videoalign"], checkpoints.base_model_dirs[BASE_ID])
     expected = np.concatenate([reference([c], [p]) for c, p in zip(clips, PROMPTS)])  # one video per forward
@@ -649,7 +651,7 @@ async def test_clip_segmental_through_triton_equals_in_process_and_reference(che
     clip_dir = checkpoints.model_dirs["clip-segmental"]
     model = load_models(["clip-segmental"], checkpoints.model_dirs)["clip-segmental"]
     for row, video, text in zip(remote, data, PROMPTS):
-        frames = sample_frames(EncodedVideo(video), model.spec, Limits(10**9, 10**6, 10**6)).frames
+        frames = sample_frames(EncodedVideo(video), model.spec, Limits(10**9, 10**6, 10**6)).frames.numpy()
         # 1e-5 as in tests/test_clip_segmental.py (PIL float resizes against torch's).
         np.testing.assert_allclose(row, clip_reference(clip_dir, frames, text), atol=1e-5, rtol=0)
     assert np.abs(remote[0] - remote[1]).max() > 1e-3

@@ -158,7 +158,7 @@ def test_service_scores_equal_a_direct_transformers_forward(gateway_va, tiny_dir
     got = np.array([[res["scores"][f"videoalign.{d}"] for d in DIMS] for res in r.json()["results"]])
 
     model = registry.load_model("videoalign", tiny_dirs["videoalign"], {BASE_ID: tiny_dirs["base"]})
-    clips = [sample_frames(EncodedVideo(v), model.spec, LIMITS).frames for v in videos_va]
+    clips = [sample_frames(EncodedVideo(v), model.spec, LIMITS).frames.numpy() for v in videos_va]
     assert [len(c) for c in clips] == [4, 12, 8]
     reference = Reference(tiny_dirs["videoalign"], tiny_dirs["base"])
     expected = np.concatenate([reference([c], [p]) for c, p in zip(clips, prompts)])  # one video per forward
@@ -171,7 +171,7 @@ def test_service_scores_equal_a_direct_transformers_forward(gateway_va, tiny_dir
 
 def test_full_state_dict_layout_equals_reference(tiny_dirs, videos_va):
     model = registry.load_model("videoalign", tiny_dirs["videoalign-full"], {BASE_ID: tiny_dirs["base"]})
-    clips = [sample_frames(EncodedVideo(v), model.spec, LIMITS).frames for v in videos_va[:2]]
+    clips = [sample_frames(EncodedVideo(v), model.spec, LIMITS).frames.numpy() for v in videos_va[:2]]
     frames = np.zeros((2, 12, *clips[0].shape[1:]), dtype=np.uint8)
     for i, c in enumerate(clips):
         frames[i, : len(c)] = c

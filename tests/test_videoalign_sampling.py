@@ -120,7 +120,7 @@ def test_sampling_and_resize_match_qwen_vl_utils(tmp_path: Path, qwen_vp, total,
     assert ours.frames.shape == (len(their_indices), theirs.shape[2], theirs.shape[3], 3)
     h, w = ours.frames.shape[1:3]
     assert h % 28 == 0 and w % 28 == 0 and h * w <= SPEC.resolution.max_pixels
-    diff = np.abs(ours.frames.astype(np.int16) - theirs.permute(0, 2, 3, 1).numpy().astype(np.int16))
+    diff = np.abs(ours.frames.numpy().astype(np.int16) - theirs.permute(0, 2, 3, 1).numpy().astype(np.int16))
     assert diff.max() <= PIXEL_TOLERANCE, f"max pixel difference {diff.max()}"
     print(f"{total}x{height}x{width}@{fps}: {len(ours.indices)} frames at {h}x{w}, max pixel diff {diff.max()}")
 

@@ -6,7 +6,7 @@
 - preprocessing: ``service.ingest`` (base64, .npy) and ``service.decode.sample_frames`` with the
   ``signal`` spec and the gateway's default limits (decode + sample + resize);
 - the model: ``models.signal.forward`` under ``torch.inference_mode``, on batches padded with
-  ``FrameBatch.pad`` and grouped by frame size, at most ``MAX_BATCH`` videos per forward, as the
+  ``FrameBatch.assemble`` and grouped by frame size, at most ``MAX_BATCH`` videos per forward, as the
   gateway's batcher does (``signal.SPEC.batching.max_batch_size``);
 - the answer: per-video scores (6 floats) and, for ``/v1/rank``, the ranking by their mean.
 """
@@ -56,7 +56,7 @@ def sources(body: dict) -> list[ingest.EncodedVideo | ingest.RawFrames]:
 
 def prepare(video: ingest.EncodedVideo | ingest.RawFrames) -> np.ndarray:
     """Decode (if needed), sample and resize for ``signal``: uint8 [T, H, W, 3]. Blocking."""
-    return decode.sample_frames(video, signal.SPEC, LIMITS).frames
+    return decode.sample_frames(video, signal.SPEC, LIMITS).frames.numpy()
 
 
 def score_clips(clips: list[np.ndarray], max_batch: int = MAX_BATCH) -> np.ndarray:
@@ -68,9 +68,9 @@ def score_clips(clips: list[np.ndarray], max_batch: int = MAX_BATCH) -> np.ndarr
     for members in groups.values():
         for start in range(0, len(members), max_batch):
             chunk = members[start : start + max_batch]
-            batch = FrameBatch.pad([clips[i] for i in chunk], [""] * len(chunk))
+            batch = FrameBatch.assemble([clips[i] for i in chunk], [""] * len(chunk))
             with torch.inference_mode():
-                scores = signal.forward(torch.from_numpy(batch.frames), torch.from_numpy(batch.num_frames), batch.prompts)
+                scores = signal.forward(batch.frames, batch.num_frames, batch.prompts)
             out[chunk] = scores.numpy()
     return out
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from models.clip_segmental import reward
-from models.registry import RewardModel
+from models.placement import CPU, Placement
+from models.registry import RewardModel, Stages
 from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Resolution
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -105,13 +106,26 @@ class ClipSegmental:
     goal: torch.Tensor | None = None
     projection: torch.Tensor | None = None
 
-    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings [N, D]; each distinct prompt is encoded once (LRU by prompt)."""
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[list[str], dict | None]:
+        """The distinct prompts not yet in the text cache, tokenised on the host (None if none)."""
         todo = list(dict.fromkeys(p for p in prompts if p not in self._text))
-        if todo:
-            device = next(self.model.parameters()).device
-            limit = self.model.config.text_config.max_position_embeddings
-            tokens = self.tokenizer(todo, padding=True, truncation=True, max_length=limit, return_tensors="pt").to(device)
+        if not todo:
+            return todo, None
+        limit = self.model.config.text_config.max_position_embeddings
+        return todo, dict(self.tokenizer(todo, padding=True, truncation=True, max_length=limit, return_tensors="pt"))
+
+    def text_embeddings(self, prompts: Sequence[str], tokenized: tuple[list[str], dict | None] | None = None) -> torch.Tensor:
+        """Normalised text embeddings [N, D]; each distinct prompt is encoded once (LRU by prompt).
+        ``tokenized`` is ``tokenize(prompts)`` done earlier (on another thread, by ``pre``)."""
+        todo, tokens = tokenized if tokenized is not None else self.tokenize(prompts)
+        if any(p not in self._text and p not in todo for p in prompts):  # evicted since ``pre`` looked: tokenise again
+            todo, tokens = self.tokenize(prompts)
+        if tokens is not None:
+            tokens = {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
             emb = F.normalize(self.model.get_text_features(**tokens).pooler_output.float(), dim=-1)
             for p, e in zip(todo, emb):
                 self._text[p] = e
@@ -139,19 +153,24 @@ class ClipSegmental:
         else:
             x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
         x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
-        return F.normalize(self.model.get_image_features(pixel_values=x).pooler_output.float(), dim=-1)
+        dtype = next(self.model.parameters()).dtype
+        return F.normalize(self.model.get_image_features(pixel_values=x.to(dtype)).pooler_output.float(), dim=-1)
 
-    def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """uint8 [B, F, H, W, 3] padded, counts [B], prompts -> float32 [B, K]."""
-        counts = [int(n) for n in num_frames]
-        device = next(self.model.parameters()).device
+    def pre(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]):
+        """Host work: the batch's new prompts tokenised."""
+        return frames, [int(n) for n in num_frames], list(prompts), self.tokenize(prompts)
+
+    def core(self, prepared) -> torch.Tensor:
+        """Device work: image and (new) text embeddings, then the reward formulas -> float32 [B, K]."""
+        frames, counts, prompts, tokenized = prepared
+        frames = frames.to(self.device, non_blocking=True)
         picks = [reward.tsn_indices(n, self.config.segments) for n in counts]
-        chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)]).to(device)
+        chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)])
         segment_images = self.image_embeddings(chosen, "instructvideo").split(self.config.segments)
         if self.projection is not None:
-            everything = torch.cat([frames[b, :n] for b, n in enumerate(counts)]).to(device)
+            everything = torch.cat([frames[b, :n] for b, n in enumerate(counts)])
             all_images = self.image_embeddings(everything, "vlmrm").split(counts)
-        texts = self.text_embeddings(prompts)
+        texts = self.text_embeddings(prompts, tokenized)
         rows = []
         for b, image in enumerate(segment_images):
             weights = reward.temporally_attenuated_weights(picks[b], counts[b], self.config.lam)
@@ -159,7 +178,11 @@ class ClipSegmental:
             if self.projection is not None:
                 row.append(reward.goal_baseline(all_images[b], self.goal, self.projection).mean())
             rows.append(torch.stack(row))
-        return torch.stack(rows).float().cpu()
+        return torch.stack(rows).float()
+
+    def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """uint8 [B, F, H, W, 3] padded, counts [B], prompts -> float32 [B, K]."""
+        return self.core(self.pre(frames, num_frames, prompts))
 
 
 def read_spec(directory: Path) -> ModelSpec:
@@ -180,15 +203,17 @@ def _check_layout(directory: Path) -> None:
         raise CheckpointError(f"{directory}: no config.json (expected a Hugging Face CLIP directory)")
 
 
-def load(directory: Path, device: str = "cpu") -> RewardModel:
-    """Load a CLIP directory (and its optional segmental_reward.json) into a RewardModel."""
+def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: Placement = CPU) -> RewardModel:
+    """Load a CLIP directory (and its optional segmental_reward.json) onto ``placement`` (SDPA
+    attention). ``base_dirs`` is unused: a CLIP directory is self-contained."""
     from transformers import AutoTokenizer, CLIPModel
 
     directory = Path(directory)
     _check_layout(directory)
     config = read_config(directory)
     try:
-        model = CLIPModel.from_pretrained(directory, dtype=torch.float32).to(device).eval()
+        model = CLIPModel.from_pretrained(directory, dtype=placement.dtype, attn_implementation="sdpa")
+        model = model.to(placement.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
         raise CheckpointError(f"{directory}: cannot load CLIPModel or its tokenizer ({type(exc).__name__}: {exc})") from exc
@@ -201,10 +226,11 @@ def load(directory: Path, device: str = "cpu") -> RewardModel:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{processor}: malformed ({exc})") from exc
     image_size = int(model.config.vision_config.image_size)
-    scorer = ClipSegmental(model, tokenizer, config, image_size, torch.tensor(mean, device=device), torch.tensor(std, device=device))
+    scorer = ClipSegmental(model, tokenizer, config, image_size, torch.tensor(mean, device=placement.device), torch.tensor(std, device=placement.device))
     if config.goal_prompts:
         with torch.inference_mode():
             goal = scorer.text_embeddings(list(config.goal_prompts)).mean(0)
             baseline = scorer.text_embeddings(list(config.baseline_prompts)).mean(0)
         scorer.goal, scorer.projection = goal, reward.goal_baseline_projection(goal, baseline, config.alpha)
-    return RewardModel(spec=make_spec(config, image_size, version=f"{directory.name}"), forward=scorer.forward)
+    spec = make_spec(config, image_size, version=f"{directory.name}")
+    return RewardModel(spec=spec, forward=scorer.forward, placement=placement, stages=Stages(scorer.pre, scorer.core))

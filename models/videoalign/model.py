@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from models.registry import RewardModel
+from models.placement import CPU, Placement
+from models.registry import RewardModel, Stages
 from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Pairwise, Resolution
 from models.videoalign import checkpoint, prompt
 from models.videoalign.checkpoint import CheckpointError
@@ -99,43 +100,69 @@ class VideoReward:
     mean: torch.Tensor  # [3]
     std: torch.Tensor  # [3]
 
-    def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """uint8 [B, T, H, W, 3] (padded along T), counts [B], prompts -> float32 [B, 4]: raw VQ, MQ, TA and
-        Overall, the sum of the normalised three (VideoAlign's ``reward(use_norm=True)``)."""
-        device = self.head.weight.device
+    def pre(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> "_Prepared":
+        """Host work, no device compute: per-item patch grids, the tokenised rubric prompts, right-padded
+        ids and mask (pinned on CUDA so the copy in ``core`` is asynchronous)."""
         merge = self.model.config.vision_config.spatial_merge_size
-        patches, grids, ids = [], [], []
-        for b in range(frames.shape[0]):
-            p, grid = video_patches(frames[b, : int(num_frames[b])].to(device), merge=merge)
-            patches.append(p)
-            grids.append(grid)
-            text = prompt.chat(prompts[b], grid[0] * grid[1] * grid[2] // merge**2)
-            ids.append(torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+        temporal, patch = 2, 14
+        counts = [int(n) for n in num_frames]
+        h, w = frames.shape[2] // patch, frames.shape[3] // patch
+        grids = [(-(-n // temporal), h, w) for n in counts]  # the last frame repeats to a multiple of 2
+        ids = [
+            self.tokenizer(prompt.chat(p, t * gh * gw // merge**2), add_special_tokens=False)["input_ids"]
+            for p, (t, gh, gw) in zip(prompts, grids)
+        ]
         # Right padding and positions 0..L-1 per row, as the reference (padding_side="right"; its
         # forward passes no position_ids, so transformers 4.45 used sequential positions on all 3 axes).
         length = max(len(i) for i in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        pin = self.head.weight.is_cuda
+        input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros((len(ids), length), dtype=torch.long)
         for b, i in enumerate(ids):
-            input_ids[b, : len(i)], mask[b, : len(i)] = i, 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+            input_ids[b, : len(i)], mask[b, : len(i)] = torch.tensor(i), 1
+        at = [[i.index(t) for t in self.reward_ids] for i in ids]  # VQ, MQ, TA token positions per row
+        if pin:
+            input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
+        return _Prepared(frames, counts, grids, input_ids, mask, torch.tensor(at))
+
+    def core(self, x: "_Prepared") -> torch.Tensor:
+        """Device work: patches, vision tower, language model, reward head -> float32 [B, 4]."""
+        device, dtype = self.head.weight.device, self.head.weight.dtype
+        merge = self.model.config.vision_config.spatial_merge_size
+        frames = x.frames.to(device, non_blocking=True)
+        patches = torch.cat([video_patches(frames[b, :n], merge=merge)[0] for b, n in enumerate(x.counts)])
+        input_ids = x.input_ids.to(device, non_blocking=True)
+        mask = x.mask.to(device, non_blocking=True)
         qwen = self.model.model
-        dtype = self.head.weight.dtype
         embeds = qwen.get_input_embeddings()(input_ids)
-        video = qwen.get_video_features(torch.cat(patches).to(dtype), torch.tensor(grids, device=device)).pooler_output
+        video = qwen.get_video_features(patches.to(dtype), torch.tensor(x.grids, device=device)).pooler_output
         video_mask = (input_ids == self.model.config.video_token_id).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(video_mask, torch.cat(video).to(embeds.dtype))
-        positions = torch.arange(length, device=device).view(1, 1, -1).expand(3, len(ids), -1)
+        b, length = input_ids.shape
+        positions = torch.arange(length, device=device).view(1, 1, -1).expand(3, b, -1)
         hidden = qwen.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        rows = []
-        for b in range(len(ids)):
-            at = [int((input_ids[b] == t).nonzero()[0, 0]) for t in self.reward_ids]  # VQ, MQ, TA token positions
-            logits = self.head(hidden[b, at])  # [3 tokens, 3 outputs]
-            rows.append(logits.diagonal())  # output k at token k
-        raw = torch.stack(rows).float()
-        norm = (raw - self.mean.to(raw.device)) / self.std.to(raw.device)
+        at = x.reward_at.to(device, non_blocking=True)  # [B, 3]
+        tokens = hidden[torch.arange(b, device=device)[:, None], at]  # [B, 3 tokens, hidden]
+        raw = self.head(tokens).diagonal(dim1=1, dim2=2).float()  # output k at token k
+        norm = (raw - self.mean) / self.std
         return torch.cat([raw, norm.sum(1, keepdim=True)], dim=1)
+
+    def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """uint8 [B, T, H, W, 3] (padded along T), counts [B], prompts -> float32 [B, 4]: raw VQ, MQ, TA and
+        Overall, the sum of the normalised three (VideoAlign's ``reward(use_norm=True)``)."""
+        return self.core(self.pre(frames, num_frames, prompts))
+
+
+@dataclass
+class _Prepared:
+    """What ``VideoReward.pre`` hands ``core``."""
+
+    frames: torch.Tensor
+    counts: list[int]
+    grids: list[tuple[int, int, int]]
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    reward_at: torch.Tensor  # [B, 3] positions of the reward tokens
 
 
 def read_spec(directory: Path) -> ModelSpec:
@@ -153,8 +180,9 @@ def _config_and_step(directory: Path) -> tuple[checkpoint.VideoRewardConfig, Pat
     return config, checkpoint.latest_step(directory)
 
 
-def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> RewardModel:
-    """Load a VideoReward checkpoint directory (layout in ``checkpoint``) into a RewardModel."""
+def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: Placement = CPU) -> RewardModel:
+    """Load a VideoReward checkpoint directory (layout in ``checkpoint``) onto ``placement``: weights
+    are read and LoRA is merged in float32 on the host, then cast and moved once; SDPA attention."""
     from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
     directory = Path(directory)
@@ -187,12 +215,12 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, dtype: torch
     if result.unexpected_keys:
         raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
     checkpoint.merge_lora(dict(model.named_parameters()) | {"rm_head.weight": head.weight}, lora, config, step)
-    model.to(device=device, dtype=dtype).eval()
-    head.to(device=device, dtype=dtype).eval()
+    model.to(device=placement.device, dtype=placement.dtype).eval()
+    head.to(device=placement.device, dtype=placement.dtype).eval()
     reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
     stats = norm_stats(config)
-    mean = torch.tensor([stats[d][0] for d in ("VQ", "MQ", "TA")])
-    std = torch.tensor([stats[d][1] for d in ("VQ", "MQ", "TA")])
+    mean = torch.tensor([stats[d][0] for d in ("VQ", "MQ", "TA")], device=placement.device)
+    std = torch.tensor([stats[d][1] for d in ("VQ", "MQ", "TA")], device=placement.device)
     scorer = VideoReward(model, head, tokenizer, reward_ids, mean, std)
     spec = make_spec(config, version=f"{directory.name}@{step.name}")
-    return RewardModel(spec=spec, forward=scorer.forward)
+    return RewardModel(spec=spec, forward=scorer.forward, placement=placement, stages=Stages(scorer.pre, scorer.core))

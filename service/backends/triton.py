@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -47,6 +48,7 @@ class TritonBackend:
         # Several batches in flight let Triton's dynamic batcher merge them and overlap the
         # gateway's serialisation with Triton's execution.
         self.max_concurrent_batches = max_inflight
+        self.device = torch.device("cpu")  # gRPC carries bytes: batches are assembled on the host
         self._models = list(models)
         self._names = dict(model_names or {})
         self.timeout_s = timeout_s
@@ -95,11 +97,12 @@ class TritonBackend:
 
 
 def to_inputs(batch: FrameBatch) -> list[grpcclient.InferInput]:
-    """The batch as Triton inputs (batch dimension first)."""
+    """The batch as Triton inputs (batch dimension first): the backend's edge, where tensors become bytes."""
     b = len(batch.frames)
-    counts = batch.num_frames.astype(np.int32).reshape(b, 1)
+    frames = batch.frames.cpu().numpy()
+    counts = batch.num_frames.to(torch.int32).numpy().reshape(b, 1)
     prompts = np.array([p.encode("utf-8") for p in batch.prompts], dtype=np.object_).reshape(b, 1)
-    tensors = (("FRAMES", batch.frames, "UINT8"), ("NUM_FRAMES", counts, "INT32"), ("PROMPT", prompts, "BYTES"))
+    tensors = (("FRAMES", frames, "UINT8"), ("NUM_FRAMES", counts, "INT32"), ("PROMPT", prompts, "BYTES"))
     inputs = []
     for name, array, dtype in tensors:
         tensor = grpcclient.InferInput(name, list(array.shape), dtype)
