@@ -23,7 +23,7 @@ from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
-from service.schemas import (
+from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
     ErrorResponse,

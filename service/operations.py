@@ -13,7 +13,7 @@ from models.spec import ModelSpec, Pairwise
 from service import pairwise, ranking, scoring
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput
-from service.schemas import (
+from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
     GroupRequest,

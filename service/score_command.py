@@ -22,7 +22,7 @@ from service.config import Settings
 from service.engine import Engine, ScoreInput
 from service.errors import ServiceError
 from service.ingest import EncodedVideo
-from service.schemas import ItemScore, ScoreRequest, ScoreResponse
+from vrs_wire.schemas import ItemScore, ScoreRequest, ScoreResponse
 from vrs_client import APIError, AsyncClient
 
 VIDEO_EXTENSIONS = frozenset(

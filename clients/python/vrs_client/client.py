@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from service.schemas import CompareResponse, RankResponse, ScoreResponse
+from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
 from vrs_client.retry import Retry
 from vrs_client.videos import Video, video_ref
 
