@@ -1,24 +1,33 @@
 """HTTP clients for the service: ``Client`` (sync) and ``AsyncClient``: score / compare / rank, bounded
-retries on 429/503 and refused connections honouring Retry-After, timeouts, and a GRPO group helper."""
+retries on 429/503 and refused connections honouring Retry-After, timeouts, and a GRPO group helper.
+
+Videos go as binary multipart parts by default (numpy frames as ``application/x-npy``, streamed from
+the array); ``transport="json"`` sends base64 JSON instead. With ``reuse=True`` a call first sends
+only the videos' digests and uploads them only when the server answers ``not_cached``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, Union
 
 import httpx
 import numpy as np
 from pydantic import BaseModel
+from typing_extensions import TypedDict, Unpack
 
-from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
+from vrs_client import videos as wire_videos
 from vrs_client.retry import Retry
-from vrs_client.videos import Video, video_ref
+from vrs_client.videos import Part, Video
+from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
 
 R = TypeVar("R", bound=BaseModel)
-Prompt = str | Sequence[str] | None
+Prompt = Union[str, Sequence[str], None]
+Transport = Literal["multipart", "json"]
 OnRetry = Callable[[int, float, str], None]
 """Called before each wait with (failed tries so far, seconds it will wait, why: ``HTTP 429`` or the exception)."""
 
@@ -43,7 +52,7 @@ class RankOptions(Options, total=False):
 class APIError(Exception):
     """The service answered with an error: HTTP status plus the body's ``{code, message, item}``."""
 
-    def __init__(self, status: int, code: str, message: str, item: int | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, item: Optional[int] = None) -> None:
         super().__init__(f"HTTP {status} {code}: {message}" + (f" (item {item})" if item is not None else ""))
         self.status, self.code, self.message, self.item = status, code, message, item
 
@@ -76,42 +85,79 @@ class GroupAdvantages:
         )
 
 
+@dataclass
+class _Body:
+    """One request body: JSON, or multipart (a ``request`` field holding the JSON, plus file parts)."""
+
+    json: Dict[str, Any]
+    parts: List[Tuple[str, Part]] = field(default_factory=list)
+
+    def send_kwargs(self) -> Dict[str, Any]:
+        if not self.parts:
+            return {"json": self.json}
+        return {"data": {"request": json.dumps(self.json)}, "files": self.parts}
+
+    def close(self) -> None:
+        wire_videos.close_parts(self.parts)
+
+
+Form = Literal["multipart", "json", "digest"]
+
+
 @dataclass(frozen=True)
 class _Call(Generic[R]):
-    """One API call: where it goes, how to build its JSON body (may be slow: files, base64), what comes back."""
+    """One API call: where it goes, its videos and options, what comes back."""
 
     path: str
-    build: Callable[[], dict[str, Any]]
+    videos: Sequence[Video]
+    prompt: Prompt
+    options: Mapping[str, Any]
+    group: bool  # compare/rank: ``videos`` + ``prompt(s)``; score: ``items``
     kind: type[R]
 
+    def build(self, form: Form) -> _Body:
+        """The body in one form (may be slow: hashing, base64; run off the event loop)."""
+        options = dict(self.options)
+        fps = options.pop("fps", None)
+        for key in ("models", "weights"):
+            if key in options:
+                options[key] = list(options[key]) if key == "models" else dict(options[key])
+        parts: List[Tuple[str, Part]] = []
+        refs = []
+        for i, video in enumerate(self.videos):
+            if form == "json":
+                refs.append(wire_videos.video_ref(video, fps))
+            elif form == "digest":
+                refs.append(wire_videos.digest_ref(video, fps))
+            else:
+                ref, part = wire_videos.part(video, f"v{i}", fps)
+                refs.append(ref)
+                if part is not None:
+                    parts.append((f"v{i}", part))
+        return _Body(_json(refs, self.prompt, options, self.group), parts)
 
-def _body(videos: Sequence[Video], prompt: Prompt, options: Mapping[str, Any], group: bool) -> dict[str, Any]:
+
+def _json(refs: List[Dict[str, Any]], prompt: Prompt, options: Dict[str, Any], group: bool) -> Dict[str, Any]:
     """JSON body: ``items`` for /v1/score, ``videos`` + ``prompt``/``prompts`` for compare and rank."""
-    options = dict(options)
-    fps = options.pop("fps", None)
-    for key in ("models", "weights"):
-        if key in options:
-            options[key] = list(options[key]) if key == "models" else dict(options[key])
-    refs = [video_ref(v, fps) for v in videos]
     one = prompt is None or isinstance(prompt, str)
     if group:
-        return options | {"videos": refs, ("prompt" if one else "prompts"): prompt if one else list(prompt)}
-    prompts = [prompt] * len(refs) if one else list(prompt)
+        return {**options, "videos": refs, ("prompt" if one else "prompts"): prompt if one else list(prompt)}
+    prompts = [prompt] * len(refs) if one else list(prompt)  # type: ignore[arg-type]
     if len(prompts) != len(refs):
         raise ValueError(f"{len(prompts)} prompts for {len(refs)} videos; give one prompt or one per video")
-    return options | {"items": [{"video": r, "prompt": p} for r, p in zip(refs, prompts)]}
+    return {**options, "items": [{"video": r, "prompt": p} for r, p in zip(refs, prompts)]}
 
 
 def _score(videos: Sequence[Video], prompt: Prompt, options: Options) -> _Call[ScoreResponse]:
-    return _Call("/v1/score", lambda: _body(videos, prompt, options, group=False), ScoreResponse)
+    return _Call("/v1/score", videos, prompt, options, False, ScoreResponse)
 
 
-def _compare(a: Video, b: Video, prompt: str | None, options: Options) -> _Call[CompareResponse]:
-    return _Call("/v1/compare", lambda: _body([a, b], prompt, options, group=True), CompareResponse)
+def _compare(a: Video, b: Video, prompt: Optional[str], options: Options) -> _Call[CompareResponse]:
+    return _Call("/v1/compare", [a, b], prompt, options, True, CompareResponse)
 
 
 def _rank(videos: Sequence[Video], prompt: Prompt, options: RankOptions) -> _Call[RankResponse]:
-    return _Call("/v1/rank", lambda: _body(videos, prompt, options, group=True), RankResponse)
+    return _Call("/v1/rank", videos, prompt, options, True, RankResponse)
 
 
 class _Base:
@@ -124,14 +170,26 @@ class _Base:
         timeout_s: float = 180.0,
         connect_timeout_s: float = 10.0,
         retry: Retry = Retry(),
-        on_retry: OnRetry | None = None,
+        on_retry: Optional[OnRetry] = None,
+        transport: Transport = "multipart",
+        reuse: bool = False,
     ) -> None:
+        """``transport``: how videos travel (binary ``multipart``, or base64 ``json``). ``reuse``: send
+        digests first, uploading only when the server no longer has the scores (``not_cached``)."""
+        if transport not in ("multipart", "json"):
+            raise ValueError(f"transport must be 'multipart' or 'json', not {transport!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self.retry = retry
         self.on_retry = on_retry
+        self.transport: Transport = transport
+        self.reuse = reuse
 
-    def _wait_or_raise(self, failures: int, response: httpx.Response | None, error: Exception | None) -> float:
+    def _forms(self) -> List[Form]:
+        """The bodies to try in turn: digests first when reusing, then the videos themselves."""
+        return ["digest", self.transport] if self.reuse else [self.transport]
+
+    def _wait_or_raise(self, failures: int, response: Optional[httpx.Response], error: Optional[Exception]) -> float:
         """After a failed try: the seconds to wait before the next, or raise when it is final."""
         if response is not None and not self.retry.should_retry(response):
             raise APIError.from_response(response)
@@ -163,7 +221,7 @@ class Client(_Base):
         """Pointwise scores; ``prompt`` is one prompt for every video or one per video."""
         return self._send(_score(videos, prompt, options))
 
-    def compare(self, a: Video, b: Video, prompt: str | None = None, **options: Unpack[Options]) -> CompareResponse:
+    def compare(self, a: Video, b: Video, prompt: Optional[str] = None, **options: Unpack[Options]) -> CompareResponse:
         """P(A>B), P(B>A), P(tie) and the winner, per dimension and overall."""
         return self._send(_compare(a, b, prompt, options))
 
@@ -172,24 +230,37 @@ class Client(_Base):
         return self._send(_rank(videos, prompt, options))
 
     def grpo_advantages(
-        self, videos: Sequence[Video], prompt: str | None = None, **options: Unpack[RankOptions]
+        self, videos: Sequence[Video], prompt: Optional[str] = None, **options: Unpack[RankOptions]
     ) -> GroupAdvantages:
         """Score one GRPO group (the rollouts of one prompt): advantages as arrays, in input order."""
         return GroupAdvantages.from_rank(self.rank(videos, prompt, **options))
 
     def _send(self, call: _Call[R]) -> R:
-        body, failures = call.build(), 0
-        while True:
+        *first, last = self._forms()
+        for form in first:
             try:
-                response = self._http.post(call.path, json=body)
-            except httpx.ConnectError as exc:
+                return self._post(call, form)
+            except APIError as exc:
+                if exc.code != "not_cached":
+                    raise
+        return self._post(call, last)
+
+    def _post(self, call: _Call[R], form: Form) -> R:
+        body, failures = call.build(form), 0
+        try:
+            while True:
+                try:
+                    response = self._http.post(call.path, **body.send_kwargs())
+                except httpx.ConnectError as exc:
+                    failures += 1
+                    time.sleep(self._wait_or_raise(failures, None, exc))
+                    continue
+                if response.is_success:
+                    return call.kind.model_validate_json(response.content)
                 failures += 1
-                time.sleep(self._wait_or_raise(failures, None, exc))
-                continue
-            if response.is_success:
-                return call.kind.model_validate_json(response.content)
-            failures += 1
-            time.sleep(self._wait_or_raise(failures, response, None))
+                time.sleep(self._wait_or_raise(failures, response, None))
+        finally:
+            body.close()
 
 
 class AsyncClient(_Base):
@@ -213,7 +284,7 @@ class AsyncClient(_Base):
         return await self._send(_score(videos, prompt, options))
 
     async def compare(
-        self, a: Video, b: Video, prompt: str | None = None, **options: Unpack[Options]
+        self, a: Video, b: Video, prompt: Optional[str] = None, **options: Unpack[Options]
     ) -> CompareResponse:
         """As ``Client.compare``."""
         return await self._send(_compare(a, b, prompt, options))
@@ -225,21 +296,34 @@ class AsyncClient(_Base):
         return await self._send(_rank(videos, prompt, options))
 
     async def grpo_advantages(
-        self, videos: Sequence[Video], prompt: str | None = None, **options: Unpack[RankOptions]
+        self, videos: Sequence[Video], prompt: Optional[str] = None, **options: Unpack[RankOptions]
     ) -> GroupAdvantages:
         """As ``Client.grpo_advantages``."""
         return GroupAdvantages.from_rank(await self.rank(videos, prompt, **options))
 
     async def _send(self, call: _Call[R]) -> R:
-        body, failures = await asyncio.to_thread(call.build), 0
-        while True:
+        *first, last = self._forms()
+        for form in first:
             try:
-                response = await self._http.post(call.path, json=body)
-            except httpx.ConnectError as exc:
+                return await self._post(call, form)
+            except APIError as exc:
+                if exc.code != "not_cached":
+                    raise
+        return await self._post(call, last)
+
+    async def _post(self, call: _Call[R], form: Form) -> R:
+        body, failures = await asyncio.to_thread(call.build, form), 0
+        try:
+            while True:
+                try:
+                    response = await self._http.post(call.path, **body.send_kwargs())
+                except httpx.ConnectError as exc:
+                    failures += 1
+                    await asyncio.sleep(self._wait_or_raise(failures, None, exc))
+                    continue
+                if response.is_success:
+                    return call.kind.model_validate_json(response.content)
                 failures += 1
-                await asyncio.sleep(self._wait_or_raise(failures, None, exc))
-                continue
-            if response.is_success:
-                return call.kind.model_validate_json(response.content)
-            failures += 1
-            await asyncio.sleep(self._wait_or_raise(failures, response, None))
+                await asyncio.sleep(self._wait_or_raise(failures, response, None))
+        finally:
+            body.close()
