@@ -50,18 +50,23 @@ class RankOptions(Options, total=False):
 
 
 class APIError(Exception):
-    """The service answered with an error: HTTP status plus the body's ``{code, message, item}``."""
+    """The service answered with an error: HTTP status plus the body's ``{code, message, item}``;
+    ``others`` lists the indices of further bad items of the same request."""
 
-    def __init__(self, status: int, code: str, message: str, item: Optional[int] = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, item: Optional[int] = None, others: Sequence[int] = ()
+    ) -> None:
         super().__init__(f"HTTP {status} {code}: {message}" + (f" (item {item})" if item is not None else ""))
         self.status, self.code, self.message, self.item = status, code, message, item
+        self.others = list(others)
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> "APIError":
         try:
             error = response.json()["error"]
-            return cls(response.status_code, error["code"], error["message"], error.get("item"))
-        except (ValueError, KeyError, TypeError):
+            others = [o["item"] for o in error.get("others") or () if o.get("item") is not None]
+            return cls(response.status_code, error["code"], error["message"], error.get("item"), others)
+        except (ValueError, KeyError, TypeError, AttributeError):
             return cls(response.status_code, "http_error", response.text[:500])
 
 
