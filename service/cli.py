@@ -13,6 +13,7 @@ from service.telemetry import configure_logging
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vrs", description="Video reward-model service.")
+    parser.error = _one_line_error  # bad arguments: one line on stderr and exit 2, not argparse's usage dump
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="Run the HTTP gateway (settings from VRS_* environment variables).")
     serve.add_argument("--host", default=None, help="Bind address (default: VRS_HOST or 127.0.0.1).")
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(args.log_level)
         app = create_app(settings)
         uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+
+
+def _one_line_error(message: str) -> None:
+    print(f"vrs: {message} (see vrs --help)", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

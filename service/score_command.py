@@ -189,9 +189,9 @@ async def _score_local(paths: list[Path], args: argparse.Namespace, options: dic
 
     try:
         await engine.start()
-    except Exception as exc:  # e.g. the configured Triton backend cannot start
-        raise Aborted(f"cannot start the {engine.settings.backend} backend: {exc}") from None
-    try:
+        ready, reason = await engine.ready()
+        if not ready:
+            raise Aborted(f"the {engine.settings.backend} backend is not ready: {reason}")
         return await _score_all(paths, args, score_chunk)
     finally:
         await engine.stop()
