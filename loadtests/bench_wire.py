@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -51,10 +51,10 @@ def _reset_peak() -> None:
 def client_run(url: str, form: str) -> dict:
     """One measurement, in this (fresh) process."""
     import httpx
-
-    from tests import videos
     from vrs_client import Client, Frames
     from vrs_client.client import _rank
+
+    from tests import videos
 
     group = [Frames(videos.moving_scene(*SHAPE[:3], speed=1.0 + i), 16) for i in range(GROUP)]
     _reset_peak()  # making the frames had its own temporaries; measure from here
@@ -99,18 +99,23 @@ def main() -> None:
     server = start_server(create_app(Settings(request_timeout_s=600)))
     try:
         runs: dict[str, list[dict]] = {form: [] for form in FORMS}
-        subprocess.run([sys.executable, __file__, "--client", server.url, "warm"], check=True,
-                       capture_output=True)  # warm-up; fills the cache the reuse form reads
+        subprocess.run(
+            [sys.executable, __file__, "--client", server.url, "warm"], check=True, capture_output=True
+        )  # warm-up; fills the cache the reuse form reads
         for _ in range(args.repeats):
             for form in FORMS:
-                done = subprocess.run([sys.executable, __file__, "--client", server.url, form],
-                                      capture_output=True, text=True, check=True)
+                done = subprocess.run(
+                    [sys.executable, __file__, "--client", server.url, form], capture_output=True, text=True, check=True
+                )
                 runs[form].append(json.loads(done.stdout))
                 print(json.dumps(runs[form][-1]), file=sys.stderr)
     finally:
         server.stop()
     summary = {
-        form: {k: statistics.median(r[k] for r in rs) for k in ("bytes", "encode_s", "e2e_s", "client_peak_mib_over_frames")}
+        form: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("bytes", "encode_s", "e2e_s", "client_peak_mib_over_frames")
+        }
         for form, rs in runs.items()
     }
     old = summary["json-base64"]
@@ -128,8 +133,10 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     print(f"{'form':<15} {'MiB sent':>9} {'encode s':>9} {'e2e s':>7} {'peak MiB':>9} {'e2e/json':>9}")
     for form, row in summary.items():
-        print(f"{form:<15} {row['bytes'] / 2**20:9.1f} {row['encode_s']:9.3f} {row['e2e_s']:7.2f} "
-              f"{row['client_peak_mib_over_frames']:9.0f} {row['e2e_vs_json']:9.2f}")
+        print(
+            f"{form:<15} {row['bytes'] / 2**20:9.1f} {row['encode_s']:9.3f} {row['e2e_s']:7.2f} "
+            f"{row['client_peak_mib_over_frames']:9.0f} {row['e2e_vs_json']:9.2f}"
+        )
 
 
 if __name__ == "__main__":

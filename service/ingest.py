@@ -25,11 +25,11 @@ from typing import BinaryIO, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
+from vrs_wire import npy
+from vrs_wire.schemas import NPY_MEDIA_TYPE, CompareRequest, RankRequest, ScoreRequest, VideoRef
 
 from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge
 from service.fetch import UrlFetcher
-from vrs_wire import npy
-from vrs_wire.schemas import NPY_MEDIA_TYPE, CompareRequest, RankRequest, ScoreRequest, VideoRef
 
 WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 
@@ -89,7 +89,9 @@ def parse_json(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
         raise InvalidRequest.from_errors(exc.errors()) from None
 
 
-def parse_form(kind: type[WireRequest], fields: Mapping[str, Sequence[str]], uploads: Mapping[str, Upload]) -> WireRequest:
+def parse_form(
+    kind: type[WireRequest], fields: Mapping[str, Sequence[str]], uploads: Mapping[str, Upload]
+) -> WireRequest:
     """A multipart request: its ``request`` field (the JSON request), or plain fields that apply to
     every file part (``prompt``, ``model`` (repeatable), ``weights`` (JSON), ``preset``,
     ``normalise``, ``cache``, and ``fps`` for ``application/x-npy`` parts)."""

@@ -50,7 +50,9 @@ def client_venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = subprocess.run(
         [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(CLIENT)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert pip.returncode == 0, pip.stderr[-3000:]
     return venv
@@ -67,8 +69,19 @@ def test_the_client_installs_alone_and_scores_without_torch(client_venv, gateway
     (tmp_path / "other.mp4").write_bytes(videos.encode(other))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH: nothing of the repo leaks in
     done = subprocess.run(
-        [str(client_venv / "bin" / "python"), "-c", SCRIPT, gateway.url, str(tmp_path / "clip.npy"), str(tmp_path / "other.mp4")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+        [
+            str(client_venv / "bin" / "python"),
+            "-c",
+            SCRIPT,
+            gateway.url,
+            str(tmp_path / "clip.npy"),
+            str(tmp_path / "other.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -16,14 +16,14 @@ import json
 import httpx
 import numpy as np
 import pytest
+from vrs_client import Client, Frames
+from vrs_wire import npy
+from vrs_wire.schemas import NPY_MEDIA_TYPE
 
 from tests import videos
 from tests.test_api import expected_scores
 from tests.test_bad_input import assert_error
 from tests.videos import unique_clip
-from vrs_client import Client, Frames
-from vrs_wire import npy
-from vrs_wire.schemas import NPY_MEDIA_TYPE
 
 
 def npy_part(array: np.ndarray) -> tuple[str, bytes, str]:
@@ -94,7 +94,9 @@ def test_an_npy_part_gets_the_npy_checks(client):
     assert_error(r, 400, "bad_frames", 1, "truncated")
     no_fps = {"items": [{"video": {"file": "ok"}}]}
     assert_error(multipart(client, dict([ok]), no_fps), 400, "bad_frames", 0, "fps")
-    r = multipart(client, {"ok": ("a.mp4", videos.encode(clip), "video/mp4")}, request | {"items": request["items"][:1]})
+    r = multipart(
+        client, {"ok": ("a.mp4", videos.encode(clip), "video/mp4")}, request | {"items": request["items"][:1]}
+    )
     assert_error(r, 400, "bad_frames", 0, "application/x-npy")  # fps given for a container part
     assert multipart(client, dict([ok]), {"items": request["items"][:1]}).status_code == 200
 

@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Dict, List, Optional, Tuple, Union
+from typing import IO, Any, Optional, Union
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class Frames:
 Video = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Frames]
 """A path, an http(s) URL, container bytes (mp4, webm, ...), a uint8 [T,H,W,3] array (give ``fps``), or Frames."""
 
-Part = Tuple[str, Union[bytes, IO[bytes]], str]  # (file name, content, content type), as httpx takes it
+Part = tuple[str, Union[bytes, IO[bytes]], str]  # (file name, content, content type), as httpx takes it
 
 
 def _is_url(video: Video) -> bool:
@@ -53,7 +53,7 @@ def _frames(video: Video, fps: Optional[float]) -> Optional[Frames]:
     return None
 
 
-def part(video: Video, name: str, fps: Optional[float]) -> Tuple[Dict[str, Any], Optional[Part]]:
+def part(video: Video, name: str, fps: Optional[float]) -> tuple[dict[str, Any], Optional[Part]]:
     """The reference and multipart part of one video (no part for a URL). A path's part is an open
     file, streamed by the HTTP client; the caller closes it."""
     if _is_url(video):
@@ -67,7 +67,7 @@ def part(video: Video, name: str, fps: Optional[float]) -> Tuple[Dict[str, Any],
     return {"file": name}, (path.name, path.open("rb"), "application/octet-stream")
 
 
-def video_ref(video: Video, fps: Optional[float] = None) -> Dict[str, Any]:
+def video_ref(video: Video, fps: Optional[float] = None) -> dict[str, Any]:
     """The JSON form of one video: ``{"url"}``, ``{"data"}`` (base64 container) or ``{"frames", "fps"}``."""
     if _is_url(video):
         return {"url": video}
@@ -80,7 +80,7 @@ def video_ref(video: Video, fps: Optional[float] = None) -> Dict[str, Any]:
     return {"data": base64.b64encode(Path(video).read_bytes()).decode("ascii")}  # type: ignore[arg-type]
 
 
-def digest_ref(video: Video, fps: Optional[float] = None) -> Dict[str, Any]:
+def digest_ref(video: Video, fps: Optional[float] = None) -> dict[str, Any]:
     """The content address of one video (``vrs_wire.npy``'s digests); URLs stay URLs."""
     if _is_url(video):
         return {"url": video}
@@ -96,7 +96,7 @@ def digest_ref(video: Video, fps: Optional[float] = None) -> Dict[str, Any]:
     return {"sha256": h.hexdigest()}
 
 
-def close_parts(parts: List[Tuple[str, Part]]) -> None:
+def close_parts(parts: list[tuple[str, Part]]) -> None:
     for _, (_, content, _) in parts:
         if hasattr(content, "close"):
             content.close()

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from typing import Iterator, Tuple
+from collections.abc import Iterator
+from typing import Tuple
 
 import numpy as np
 
@@ -26,7 +27,7 @@ ALIGN = 64
 CHUNK = 1 << 20
 
 
-def header(shape: Tuple[int, ...]) -> bytes:
+def header(shape: tuple[int, ...]) -> bytes:
     """The .npy v1.0 preamble and header of a C-ordered uint8 array of ``shape``."""
     shape_text = "(" + ", ".join(str(int(n)) for n in shape) + ("," if len(shape) == 1 else "") + ")"
     text = "{'descr': '|u1', 'fortran_order': False, 'shape': " + shape_text + ", }"
