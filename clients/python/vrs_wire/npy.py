@@ -18,7 +18,6 @@ import hashlib
 import io
 import struct
 from collections.abc import Iterator
-from typing import Tuple
 
 import numpy as np
 
