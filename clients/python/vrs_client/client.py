@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Generic, List, Literal, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Generic, Literal, Optional, TypeVar, Union
 
 import httpx
 import numpy as np
@@ -94,10 +94,10 @@ class GroupAdvantages:
 class _Body:
     """One request body: JSON, or multipart (a ``request`` field holding the JSON, plus file parts)."""
 
-    json: Dict[str, Any]
-    parts: List[Tuple[str, Part]] = field(default_factory=list)
+    json: dict[str, Any]
+    parts: list[tuple[str, Part]] = field(default_factory=list)
 
-    def send_kwargs(self) -> Dict[str, Any]:
+    def send_kwargs(self) -> dict[str, Any]:
         if not self.parts:
             return {"json": self.json}
         return {"data": {"request": json.dumps(self.json)}, "files": self.parts}
@@ -127,7 +127,7 @@ class _Call(Generic[R]):
         for key in ("models", "weights"):
             if key in options:
                 options[key] = list(options[key]) if key == "models" else dict(options[key])
-        parts: List[Tuple[str, Part]] = []
+        parts: list[tuple[str, Part]] = []
         refs = []
         for i, video in enumerate(self.videos):
             if form == "json":
@@ -142,7 +142,7 @@ class _Call(Generic[R]):
         return _Body(_json(refs, self.prompt, options, self.group), parts)
 
 
-def _json(refs: List[Dict[str, Any]], prompt: Prompt, options: Dict[str, Any], group: bool) -> Dict[str, Any]:
+def _json(refs: list[dict[str, Any]], prompt: Prompt, options: dict[str, Any], group: bool) -> dict[str, Any]:
     """JSON body: ``items`` for /v1/score, ``videos`` + ``prompt``/``prompts`` for compare and rank."""
     one = prompt is None or isinstance(prompt, str)
     if group:
@@ -190,7 +190,7 @@ class _Base:
         self.transport: Transport = transport
         self.reuse = reuse
 
-    def _forms(self) -> List[Form]:
+    def _forms(self) -> list[Form]:
         """The bodies to try in turn: digests first when reusing, then the videos themselves."""
         return ["digest", self.transport] if self.reuse else [self.transport]
 

@@ -6,7 +6,7 @@ runs on Python >= 3.9: ``Optional[X]``, not ``Optional[X]`` (pydantic evaluates 
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -62,11 +62,11 @@ class ScoringOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: Optional[List[str]] = Field(
+    models: Optional[list[str]] = Field(
         default=None,
         description="Models to score with; default: the models named by `weights` or `preset`, else the default model.",
     )
-    weights: Optional[Dict[str, float]] = Field(
+    weights: Optional[dict[str, float]] = Field(
         default=None,
         description="Weights over `model.dimension` names for `overall`; default: dimensions equally, models equally.",
         examples=[{"signal.sharpness": 2.0, "signal.motion_smoothness": 1.0}],
@@ -91,7 +91,7 @@ class ScoringOptions(BaseModel):
 class ScoreRequest(ScoringOptions):
     items: list[ScoreItem] = Field(min_length=1)
 
-    def videos_with_prompts(self) -> List[Tuple[VideoRef, Optional[str]]]:
+    def videos_with_prompts(self) -> list[tuple[VideoRef, Optional[str]]]:
         return [(item.video, item.prompt) for item in self.items]
 
 
@@ -100,11 +100,11 @@ class GroupRequest(ScoringOptions):
 
     videos: list[VideoRef]
     prompt: Optional[str] = Field(default=None, description="The prompt every video was generated from.")
-    prompts: Optional[List[str]] = Field(default=None, description="Instead of `prompt`: one prompt per video, in order.")
+    prompts: Optional[list[str]] = Field(default=None, description="Instead of `prompt`: one prompt per video, in order.")
 
     @field_validator("prompts")
     @classmethod
-    def _one_prompt_per_video(cls, prompts: Optional[List[str]], info: ValidationInfo) -> Optional[List[str]]:
+    def _one_prompt_per_video(cls, prompts: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
         if prompts is None:
             return None
         if info.data.get("prompt") is not None:
@@ -114,7 +114,7 @@ class GroupRequest(ScoringOptions):
             raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos; give one per video")
         return prompts
 
-    def videos_with_prompts(self) -> List[Tuple[VideoRef, Optional[str]]]:
+    def videos_with_prompts(self) -> list[tuple[VideoRef, Optional[str]]]:
         prompts = self.prompts if self.prompts is not None else [self.prompt] * len(self.videos)
         return list(zip(self.videos, prompts))
 
@@ -194,7 +194,7 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     item: Optional[int] = None
-    others: Optional[List["ErrorDetail"]] = None
+    others: Optional[list["ErrorDetail"]] = None
 
 
 class ErrorResponse(BaseModel):

@@ -8,7 +8,7 @@ evaluates annotations at runtime).
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,7 +23,7 @@ class Dimension(_Frozen):
     name: str
     description: str = ""
     higher_is_better: bool = True
-    range: Optional[Tuple[float, float]] = Field(default=None, description="Closed range of raw scores, if bounded.")
+    range: Optional[tuple[float, float]] = Field(default=None, description="Closed range of raw scores, if bounded.")
     mean: Optional[float] = Field(default=None, description="Population mean used for optional normalisation.")
     std: Optional[float] = Field(default=None, description="Population std used for optional normalisation.")
 
@@ -89,7 +89,7 @@ class ModelSpec(_Frozen):
     name: str
     version: str
     description: str = ""
-    dimensions: Tuple[Dimension, ...]
+    dimensions: tuple[Dimension, ...]
     sampling: FrameSampling
     resolution: Resolution
     needs_prompt: bool = False
