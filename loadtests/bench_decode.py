@@ -9,7 +9,7 @@ For synthetic videos (``tests.videos``) of the design's shapes (T x H x W: 33x24
 - ``service``: ``ingest.EncodedVideo(data)`` then ``decode.sample_frames(video, spec, limits)``
   (index, seek, decode, sample, resize);
 - ``service_b64``: the same after ``ingest.decode_base64`` of the base64 text;
-- ``raw_npy``: ``ingest.parse_frames_npy`` of the frames as ``.npy`` then ``sample_frames``.
+- ``raw_npy``: ``ingest.parse_npy`` of the frames as ``.npy`` then ``sample_frames``.
 
 The spec is ``models.signal.SPEC`` (64 frames, so every frame of a short clip); the long
 clip is also sampled at 2 fps (VideoAlign-like) to show what keyframe seeks save.
@@ -136,7 +136,7 @@ def service_base64(text: str, spec: ModelSpec) -> decode.Clip:
 
 
 def service_npy(data: bytes, spec: ModelSpec) -> decode.Clip:
-    return decode.sample_frames(ingest.parse_frames_npy(data, FPS), spec, LIMITS)
+    return decode.sample_frames(ingest.parse_npy(data, FPS), spec, LIMITS)
 
 
 def row_paths(row: Row) -> dict[str, Callable[[], object]]:

@@ -26,6 +26,8 @@ import site
 from dataclasses import dataclass
 from pathlib import Path
 
+import vrs_wire
+
 from models.registry import LOADABLE, RewardModel
 from models.spec import ModelSpec
 
@@ -61,8 +63,11 @@ class TritonOptions:
 
 
 def default_python_paths() -> tuple[str, ...]:
-    """This checkout's root (the ``models`` package) and this environment's site-packages (torch, numpy)."""
-    return (str(Path(__file__).resolve().parents[1]), *site.getsitepackages())
+    """This checkout's root (the ``models`` package), the wire package's folder (``vrs_wire``, in
+    clients/python: an editable install finds it through a .pth hook the stub does not run) and
+    this environment's site-packages (torch, numpy)."""
+    wire = str(Path(vrs_wire.__file__).resolve().parents[1])
+    return tuple(dict.fromkeys((str(Path(__file__).resolve().parents[1]), wire, *site.getsitepackages())))
 
 
 def forward_path(model: RewardModel) -> str:

@@ -5,27 +5,26 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.placement import CPU, resolve
-from models.registry import RewardModel, builtin_models, load_models
-from service import auth, fetch, ingest, lifecycle, operations
-from service.backends.base import Backend
-from service.backends.inprocess import InProcessBackend
+from models.placement import CPU
+from models.registry import RewardModel
+from service import auth, ingest, lifecycle, operations
+from service.compose import build_engine
 from service.config import Settings
 from service.docs import serve_docs
-from service.engine import Engine, ScoreInput
-from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia, shown
-from service.schemas import (
+from service.engine import Engine
+from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge, UnsupportedMedia, shown
+from service.ingest import ScoreInput, WireRequest
+from service.telemetry import RequestTelemetry
+from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
     ErrorResponse,
@@ -34,33 +33,20 @@ from service.schemas import (
     RankResponse,
     ScoreRequest,
     ScoreResponse,
-    VideoRef,
 )
-from service.telemetry import RequestTelemetry
 
-WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
 
 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
-    """Build the gateway app; the engine starts and stops with the app's lifespan."""
+    """Build the gateway app around ``compose.build_engine(settings, models)``; the engine starts
+    and stops with the app's lifespan."""
     settings = settings or Settings()
-    placement = resolve(settings.device, settings.dtype)  # the server hands each loader its device and dtype
-    if models is None:  # built-ins plus the configured checkpoints (a bad checkpoint stops start-up here)
-        in_process = settings.backend == "inprocess"  # with Triton, the weights live there: read specs only
-        models = builtin_models() | load_models(
-            settings.models, settings.model_dirs, settings.base_model_dirs, weights=in_process, placement=placement
-        )
-    available = models
-    missing = [name for name in settings.models if name not in available]
-    if missing:
-        raise ValueError(f"configured models not available: {missing}; available: {sorted(available)}")
-    loaded = {name: available[name] for name in settings.models}
-    engine = Engine(settings, loaded, _backend(settings, loaded))
+    engine = build_engine(settings, models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -98,7 +84,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _invalid(exc.errors())
+        error = InvalidRequest.from_errors(list(exc.errors()))
+        return JSONResponse({"error": error.to_dict()}, status_code=error.status)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -130,9 +117,10 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         responses=_ERRORS,
         summary="Score videos (pointwise)",
         description=(
-            "JSON body: a ScoreRequest. Or multipart/form-data: video file parts, plus either a `request` "
-            "field holding a ScoreRequest whose videos name parts as `{\"file\": \"<part name>\"}`, or "
-            "plain `prompt` / `model` / `weights` / `preset` / `normalise` fields applying to every file part. "
+            "JSON body: a ScoreRequest. Or multipart/form-data: video file parts (containers, or raw frames "
+            "as `application/x-npy` parts with `fps`), plus either a `request` field holding a ScoreRequest "
+            "whose videos name parts as `{\"file\": \"<part name>\"}`, or plain `prompt` / `model` / "
+            "`weights` / `preset` / `normalise` / `fps` fields applying to every file part. "
             "Any bad item fails the whole request with an error naming the item (and listing the other bad items)."
         ),
         openapi_extra=_request_body("ScoreRequest"),
@@ -183,22 +171,6 @@ def _labelled(request: Request, response):
     return response
 
 
-def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
-    """The configured backend: in-process (default) or a Triton server."""
-    if settings.backend == "triton":
-        from service.backends.triton import TritonBackend  # gRPC client only loads when used
-
-        return TritonBackend(
-            settings.triton_url,
-            list(models),
-            model_names=settings.triton_models,
-            timeout_s=settings.triton_timeout_s,
-            ready_timeout_s=settings.triton_ready_timeout_s,
-            max_inflight=settings.triton_max_inflight,
-        )
-    return InProcessBackend(models, settings.inference_threads, resolve(settings.device, settings.dtype))
-
-
 def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
     """Where each model runs: backend, device and dtype (weight-free models compute in float32 on
     the backend's device); behind Triton the device is Triton's (see its model config)."""
@@ -211,16 +183,6 @@ def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
             where = {"device": str(engine.backend.device), "dtype": "float32"} if weight_free else model.placement.describe()
             out[name] = {"backend": "inprocess", **where, "decode": engine.decode_policy.pixels_id}
     return out
-
-
-def _invalid(errors: list[dict]) -> JSONResponse:
-    """422 naming the first invalid field and, when it is inside an item, that item's index."""
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    loc = [p for p in first.get("loc", ()) if p != "body"]
-    item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
-    where = ".".join(str(p)[:80] for p in loc) or "body"
-    body = {"code": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}", "item": item}
-    return JSONResponse({"error": body}, status_code=422)
 
 
 def _request_body(schema: str) -> dict:
@@ -241,6 +203,7 @@ def _request_body(schema: str) -> dict:
                             "preset": {"type": "string"},
                             "normalise": {"type": "boolean"},
                             "cache": {"type": "string", "enum": ["use", "refresh", "bypass"]},
+                            "fps": {"type": "number", "description": "frame rate of application/x-npy parts"},
                             "video": {"type": "string", "format": "binary"},
                         },
                     }
@@ -253,95 +216,29 @@ def _request_body(schema: str) -> dict:
 async def _read_request(
     request: Request, settings: Settings, kind: type[WireRequest]
 ) -> tuple[WireRequest, list[ScoreInput]]:
-    """Parse a JSON or multipart request of ``kind`` and turn its videos into engine inputs."""
+    """Read a JSON or multipart body; ``ingest`` turns it into the request and its engine inputs."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        body, files = await _read_multipart(request, settings, kind)
-    elif content_type.split(";")[0].strip() in ("application/json", ""):
-        body, files = await _parse(kind, await request.body()), {}
-    else:
-        raise UnsupportedMedia(
-            f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type"
-        )
-    return body, await run_in_threadpool(_to_inputs, body, files, settings)
-
-
-async def _parse(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
-    try:
-        return await run_in_threadpool(kind.model_validate_json, raw)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
-
-
-async def _read_multipart(
-    request: Request, settings: Settings, kind: type[WireRequest]
-) -> tuple[WireRequest, dict[str, bytes]]:
-    """File parts plus either a ``request`` field (the JSON request) or plain fields for every file part."""
-    form = await request.form(max_files=settings.max_items, max_fields=64)
-    files: dict[str, bytes] = {}
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            if value.size is not None and value.size > settings.max_video_bytes:
-                raise TooLarge(f"file part {shown(name)} is {value.size} bytes; the limit is {settings.max_video_bytes}")
-            if name in files:
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        form = await request.form(max_files=settings.max_items, max_fields=64)
+        fields: dict[str, list[str]] = {}
+        uploads: dict[str, ingest.Upload] = {}
+        for name, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                fields.setdefault(name, []).append(value)
+            elif name in uploads:
                 raise BadInput(f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart")
-            files[name] = await value.read()
-    if "request" in form:
-        return await _parse(kind, str(form["request"])), files
-    if not files:
-        raise BadInput("multipart request has no file parts", code="no_items")
-    try:
-        weights = json.loads(str(form["weights"])) if "weights" in form else None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"weights: not JSON: {exc}", code="bad_weights") from None
-    prompt = form.get("prompt")
-    fields = {
-        "models": [str(m) for m in form.getlist("model")] or None,
-        "weights": weights,
-        "preset": form.get("preset"),
-        "normalise": str(form.get("normalise", "false")).lower() in ("1", "true", "yes"),
-        "cache": form.get("cache") or "use",
-    }
-    if kind is ScoreRequest:
-        fields["items"] = [{"video": {"file": name}, "prompt": prompt} for name in files]
-    else:
-        fields |= {"videos": [{"file": name} for name in files], "prompt": prompt}
-    try:
-        return kind.model_validate(fields), files
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
-
-
-def _to_inputs(body: WireRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
-    """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
-    inputs, errors = [], []
-    for i, (video, prompt) in enumerate(body.videos_with_prompts()):
+            else:
+                uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
         try:
-            inputs.append(ScoreInput(source=_to_source(video, files, settings), prompt=prompt))
-        except ServiceError as exc:
-            errors.append(exc.for_item(i))
-    if errors:  # the first bad item answers; `others` lists the rest
-        errors[0].others = errors[1:]
-        raise errors[0]
-    return inputs
-
-
-def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> ingest.VideoSource:
-    limit = settings.max_video_bytes
-    if ref.url is not None:
-        fetch.checked_url(ref.url)  # a malformed URL fails here, with the other ingest errors
-        return ingest.VideoURL(ref.url)
-    if ref.data is not None:
-        return ingest.EncodedVideo(ingest.decode_base64(ref.data, max_bytes=limit, what="data"))
-    if ref.frames is not None:
-        raw = ingest.decode_base64(ref.frames, max_bytes=limit, what="frames")
-        return ingest.parse_frames_npy(raw, ref.fps or 0.0)
-    if ref.file not in files:
-        raise BadInput(f"no file part named {shown(ref.file)} in the upload", code="missing_file")
-    data = files[ref.file]
-    if len(data) > limit:
-        raise TooLarge(f"file part {shown(ref.file)} is {len(data)} bytes; the limit is {limit}")
-    return ingest.EncodedVideo(data)
+            body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads)
+            return body, await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes)
+        finally:
+            await form.close()
+    if media_type in ("application/json", ""):
+        body = await run_in_threadpool(ingest.parse_json, kind, await request.body())
+        return body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes)
+    raise UnsupportedMedia(f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type")
 
 
 def _add_wire_schemas(app: FastAPI) -> None:

@@ -18,7 +18,7 @@ import random
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -27,7 +27,8 @@ from redis.retry import Retry
 
 from models.spec import ModelSpec
 from service.config import Settings
-from service.ingest import EncodedVideo, RawFrames
+from service.ingest import Digest, EncodedVideo, RawFrames
+from vrs_wire import npy
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,18 @@ PREPROCESS_REVISION = 1
 _ENTRY_OVERHEAD = 120  # bytes an L1 entry costs beyond its key and value (dict slot, objects)
 
 
-def content_digest(video: EncodedVideo | RawFrames) -> str:
-    """sha256 of what was sent: container bytes, or raw frames with their shape and fps."""
-    h = hashlib.sha256()
+def content_digest(video: EncodedVideo | RawFrames | Digest) -> str:
+    """The content address a client can compute too (``vrs_wire.npy``): sha256 of the container
+    bytes; for raw frames sha256 of their .npy file, with the frame rate (it decides sampling)."""
     if isinstance(video, EncodedVideo):
-        h.update(b"container\0")
-        h.update(video.data)
-    else:
-        h.update(f"frames\0{video.frames.shape}\0{video.fps!r}\0".encode())
-        h.update(np.ascontiguousarray(video.frames).data)
-    return h.hexdigest()
+        return npy.container_digest(video.data)
+    if isinstance(video, RawFrames):
+        return _address(npy.frames_digest(video.frames), video.fps)
+    return _address(video.sha256, video.fps)
+
+
+def _address(sha256: str, fps: float | None) -> str:
+    return sha256 if fps is None else f"{sha256}@{float(fps)!r}"
 
 
 @functools.cache  # specs are frozen and few; this runs for every (item, model) of every request
@@ -269,6 +272,30 @@ class ScoreCache:
         self.stats: Counter[str] = Counter()
         self.l1 = LRU(settings.cache_l1_entries, settings.cache_l1_bytes)
         self.l2 = RedisStore(settings, self.stats) if settings.redis_url else None
+        self.flights = SingleFlight()
+        self.lock_s = settings.cache_lock_s
+
+    async def claim(self, keys: list[str], single_flight: bool = True) -> Flight:
+        """Claim ``keys`` to compute. With ``single_flight``, keys another call in this process is
+        computing are followed rather than claimed, and with Redis a short lock per key (SET NX PX,
+        ``cache_lock_s``) leaves keys another replica holds to that replica. Without it (a refresh)
+        every key is this call's, and nobody waits on it."""
+        keys = list(dict.fromkeys(keys))
+        if not single_flight:
+            return Flight(self, keys)
+        local, led = {}, []
+        for key in keys:
+            future = self.flights.lead_or_follow(key)
+            if future is None:
+                led.append(key)
+            else:
+                local[key] = future
+        mine, remote = led, []
+        if led and self.l2 is not None and self.lock_s > 0:
+            held = await self.l2.lock_many(led, self.lock_s)
+            mine = [k for k, h in zip(led, held) if h]
+            remote = [k for k, h in zip(led, held) if not h]
+        return Flight(self, mine, led=led, local=local, remote=remote)
 
     async def close(self) -> None:
         if self.l2 is not None:
@@ -299,7 +326,60 @@ class ScoreCache:
             await self.l2.put_many(entries)
 
 
-class InFlight:
+class Flight:
+    """One call's claim on the keys it must compute (``ScoreCache.claim``).
+
+    ``mine``: compute these, then ``publish`` them. The rest are led elsewhere, by another call in
+    this process or (with Redis) another replica; ``others`` waits for their values. A key missing
+    from ``others``' answer had a leader that failed or was slow: compute and publish it too.
+    ``release`` (always, in a ``finally``) hands this call's followers what it has (None for what it
+    has not: they compute themselves) and drops its Redis locks.
+    """
+
+    def __init__(
+        self,
+        cache: "ScoreCache",
+        mine: list[str],
+        *,
+        led: Sequence[str] = (),
+        local: dict[str, asyncio.Future[bytes | None]] | None = None,
+        remote: Sequence[str] = (),
+    ) -> None:
+        self.mine = mine
+        self._cache = cache
+        self._led = list(led)  # keys this call leads in this process: mine, and those another replica holds
+        self._local = local or {}
+        self._remote = list(remote)
+        self._values: dict[str, bytes] = {}
+
+    async def others(self) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        if self._remote and self._cache.l2 is not None:
+            found |= await self._cache.l2.wait_for(self._remote, self._cache.lock_s)
+            self._values |= found
+        for key, future in self._local.items():
+            value = await asyncio.shield(future)  # our own timeout must not cancel the leader's future
+            if value is not None:
+                found[key] = value
+        return found
+
+    async def publish(self, values: dict[str, bytes]) -> None:
+        """Store computed values (L1 and L2); this process's followers get theirs at ``release``."""
+        self._values |= values
+        await self._cache.put_many(values)
+        for key in values:
+            if key in self._led:
+                self._cache.flights.finish(key, values[key])
+
+    async def release(self) -> None:
+        for key in self._led:
+            self._cache.flights.finish(key, self._values.get(key))
+        locked = [k for k in self.mine if k in self._led]
+        if locked and self._cache.l2 is not None and self._cache.lock_s > 0:
+            await self._cache.l2.unlock_many(locked)
+
+
+class SingleFlight:
     """Identical work in progress in this process: the first caller leads, later ones wait for
     its result. A leader that fails resolves with None, and its followers compute themselves."""
 

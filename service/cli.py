@@ -11,6 +11,7 @@ from service.telemetry import configure_logging
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vrs", description="Video reward-model service.")
+    parser.error = _one_line_error  # bad arguments: one line on stderr and exit 2, not argparse's usage dump
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(args.log_level)
         app = create_app(settings)
         lifecycle.serve(app, settings.host, settings.port)
+
+
+def _one_line_error(message: str) -> None:
+    print(f"vrs: {message} (see vrs --help)", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

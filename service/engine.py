@@ -21,20 +21,14 @@ from service import cache, decode, ingest, nvdec
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import BadInput, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable, shown
+from service.errors import BadInput, NotCached, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
+from service.ingest import ScoreInput
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ScoreInput:
-    """One video to score, with its prompt (if the models want one)."""
-
-    source: ingest.VideoSource
-    prompt: str | None = None
-
+__all__ = ["CacheMode", "Engine", "ItemResult", "ScoreInput"]
 
 CacheMode = Literal["use", "refresh", "bypass"]
 """``use``: serve hits, store misses; ``refresh``: recompute and store; ``bypass``: neither read nor write."""
@@ -49,6 +43,22 @@ class ItemResult:
 
 
 Pair = tuple[int, int]  # (item index, model index) within one call
+Video = ingest.EncodedVideo | ingest.RawFrames | ingest.Digest
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One ``Engine.score`` call as it goes: its items and models, their videos after ingest, and the
+    cache key of every (item, model) pair."""
+
+    items: list[ScoreInput]
+    specs: list[ModelSpec]
+    videos: list[Video]
+    keys: dict[Pair, str]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [(i, m) for i in range(len(self.items)) for m in range(len(self.specs))]
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,6 @@ class Engine:
         self.models = models
         self.backend = backend
         self.cache = cache.ScoreCache(settings)
-        self.inflight = cache.InFlight()
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.decode_policy = nvdec.DecodePolicy(settings.decode, backend.device, settings.nvdec_min_pixels)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
@@ -157,72 +166,49 @@ class Engine:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed."""
         with self.metrics.stage("ingest"):
             videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
-        pairs = [(i, m) for i in range(len(items)) for m in range(len(specs))]
+        digests = [i for i, v in enumerate(videos) if isinstance(v, ingest.Digest)]
+        if digests and mode != "use":
+            raise BadInput(f"a sha256 reference is scored from the cache only; cache {mode!r} needs the video",
+                           item=digests[0], code="bad_input")
+        call = _Call(items, specs, videos, await self._keys(videos, items, specs))
         if mode == "bypass":
-            return _results(len(items), specs, await self._compute(videos, items, specs, pairs), cached=set())
+            return _results(call, await self._compute(call, call.pairs), cached=set())
 
         with self.metrics.stage("cache"):
-            keys = await self._keys(videos, items, specs)
             known: dict[Pair, np.ndarray] = {}
             if mode == "use":
-                known = _decode_found(await self.cache.get_many([keys[p] for p in pairs]), pairs, keys, specs)
-        cached = set(known)
-        led: list[Pair] = []
-        followed: list[tuple[Pair, asyncio.Future[bytes | None]]] = []
-        for p in pairs:
-            if p in known:
-                continue
-            leader = self.inflight.lead_or_follow(keys[p]) if mode == "use" else None
-            if leader is None:
-                led.append(p)
-            else:
-                followed.append((p, leader))
-
-        computed, from_peers = await self._lead(videos, items, specs, keys, led, mode)
-        known |= computed | from_peers
-        cached |= set(from_peers)
-
-        shared = {p: await asyncio.shield(leader) for p, leader in followed}
-        joined = _decode_found({keys[p]: v for p, v in shared.items() if v is not None}, list(shared), keys, specs)
-        known |= joined
-        if leftover := [p for p in shared if p not in joined]:  # their leader failed for reasons of its own
-            extra = await self._compute(videos, items, specs, leftover)
-            await self.cache.put_many({keys[p]: cache.encode_scores(v) for p, v in extra.items()})
-            known |= extra
-        return _results(len(items), specs, known, cached)
-
-    async def _lead(
-        self, videos, items, specs, keys: dict[Pair, str], led: list[Pair], mode: CacheMode
-    ) -> tuple[dict[Pair, np.ndarray], dict[Pair, np.ndarray]]:
-        """Compute the pairs this call leads, store them, and hand them to in-process followers.
-
-        With Redis, a short lock per key (SET NX PX) first: keys another replica holds are
-        awaited from Redis instead of computed twice. Returns (computed here, from other replicas).
-        """
-        l2 = self.cache.l2 if mode == "use" and self.settings.cache_lock_s > 0 and led else None
-        mine, theirs = led, []
-        waited: dict[str, bytes] = {}
-        published: dict[str, bytes] = {}
+                known = _decode_found(await self.cache.get_many([call.keys[p] for p in call.pairs]), call.pairs, call)
+        _check_cached(call, digests, known)
+        missing = [p for p in call.pairs if p not in known]
+        first: dict[str, Pair] = {}  # one pair per distinct key: equal videos in one call are computed once
+        for p in missing:
+            first.setdefault(call.keys[p], p)
+        flight = await self.cache.claim(list(first), single_flight=mode == "use")
         try:
-            if l2 is not None:
-                held = await l2.lock_many([keys[p] for p in led], self.settings.cache_lock_s)
-                mine = [p for p, h in zip(led, held) if h]
-                theirs = [p for p, h in zip(led, held) if not h]
-            wait = l2.wait_for([keys[p] for p in theirs], self.settings.cache_lock_s) if theirs else _nothing()
-            computed, waited = await asyncio.gather(self._compute(videos, items, specs, mine), wait)
-            from_peers = _decode_found(waited, theirs, keys, specs)
-            if missing := [p for p in theirs if p not in from_peers]:  # that replica failed or was slow
-                computed |= await self._compute(videos, items, specs, missing)
-            published = {keys[p]: cache.encode_scores(v) for p, v in computed.items()}
-            await self.cache.put_many(published)
-        finally:
-            for p in led if mode == "use" else ():  # only "use" calls registered as leaders
-                self.inflight.finish(keys[p], published.get(keys[p]) or waited.get(keys[p]))
-            if l2 is not None and mine:
-                await l2.unlock_many([keys[p] for p in mine])
-        return computed, from_peers
+            claimed = set(flight.mine)
+            mine = [p for key, p in first.items() if key in claimed]
 
-    async def _compute(self, videos, items, specs, pairs: list[Pair]) -> dict[Pair, np.ndarray]:
+            async def lead() -> dict[Pair, np.ndarray]:
+                computed = await self._compute(call, mine)
+                await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in computed.items()})
+                return computed
+
+            computed, found = await asyncio.gather(lead(), flight.others())
+            theirs = [p for key, p in first.items() if key not in claimed]
+            from_others = _decode_found(found, theirs, call)
+            if leftover := [p for p in theirs if p not in from_others]:  # their leader failed or was slow
+                extra = await self._compute(call, leftover)
+                await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in extra.items()})
+                computed |= extra
+        finally:
+            await flight.release()
+        by_key = {call.keys[p]: v for p, v in (computed | from_others).items()}
+        elsewhere = {call.keys[p] for p in from_others}
+        scores = known | {p: by_key[call.keys[p]] for p in missing}
+        cached = set(known) | {p for p in missing if call.keys[p] in elsewhere}
+        return _results(call, scores, cached)
+
+    async def _compute(self, call: _Call, pairs: list[Pair]) -> dict[Pair, np.ndarray]:
         """Decode each item once for all the models it still needs, then run those models."""
         needs: dict[int, list[int]] = defaultdict(list)
         for i, m in pairs:
@@ -233,8 +219,8 @@ class Engine:
         async def prepare(i: int) -> list[decode.Clip]:
             try:
                 with self.metrics.stage("decode"):
-                    wanted = [specs[m] for m in needs[i]]
-                    return await _in_pool(self._decode_pool, _sample, videos[i], wanted, self.limits, self.decode_policy)
+                    wanted = [call.specs[m] for m in needs[i]]
+                    return await _in_pool(self._decode_pool, _sample, call.videos[i], wanted, self.limits, self.decode_policy)
             except ServiceError as exc:
                 raise exc.for_item(i)
 
@@ -244,7 +230,10 @@ class Engine:
         jobs = [(i, m, clip) for i, item_clips in zip(needs, clips) for m, clip in zip(needs[i], item_clips)]
         self.stats["inferences"] += len(jobs)
         values = await asyncio.gather(
-            *(self.batchers[specs[m].name].submit(_Job(clip.frames, items[i].prompt or "")) for i, m, clip in jobs)
+            *(
+                self.batchers[call.specs[m].name].submit(_Job(clip.frames, call.items[i].prompt or ""))
+                for i, m, clip in jobs
+            )
         )
         return {(i, m): value for (i, m, _), value in zip(jobs, values)}
 
@@ -254,13 +243,13 @@ class Engine:
         for wait in waits:
             queue.observe(wait)
 
-    async def _ingest(self, index: int, item: ScoreInput) -> ingest.EncodedVideo | ingest.RawFrames:
+    async def _ingest(self, index: int, item: ScoreInput) -> Video:
         try:
             return await ingest.resolve(item.source, self._fetcher)
         except ServiceError as exc:
             raise exc.for_item(index)
 
-    async def _keys(self, videos, items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
+    async def _keys(self, videos: list[Video], items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
         """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop."""
         digests = await asyncio.gather(*(_in_pool(self._decode_pool, cache.content_digest, v) for v in videos))
         pixels = self.decode_policy.pixels_id
@@ -285,22 +274,32 @@ class Engine:
         return out  # type: ignore[return-value]
 
 
-def _decode_found(found: dict[str, bytes], pairs: list[Pair], keys: dict[Pair, str], specs: list[ModelSpec]) -> dict[Pair, np.ndarray]:
+def _decode_found(found: dict[str, bytes], pairs: list[Pair], call: _Call) -> dict[Pair, np.ndarray]:
     """Scores of the pairs whose key is in ``found`` with a value of the right width."""
     out = {}
     for p in pairs:
-        raw = found.get(keys[p])
-        scores = cache.decode_scores(raw, len(specs[p[1]].dimensions)) if raw is not None else None
+        raw = found.get(call.keys[p])
+        scores = cache.decode_scores(raw, len(call.specs[p[1]].dimensions)) if raw is not None else None
         if scores is not None:
             out[p] = scores
     return out
 
 
-def _results(n_items: int, specs: list[ModelSpec], scores: dict[Pair, np.ndarray], cached: set[Pair]) -> list[ItemResult]:
-    results = [ItemResult(scores={}, cached={}) for _ in range(n_items)]
+def _check_cached(call: _Call, digests: list[int], known: dict[Pair, np.ndarray]) -> None:
+    """Items sent by digest must be fully cached: else ``not_cached`` naming them (the client resends)."""
+    gone = [i for i in digests if any((i, m) not in known for m in range(len(call.specs)))]
+    if gone:
+        errors = [NotCached(f"no cached scores for sha256 {call.videos[i].sha256}; send the video", item=i) for i in gone]
+        errors[0].others = errors[1:]
+        raise errors[0]
+
+
+def _results(call: _Call, scores: dict[Pair, np.ndarray], cached: set[Pair]) -> list[ItemResult]:
+    """Per item: each model's scores; ``cached`` where this call did not compute them."""
+    results = [ItemResult(scores={}, cached={}) for _ in call.items]
     for (i, m), value in sorted(scores.items()):
-        results[i].scores[specs[m].name] = value
-        results[i].cached[specs[m].name] = (i, m) in cached
+        results[i].scores[call.specs[m].name] = value
+        results[i].cached[call.specs[m].name] = (i, m) in cached
     return results
 
 
@@ -320,10 +319,6 @@ async def _all_or_nothing(awaitables) -> list:
 def _in_pool(pool: ThreadPoolExecutor, fn, *args):
     """Run ``fn`` in ``pool`` with this task's context variables (the request id reaches its log lines)."""
     return asyncio.get_running_loop().run_in_executor(pool, partial(contextvars.copy_context().run, fn, *args))
-
-
-async def _nothing() -> dict:
-    return {}
 
 
 def _sample(video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy) -> list[decode.Clip]:

@@ -68,3 +68,24 @@ class BackendUnavailable(ServiceError):
 
 class Timeout(ServiceError):
     status, code = 504, "timeout"
+
+
+class NotCached(ServiceError):
+    """A ``{"sha256"}`` reference whose scores are no longer cached: the client sends the video."""
+
+    status, code = 404, "not_cached"
+
+
+class InvalidRequest(ServiceError):
+    """The request does not match its schema; the message names the first invalid field."""
+
+    status, code = 422, "invalid_request"
+
+    @classmethod
+    def from_errors(cls, errors: list[dict]) -> "InvalidRequest":
+        """From pydantic's error list: the first error's field path, and its item index when inside one."""
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        loc = [p for p in first.get("loc", ()) if p != "body"]
+        item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
+        where = ".".join(str(p)[:80] for p in loc) or "body"
+        return cls(f"{where}: {first.get('msg', 'invalid')}", item=item)

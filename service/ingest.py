@@ -1,7 +1,16 @@
-"""Ingest: turn what a client sent into an encoded video (container bytes) or raw frames.
+"""Ingest: what a client sent -> the engine's inputs. Every wire form of a video ends here.
 
-The four wire forms (multipart file, base64 container, base64 .npy frames, URL) all end as
-one of two things that decoding understands: ``EncodedVideo`` or ``RawFrames``.
+The HTTP layer hands over the parsed request body (JSON text, or a multipart form's fields and
+file parts); this module validates it into a wire request and turns each of its video references
+into a ``VideoSource``:
+
+- ``{"data"}`` base64 container, multipart container part -> ``EncodedVideo``
+- ``{"frames", "fps"}`` base64 .npy, multipart ``application/x-npy`` part + ``fps`` -> ``RawFrames``
+- ``{"url"}`` -> ``VideoURL`` (fetched by ``resolve``, in the engine, under its limits)
+- ``{"sha256"}`` -> ``Digest`` (scored from the cache only; the engine answers ``not_cached`` else)
+
+``.npy`` frames are checked from their header (no pickle, uint8 [T, H, W, 3], C order, size under
+the limit) before anything is allocated; a binary part is then read straight into the one array.
 """
 
 from __future__ import annotations
@@ -9,12 +18,20 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
 
 import numpy as np
+from pydantic import ValidationError
+from vrs_wire import npy
+from vrs_wire.schemas import NPY_MEDIA_TYPE, CompareRequest, RankRequest, ScoreRequest, VideoRef
 
-from service.errors import BadInput, TooLarge
-from service.fetch import UrlFetcher
+from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge, shown
+from service.fetch import UrlFetcher, checked_url
+
+WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,119 @@ class VideoURL:
     url: str
 
 
-VideoSource = EncodedVideo | RawFrames | VideoURL
+@dataclass(frozen=True)
+class Digest:
+    """A video sent before, by content address (``vrs_wire.npy``); ``fps`` set for raw frames."""
+
+    sha256: str
+    fps: float | None = None
+
+
+VideoSource = EncodedVideo | RawFrames | VideoURL | Digest
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """One video to score, with its prompt (if the models want one)."""
+
+    source: VideoSource
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A multipart file part: its content type and the (spooled) file holding its bytes."""
+
+    content_type: str
+    file: BinaryIO
+    size: int | None = None
+
+
+def parse_json(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
+    try:
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidRequest.from_errors(exc.errors()) from None
+
+
+def parse_form(
+    kind: type[WireRequest], fields: Mapping[str, Sequence[str]], uploads: Mapping[str, Upload]
+) -> WireRequest:
+    """A multipart request: its ``request`` field (the JSON request), or plain fields that apply to
+    every file part (``prompt``, ``model`` (repeatable), ``weights`` (JSON), ``preset``,
+    ``normalise``, ``cache``, and ``fps`` for ``application/x-npy`` parts)."""
+    first = {name: values[0] for name, values in fields.items() if values}
+    if "request" in first:
+        return parse_json(kind, first["request"])
+    if not uploads:
+        raise BadInput("multipart request has no file parts", code="no_items")
+    try:
+        weights = json.loads(first["weights"]) if "weights" in first else None
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"weights: not JSON: {exc}", code="bad_weights") from None
+    fps = first.get("fps")
+    refs = [{"file": name, **({"fps": fps} if fps and _is_npy(u) else {})} for name, u in uploads.items()]
+    prompt = first.get("prompt")
+    request = {
+        "models": list(fields.get("model", ())) or None,
+        "weights": weights,
+        "preset": first.get("preset"),
+        "normalise": first.get("normalise", "false").lower() in ("1", "true", "yes"),
+        "cache": first.get("cache") or "use",
+    }
+    if kind is ScoreRequest:
+        request["items"] = [{"video": ref, "prompt": prompt} for ref in refs]
+    else:
+        request |= {"videos": refs, "prompt": prompt}
+    try:
+        return kind.model_validate(request)
+    except ValidationError as exc:
+        raise InvalidRequest.from_errors(exc.errors()) from None
+
+
+def to_inputs(body: WireRequest, uploads: Mapping[str, Upload], max_bytes: int) -> list[ScoreInput]:
+    """The request's videos as engine inputs; an error names the item it came from."""
+    inputs, errors = [], []
+    for i, (video, prompt) in enumerate(body.videos_with_prompts()):
+        try:
+            inputs.append(ScoreInput(source=to_source(video, uploads, max_bytes), prompt=prompt))
+        except ServiceError as exc:
+            errors.append(exc.for_item(i))
+    if errors:  # the first bad item answers; `others` lists the rest
+        errors[0].others = errors[1:]
+        raise errors[0]
+    return inputs
+
+
+def to_source(ref: VideoRef, uploads: Mapping[str, Upload], max_bytes: int) -> VideoSource:
+    """One wire video reference -> a source (base64 and .npy are decoded here, URLs are not fetched)."""
+    if ref.url is not None:
+        checked_url(ref.url)  # a malformed URL fails here, with the other ingest errors
+        return VideoURL(ref.url)
+    if ref.sha256 is not None:
+        return Digest(ref.sha256, ref.fps)
+    if ref.data is not None:
+        return EncodedVideo(decode_base64(ref.data, max_bytes=max_bytes, what="data"))
+    if ref.frames is not None:
+        return parse_npy(decode_base64(ref.frames, max_bytes=max_bytes, what="frames"), ref.fps, max_bytes=max_bytes)
+    upload = uploads.get(ref.file)  # type: ignore[arg-type]
+    if upload is None:
+        raise BadInput(f"no file part named {shown(ref.file)} in the upload", code="missing_file")
+    if _is_npy(upload):
+        return parse_npy(upload.file, ref.fps, max_bytes=max_bytes, what=f"file part {shown(ref.file)}")
+    if ref.fps is not None:
+        raise BadInput(f"fps is for raw frames; send file part {shown(ref.file)} as {NPY_MEDIA_TYPE}", code="bad_frames")
+    if upload.size is not None and upload.size > max_bytes:
+        raise TooLarge(f"file part {shown(ref.file)} is {upload.size} bytes; the limit is {max_bytes}")
+    upload.file.seek(0)
+    data = upload.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"file part {shown(ref.file)} is larger than the limit of {max_bytes} bytes")
+    return EncodedVideo(data)
+
+
+def _is_npy(upload: Upload) -> bool:
+    return upload.content_type.split(";")[0].strip().lower() == NPY_MEDIA_TYPE
 
 
 def decode_base64(text: str, *, max_bytes: int, what: str) -> bytes:
@@ -52,26 +181,58 @@ def decode_base64(text: str, *, max_bytes: int, what: str) -> bytes:
         raise BadInput(f"{what} is not valid base64: {exc}", code="bad_base64") from exc
 
 
-def parse_frames_npy(data: bytes, fps: float) -> RawFrames:
-    """Parse a ``.npy`` holding uint8 [T, H, W, 3] frames; refuse anything else."""
+def parse_npy(
+    source: bytes | BinaryIO, fps: float | None, *, max_bytes: int | None = None, what: str = "frames"
+) -> RawFrames:
+    """A ``.npy`` holding uint8 [T, H, W, 3] frames, from bytes (viewed in place, not copied) or a
+    file (read into one new array). The header is checked before any allocation."""
+    f = io.BytesIO(source) if isinstance(source, bytes) else source
+    f.seek(0)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # numpy raises ValueError / EOFError / OSError for malformed files
-        raise BadInput(f"frames are not a readable .npy array: {exc}", code="bad_frames") from exc
-    if not isinstance(array, np.ndarray):
-        raise BadInput("frames must be a single .npy array, not an archive", code="bad_frames")
-    if array.dtype != np.uint8:
-        raise BadInput(f"frames must have dtype uint8, got {array.dtype}", code="bad_frames")
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise BadInput(f"frames must have shape [T, H, W, 3], got {list(array.shape)}", code="bad_frames")
-    if 0 in array.shape:
-        raise BadInput(f"frames are empty: shape {list(array.shape)}", code="no_frames")
-    if not fps > 0:
-        raise BadInput(f"fps must be positive, got {fps}", code="bad_frames")
-    return RawFrames(frames=array, fps=float(fps))
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran_order, dtype = read_header[version](f)
+    except Exception as exc:  # numpy raises ValueError / EOFError / OSError / SyntaxError for bad headers
+        raise BadInput(f"{what} are not a readable .npy array: {exc}", code="bad_frames") from None
+    if dtype != np.uint8 or dtype.hasobject:
+        raise BadInput(f"{what} must have dtype uint8, got {dtype}", code="bad_frames")
+    if len(shape) != 4 or shape[-1] != 3:
+        raise BadInput(f"{what} must have shape [T, H, W, 3], got {list(shape)}", code="bad_frames")
+    if fortran_order:
+        raise BadInput(f"{what} must be C-ordered (np.save of a C-contiguous array)", code="bad_frames")
+    if 0 in shape:
+        raise BadInput(f"{what} are empty: shape {list(shape)}", code="no_frames")
+    if fps is None or not fps > 0:
+        raise BadInput(f"{what} need a positive fps, got {fps}", code="bad_frames")
+    size = int(np.prod(shape, dtype=np.int64))
+    if max_bytes is not None and size > max_bytes:
+        raise TooLarge(f"{what}: {list(shape)} is {size} bytes of frames; the limit is {max_bytes}")
+    if isinstance(source, bytes):
+        if len(source) - f.tell() < size:
+            raise BadInput(f"{what} are truncated: {len(source) - f.tell()} of {size} bytes", code="bad_frames")
+        frames = np.frombuffer(source, dtype=np.uint8, count=size, offset=f.tell()).reshape(shape)
+    else:
+        frames = np.empty(shape, dtype=np.uint8)
+        got = _read_into(f, memoryview(frames).cast("B"))
+        if got < size:
+            raise BadInput(f"{what} are truncated: {got} of {size} bytes", code="bad_frames")
+    return RawFrames(frames=frames, fps=float(fps))
 
 
-async def resolve(source: VideoSource, fetcher: UrlFetcher) -> EncodedVideo | RawFrames:
+def _read_into(f: BinaryIO, out: memoryview) -> int:
+    done = 0
+    while done < out.nbytes:
+        chunk = f.read(min(npy.CHUNK, out.nbytes - done))
+        if not chunk:
+            break
+        out[done : done + len(chunk)] = chunk
+        done += len(chunk)
+    return done
+
+
+async def resolve(source: VideoSource, fetcher: UrlFetcher) -> EncodedVideo | RawFrames | Digest:
     """Fetch URL sources; pass the others through."""
     if isinstance(source, VideoURL):
         return EncodedVideo(await fetcher.fetch(source.url))

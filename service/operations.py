@@ -14,7 +14,7 @@ from models.spec import ModelSpec, Pairwise
 from service import pairwise, ranking, scoring
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput, Unprocessable, shown
-from service.schemas import (
+from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
     GroupRequest,

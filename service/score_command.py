@@ -1,5 +1,10 @@
 """``vrs score``: score video files or folders against a running server or in-process, with a progress
-bar; print a table, or write JSON / CSV."""
+bar; print a table, or write JSON / CSV.
+
+For evaluation jobs: a video that cannot be read or that the service refuses is reported on stderr
+by its path and the others are still scored (exit status 1 says some failed); ``--fail-fast``
+stops at the first failure instead and writes nothing. Exit status 2: bad arguments.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +18,32 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
+from pydantic import ValidationError
 from tqdm import tqdm
 
-from models.registry import builtin_models
 from service import operations
-from service.backends.inprocess import InProcessBackend
-from service.config import Settings
-from service.engine import Engine, ScoreInput
+from service.compose import build_engine
 from service.errors import ServiceError
-from service.ingest import EncodedVideo
-from service.schemas import ItemScore, ScoreRequest, ScoreResponse
+from service.ingest import EncodedVideo, ScoreInput
 from vrs_client import APIError, AsyncClient
+from vrs_wire.schemas import ItemScore, ScoreRequest, ScoreResponse, ScoringOptions
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif", ".ts", ".flv", ".ogv", ".mpg", ".mpeg"}
 )
-ScoreChunk = Callable[[list[Path]], Awaitable[ScoreResponse]]
+ScoreChunk = Callable[[list[bytes]], Awaitable[ScoreResponse]]
+
+
+class Failed(Exception):
+    """Videos of a chunk the service refused one by one: their indices in the chunk and why."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        super().__init__(f"{len(reasons)} videos refused")
+        self.reasons = reasons
+
+
+class Aborted(Exception):
+    """The run cannot go on (the service refused the request as a whole, or --fail-fast)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,35 +60,66 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_path", default=None, metavar="FILE", help="Write JSON ('-': stdout).")
     p.add_argument("--csv", dest="csv_path", default=None, metavar="FILE", help="Write CSV ('-': stdout).")
     p.add_argument("--batch-size", type=int, default=8, help="Videos per request (default %(default)s).")
+    p.add_argument("--fail-fast", action="store_true", help="Stop at the first video that fails; write nothing.")
+    p.error = lambda message: _usage_error(message)  # one line on stderr, exit 2 (not argparse's usage dump)
+
+
+def _usage_error(message: str) -> None:
+    print(f"vrs score: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 scored, 1 the service refused (message on stderr)."""
+    """Exit status: 0 every video scored; 1 some failed or the service refused (messages on stderr);
+    2 bad arguments."""
     try:
+        options = _options(args)
         paths = find_videos(args.paths)
-        options = {
-            "models": args.models,
-            "weights": parse_weights(args.weights) if args.weights else None,
-            "preset": args.preset,
-            "normalise": args.normalise,
-        }
     except ValueError as exc:
         print(f"vrs score: {exc}", file=sys.stderr)
         return 2
     score = _score_local if args.local else _score_remote
     try:
-        header, rows = asyncio.run(score(paths, args, options))
-    except (ServiceError, APIError, httpx.HTTPError, OSError) as exc:  # refused, unreachable, unreadable
+        header, rows, failures = asyncio.run(score(paths, args, options))
+    except Aborted as exc:
         print(f"vrs score: {exc}", file=sys.stderr)
         return 1
-    report = {"models": header["models"], "weights": header["weights"], "results": rows}
-    if args.json_path:
-        _write(args.json_path, lambda f: json.dump(report, f, indent=2))
-    if args.csv_path:
-        _write(args.csv_path, lambda f: write_csv(rows, f))
-    if "-" not in (args.json_path, args.csv_path):
-        print(table(rows))
+    for path, reason in failures.items():
+        print(f"vrs score: {path}: {reason}", file=sys.stderr)
+    if rows:
+        report = {"models": header["models"], "weights": header["weights"], "results": rows}
+        if args.json_path:
+            _write(args.json_path, lambda f: json.dump(report, f, indent=2))
+        if args.csv_path:
+            _write(args.csv_path, lambda f: write_csv(rows, f))
+        if "-" not in (args.json_path, args.csv_path):
+            print(table(rows))
+    if failures:
+        print(f"vrs score: {len(failures)} of {len(paths)} videos failed", file=sys.stderr)
+        return 1
     return 0
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The scoring options, checked as the wire checks them (ValueError with one line)."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.json_path == "-" and args.csv_path == "-":
+        raise ValueError("--json - and --csv - both write to stdout; give one of them a file")
+    if args.weights and args.preset:
+        raise ValueError("give --weights or --preset, not both")
+    options = {
+        "models": args.models,
+        "weights": parse_weights(args.weights) if args.weights else None,
+        "preset": args.preset,
+        "normalise": args.normalise,
+    }
+    try:
+        ScoringOptions.model_validate(options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, first['loc'])) or 'options'}: {first['msg']}") from None
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def find_videos(paths: list[str]) -> list[Path]:
@@ -108,41 +154,87 @@ def parse_weights(text: str) -> dict[str, float]:
         raise ValueError(f"--weights: expected model.dim=w,... or JSON, got {text!r}") from None
 
 
-async def _score_remote(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict]]:
-    given = {k: v for k, v in options.items() if v is not None}
+async def _score_remote(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict], dict]:
     async with AsyncClient(args.server) as client:
-        return await _score_all(paths, args.batch_size, lambda chunk: client.score(chunk, args.prompt, **given))
+
+        async def score_chunk(chunk: list[bytes]) -> ScoreResponse:
+            try:
+                return await client.score(chunk, args.prompt, **options)
+            except APIError as exc:
+                if exc.item is None:
+                    raise Aborted(str(exc)) from None
+                raise Failed({i: str(exc) if i == exc.item else "refused" for i in [exc.item, *exc.others]}) from None
+            except httpx.HTTPError as exc:
+                raise Aborted(f"cannot reach the server at {args.server}: {exc!r}") from None
+
+        return await _score_all(paths, args, score_chunk)
 
 
-async def _score_local(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict]]:
-    settings = Settings()
-    available = builtin_models()
-    models = {name: available[name] for name in settings.models if name in available}
-    engine = Engine(settings, models, InProcessBackend(models, settings.inference_threads))
-
-    async def score_chunk(chunk: list[Path]) -> ScoreResponse:
-        body = ScoreRequest(items=[{"video": {"file": str(p)}, "prompt": args.prompt} for p in chunk], **options)
-        data = await asyncio.gather(*(asyncio.to_thread(p.read_bytes) for p in chunk))
-        return await operations.score(engine, body, [ScoreInput(EncodedVideo(d), args.prompt) for d in data])
-
-    await engine.start()
+async def _score_local(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict], dict]:
+    """In this process, with the engine ``vrs serve`` would build from the same VRS_* settings."""
     try:
-        return await _score_all(paths, args.batch_size, score_chunk)
+        engine = build_engine()
+    except (ValueError, OSError) as exc:  # a configured model that is not there, an unreadable checkpoint
+        raise Aborted(f"cannot build the engine from VRS_* settings: {exc}") from None
+
+    async def score_chunk(chunk: list[bytes]) -> ScoreResponse:
+        body = ScoreRequest(items=[{"video": {"file": str(i)}, "prompt": args.prompt} for i in range(len(chunk))],
+                            **options)
+        try:
+            return await operations.score(engine, body, [ScoreInput(EncodedVideo(d), args.prompt) for d in chunk])
+        except ServiceError as exc:
+            if exc.item is None:
+                raise Aborted(exc.message) from None
+            raise Failed({e.item: f"{e.code}: {e.message}" for e in [exc, *exc.others] if e.item is not None}) from None
+
+    try:
+        await engine.start()
+        ready, reason = await engine.ready()
+        if not ready:
+            raise Aborted(f"the {engine.settings.backend} backend is not ready: {reason}")
+        return await _score_all(paths, args, score_chunk)
     finally:
         await engine.stop()
 
 
-async def _score_all(paths: list[Path], batch_size: int, score_chunk: ScoreChunk) -> tuple[dict, list[dict]]:
-    """Score in chunks of ``batch_size`` with a progress bar on stderr; rows carry each video's path."""
+async def _score_all(
+    paths: list[Path], args: argparse.Namespace, score_chunk: ScoreChunk
+) -> tuple[dict, list[dict], dict[str, str]]:
+    """Score in chunks of ``--batch-size`` with a progress bar on stderr; rows carry each video's path.
+    Unreadable and refused videos go to the failures by path; the rest of their chunk is scored again."""
     rows: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
     header: dict[str, Any] = {}
     with tqdm(total=len(paths), unit="video", file=sys.stderr, desc="scoring") as bar:
-        for chunk in _chunks(paths, max(1, batch_size)):
-            response = await score_chunk(chunk)
-            header = {"models": [m.model_dump() for m in response.models], "weights": response.weights}
-            rows += [_row(path, item) for path, item in zip(chunk, response.results, strict=True)]
+        for chunk in _chunks(paths, args.batch_size):
+            readable: list[tuple[Path, bytes]] = []
+            for path, data in zip(chunk, await asyncio.gather(*(_read(p) for p in chunk))):
+                if isinstance(data, OSError):
+                    failures[str(path)] = f"cannot read: {data.strerror or data}"
+                else:
+                    readable.append((path, data))
+            while readable and not (failures and args.fail_fast):
+                try:
+                    response = await score_chunk([data for _, data in readable])
+                except Failed as exc:
+                    failures |= {str(readable[i][0]): reason for i, reason in exc.reasons.items()}
+                    readable = [r for i, r in enumerate(readable) if i not in exc.reasons]
+                    continue
+                header = {"models": [m.model_dump() for m in response.models], "weights": response.weights}
+                rows += [_row(path, item) for (path, _), item in zip(readable, response.results)]
+                break
+            if failures and args.fail_fast:
+                path, reason = next(iter(failures.items()))
+                raise Aborted(f"{path}: {reason} (--fail-fast: nothing written)")
             bar.update(len(chunk))
-    return header, rows
+    return header, rows, failures
+
+
+async def _read(path: Path) -> bytes | OSError:
+    try:
+        return await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        return exc
 
 
 def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:

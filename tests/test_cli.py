@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests import videos
+from tests.conftest import free_port
 from vrs_client import Client
 
 VRS = str(Path(sys.executable).with_name("vrs"))
 
 
-def vrs(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VRS_")}
-    return subprocess.run([VRS, "score", *args], capture_output=True, text=True, timeout=300, env=env)
+def vrs(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VRS_")} | (env or {})
+    return subprocess.run([VRS, "score", *args], capture_output=True, text=True, timeout=300, env=clean)
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,57 @@ def test_errors_exit_nonzero_with_a_message(scoring_gateway, folder, tmp_path):
     assert empty.returncode == 2 and "no videos found" in empty.stderr
     bad_weights = vrs(str(folder), "--local", "--weights", "signal.sharpness")
     assert bad_weights.returncode == 2 and "--weights" in bad_weights.stderr
+
+
+def test_failed_videos_are_reported_by_path_and_the_rest_scored(scoring_gateway, folder, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a-clean.mp4").write_bytes((folder / "clean.mp4").read_bytes())
+    (bad / "b-corrupt.mp4").write_bytes(b"\x00not a video" * 100)
+    (bad / "c-unreadable.mp4").symlink_to("/proc/self/mem")  # a file whose read fails (EIO), even as root
+    (bad / "d-dark.mp4").write_bytes((folder / "dark.MP4").read_bytes())
+    for where in (["--server", scoring_gateway.url], ["--local"]):
+        done = vrs(str(bad), *where, "--json", str(tmp_path / "out.json"))
+        assert done.returncode == 1, done.stderr
+        report = json.loads((tmp_path / "out.json").read_text())
+        assert [Path(r["path"]).name for r in report["results"]] == ["a-clean.mp4", "d-dark.mp4"]
+        assert f"{bad / 'b-corrupt.mp4'}: " in done.stderr and "unsupported_media" in done.stderr
+        assert f"{bad / 'c-unreadable.mp4'}: cannot read" in done.stderr
+        assert "2 of 4 videos failed" in done.stderr
+        fast = vrs(str(bad), *where, "--fail-fast", "--json", str(tmp_path / "fast.json"))
+        assert fast.returncode == 1 and "--fail-fast" in fast.stderr
+        assert not (tmp_path / "fast.json").exists()
+
+
+def test_an_unreachable_server_is_named(folder):
+    url = f"http://127.0.0.1:{free_port()}"
+    done = vrs(str(folder / "clean.mp4"), "--server", url)
+    assert done.returncode == 1 and f"cannot reach the server at {url}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--local", "--server", "http://x"], "not allowed with argument"),
+        (["--weights", "signal.sharpness=1", "--preset", "signal-spatial"], "not both"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--json", "-", "--csv", "-"], "stdout"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_argument_combinations_exit_2_with_one_line(folder, args, fragment):
+    done = vrs(str(folder / "clean.mp4"), *args)
+    assert done.returncode == 2 and fragment in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_local_honours_the_configured_models_and_backend(folder, tiny_dirs):
+    env = {"VRS_MODELS": '["signal", "clip-segmental"]', "VRS_MODEL_DIRS": json.dumps({"clip-segmental": str(tiny_dirs["clip"])})}
+    done = vrs(str(folder / "clean.mp4"), "--local", "--model", "clip-segmental", "--prompt", "a scene", "--json", "-", env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [m["name"] for m in report["models"]] == ["clip-segmental"]
+    assert all(k.startswith("clip-segmental.") for k in report["results"][0]["scores"])
+    triton = f"127.0.0.1:{free_port()}"  # nothing listens there: the command must try Triton, not torch
+    done = vrs(str(folder / "clean.mp4"), "--local", env={"VRS_BACKEND": "triton", "VRS_TRITON_URL": triton})
+    assert done.returncode == 1 and "triton backend is not ready" in done.stderr and triton in done.stderr

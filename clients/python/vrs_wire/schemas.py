@@ -1,12 +1,21 @@
-"""Wire types of the HTTP API (pydantic v2)."""
+"""Wire types of the HTTP API (pydantic v2): requests, responses, the error shape.
+
+Shared by the server and the client (``vrs-client``), so it imports nothing but pydantic and
+runs on Python >= 3.9: ``Optional[X]``, not ``Optional[X]`` (pydantic evaluates annotations).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from models.spec import ModelSpec
+from vrs_wire.spec import ModelSpec
+
+
+SOURCES = ("url", "data", "frames", "file", "sha256")
+NPY_MEDIA_TYPE = "application/x-npy"
+"""Content type of a multipart part holding raw frames as a .npy file (uint8 [T, H, W, 3])."""
 
 # Requests: JSON types as written (no "2" for 2, no "true" for true) and only finite numbers.
 _WIRE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -14,23 +23,33 @@ _WIRE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 class VideoRef(BaseModel):
     """Exactly one of: ``url``; ``data`` (base64 container); ``frames`` (base64 .npy uint8
-    [T,H,W,3]) with ``fps``; ``file`` (name of a multipart part)."""
+    [T,H,W,3]) with ``fps``; ``file`` (name of a multipart part: a container, or with ``fps`` and
+    part type ``application/x-npy`` raw frames); ``sha256`` (a video sent before: its digest, see
+    ``vrs_wire.digest``; with ``fps`` for raw frames), scored only if its scores are still cached."""
 
     model_config = _WIRE
 
-    url: str | None = Field(default=None, examples=["https://example.com/rollout.mp4"])
-    data: str | None = Field(default=None, description="Base64 of a video container (mp4, webm, mkv, ...).")
-    frames: str | None = Field(default=None, description="Base64 of a .npy file holding uint8 [T, H, W, 3].")
-    fps: float | None = Field(default=None, gt=0, description="Frame rate of `frames`.")
-    file: str | None = Field(default=None, description="Multipart only: the name of the file part.")
+    url: Optional[str] = Field(default=None, examples=["https://example.com/rollout.mp4"])
+    data: Optional[str] = Field(default=None, description="Base64 of a video container (mp4, webm, mkv, ...).")
+    frames: Optional[str] = Field(default=None, description="Base64 of a .npy file holding uint8 [T, H, W, 3].")
+    fps: Optional[float] = Field(default=None, gt=0, description="Frame rate of raw frames (`frames`, npy parts).")
+    file: Optional[str] = Field(default=None, description="Multipart only: the name of the file part.")
+    sha256: Optional[str] = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="Digest of a video sent before (container bytes, or the frames' .npy with `fps`); "
+        "404 `not_cached` when its scores are no longer cached.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> "VideoRef":
-        given = [k for k in ("url", "data", "frames", "file") if getattr(self, k) is not None]
+        given = [k for k in SOURCES if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of url, data, frames, file (got {given or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(SOURCES)} (got {given or 'none'})")
         if self.frames is not None and self.fps is None:
             raise ValueError("frames need fps")
+        if self.fps is not None and given[0] in ("url", "data"):
+            raise ValueError(f"fps is for raw frames, not {given[0]}")
         return self
 
 
@@ -38,7 +57,7 @@ class ScoreItem(BaseModel):
     model_config = _WIRE
 
     video: VideoRef
-    prompt: str | None = Field(default=None, description="Text prompt the video was generated from.")
+    prompt: Optional[str] = Field(default=None, description="Text prompt the video was generated from.")
 
 
 class ScoringOptions(BaseModel):
@@ -46,16 +65,16 @@ class ScoringOptions(BaseModel):
 
     model_config = _WIRE
 
-    models: list[str] | None = Field(
+    models: Optional[list[str]] = Field(
         default=None,
         description="Models to score with; default: the models named by `weights` or `preset`, else the default model.",
     )
-    weights: dict[str, float] | None = Field(
+    weights: Optional[dict[str, float]] = Field(
         default=None,
         description="Weights over `model.dimension` names for `overall`; default: dimensions equally, models equally.",
         examples=[{"signal.sharpness": 2.0, "signal.motion_smoothness": 1.0}],
     )
-    preset: str | None = Field(default=None, description="A named weight preset from configuration (or `weights`).")
+    preset: Optional[str] = Field(default=None, description="A named weight preset from configuration (or `weights`).")
     normalise: bool = Field(
         default=False,
         description="Report `(score - mean) / std` per dimension with the model's statistics (400 if it has none).",
@@ -66,7 +85,7 @@ class ScoringOptions(BaseModel):
 
     @field_validator("preset")
     @classmethod
-    def _weights_or_preset(cls, preset: str | None, info: ValidationInfo) -> str | None:
+    def _weights_or_preset(cls, preset: Optional[str], info: ValidationInfo) -> Optional[str]:
         if preset is not None and info.data.get("weights") is not None:
             raise ValueError("give weights or preset, not both")
         return preset
@@ -75,7 +94,7 @@ class ScoringOptions(BaseModel):
 class ScoreRequest(ScoringOptions):
     items: list[ScoreItem] = Field(min_length=1)
 
-    def videos_with_prompts(self) -> list[tuple[VideoRef, str | None]]:
+    def videos_with_prompts(self) -> list[tuple[VideoRef, Optional[str]]]:
         return [(item.video, item.prompt) for item in self.items]
 
 
@@ -83,12 +102,12 @@ class GroupRequest(ScoringOptions):
     """Videos scored against one prompt (or one prompt per video)."""
 
     videos: list[VideoRef]
-    prompt: str | None = Field(default=None, description="The prompt every video was generated from.")
-    prompts: list[str] | None = Field(default=None, description="Instead of `prompt`: one prompt per video, in order.")
+    prompt: Optional[str] = Field(default=None, description="The prompt every video was generated from.")
+    prompts: Optional[list[str]] = Field(default=None, description="Instead of `prompt`: one prompt per video, in order.")
 
     @field_validator("prompts")
     @classmethod
-    def _one_prompt_per_video(cls, prompts: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    def _one_prompt_per_video(cls, prompts: Optional[list[str]], info: ValidationInfo) -> Optional[list[str]]:
         if prompts is None:
             return None
         if info.data.get("prompt") is not None:
@@ -98,9 +117,9 @@ class GroupRequest(ScoringOptions):
             raise ValueError(f"{len(prompts)} prompts for {len(videos)} videos; give one per video")
         return prompts
 
-    def videos_with_prompts(self) -> list[tuple[VideoRef, str | None]]:
+    def videos_with_prompts(self) -> list[tuple[VideoRef, Optional[str]]]:
         prompts = self.prompts if self.prompts is not None else [self.prompt] * len(self.videos)
-        return list(zip(self.videos, prompts, strict=True))
+        return list(zip(self.videos, prompts))
 
 
 class CompareRequest(GroupRequest):
@@ -109,7 +128,7 @@ class CompareRequest(GroupRequest):
 
 class RankRequest(GroupRequest):
     videos: list[VideoRef] = Field(min_length=2, description="The group: best-of-N candidates or GRPO rollouts.")
-    top_k: int | None = Field(default=None, ge=1, description="Length of `ranking` (1..number of videos); default all.")
+    top_k: Optional[int] = Field(default=None, ge=1, description="Length of `ranking` (1..number of videos); default all.")
     advantage_eps: float = Field(default=1e-4, ge=0, description="`eps` in `(r - mean) / (std + eps)`.")
     advantage_std: Literal["sample", "population"] = Field(
         default="sample", description="`sample`: std over n - 1 (torch, TRL); `population`: over n (numpy, Flow-GRPO)."
@@ -117,7 +136,7 @@ class RankRequest(GroupRequest):
 
     @field_validator("top_k")
     @classmethod
-    def _top_k_within_group(cls, top_k: int | None, info: ValidationInfo) -> int | None:
+    def _top_k_within_group(cls, top_k: Optional[int], info: ValidationInfo) -> Optional[int]:
         videos = info.data.get("videos")
         if top_k is not None and videos is not None and top_k > len(videos):
             raise ValueError(f"top_k {top_k} is more than the {len(videos)} videos")
@@ -180,8 +199,8 @@ class ModelsResponse(BaseModel):
 class ErrorDetail(BaseModel):
     code: str
     message: str
-    item: int | None = None
-    others: list["ErrorDetail"] | None = None
+    item: Optional[int] = None
+    others: Optional[list["ErrorDetail"]] = None
 
 
 class ErrorResponse(BaseModel):
