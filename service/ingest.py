@@ -104,7 +104,7 @@ def parse_form(
         weights = json.loads(first["weights"]) if "weights" in first else None
     except json.JSONDecodeError as exc:
         raise BadInput(f"weights: not JSON: {exc}", code="bad_weights") from None
-    fps = first.get("fps")
+    fps = _number(first.get("fps"))  # form fields are text; the wire types are strict
     refs = [{"file": name, **({"fps": fps} if fps and _is_npy(u) else {})} for name, u in uploads.items()]
     prompt = first.get("prompt")
     request = {
@@ -122,6 +122,14 @@ def parse_form(
         return kind.model_validate(request)
     except ValidationError as exc:
         raise InvalidRequest.from_errors(exc.errors()) from None
+
+
+def _number(text: str | None) -> float | str | None:
+    """A form field as a float when it reads as one; otherwise as given, for validation to name it."""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return text
 
 
 def to_inputs(body: WireRequest, uploads: Mapping[str, Upload], max_bytes: int) -> list[ScoreInput]:
