@@ -114,4 +114,9 @@ def test_client_sources_are_python_3_9(path):
     source = path.read_text()
     tree = ast.parse(source, feature_version=(3, 9))  # no match, no parenthesised context managers...
     assert _pipe_annotations(tree) == [], f"{path}: X | Y evaluated at runtime fails on Python 3.9"
-    assert "strict=True" not in source, "zip(strict=...) is Python 3.10"
+    zips = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "zip" and any(k.arg == "strict" for k in n.keywords)
+    ]
+    assert zips == [], f"{path}: zip(strict=...) is Python 3.10"
