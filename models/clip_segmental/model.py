@@ -81,6 +81,19 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
     )
 
 
+def crop_pixels(frames: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, s, s]: CLIP's bicubic resize of the short side to s,
+    centre crop and normalisation (the image tower's input, also the compiled variant's pre step)."""
+    x = frames.permute(0, 3, 1, 2).float()
+    h, w = x.shape[2:]
+    s = image_size
+    size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
+    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
+    top, left = (size[0] - s) // 2, (size[1] - s) // 2
+    x = x[:, :, top : top + s, left : left + s] / 255.0
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
 @dataclass
 class ClipSegmental:
     model: torch.nn.Module  # CLIPModel
@@ -113,14 +126,7 @@ class ClipSegmental:
 
     def image_embeddings(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> normalised [N, D]: CLIP's resize (short side) + centre crop + normalise."""
-        x = frames.permute(0, 3, 1, 2).float()
-        h, w = x.shape[2:]
-        s = self.image_size
-        size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
-        top, left = (size[0] - s) // 2, (size[1] - s) // 2
-        x = x[:, :, top : top + s, left : left + s] / 255.0
-        x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+        x = crop_pixels(frames, self.image_size, self.mean, self.std)
         return F.normalize(self.model.get_image_features(pixel_values=x).pooler_output.float(), dim=-1)
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -130,13 +136,15 @@ class ClipSegmental:
         real = torch.cat([frames[b, :n] for b, n in enumerate(counts)]).to(device)
         images = self.image_embeddings(real).split(counts)
         texts = self.text_embeddings(prompts)
-        rows = []
-        for b, image in enumerate(images):
-            row = [reward.segmental(image, texts[b], self.config.lam), reward.temporal_consistency(image)]
-            if self.projection is not None:
-                row.append(reward.goal_baseline(image, self.goal, self.projection).mean())
-            rows.append(torch.stack(row))
+        rows = [self.scores(image, texts[b]) for b, image in enumerate(images)]
         return torch.stack(rows).float().cpu()
+
+    def scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The reward row [K] of one video from its frame embeddings [S, D] and prompt embedding [D]."""
+        row = [reward.segmental(image, text, self.config.lam), reward.temporal_consistency(image)]
+        if self.projection is not None:
+            row.append(reward.goal_baseline(image, self.goal, self.projection).mean())
+        return torch.stack(row)
 
 
 def read_spec(directory: Path) -> ModelSpec:
