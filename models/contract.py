@@ -89,15 +89,19 @@ def scores(spec: ModelSpec) -> Tensor:
     return Tensor(SCORES, "FP32", (len(spec.dimensions),))
 
 
+def gateway_inputs(variant: Variant, needs_prompt: bool) -> tuple[Tensor, ...]:
+    """What the gateway sends a Triton model of ``variant`` (a python model always takes PROMPT;
+    a model without text ignores it)."""
+    if variant == "python":
+        return (*_frames(), Tensor(PROMPT, "BYTES", (1,)))
+    if needs_prompt:
+        return (*_frames(), Tensor(INPUT_IDS, "INT64", (-1,)), Tensor(ATTENTION_MASK, "INT64", (-1,)))
+    return _frames()
+
+
 def gateway_contract(spec: ModelSpec, variant: Variant) -> Contract:
     """What the gateway sends to (and gets from) the Triton model ``spec.name`` in ``variant``."""
-    if variant == "python":  # every python model takes PROMPT (a model without text ignores it)
-        text: tuple[Tensor, ...] = (Tensor(PROMPT, "BYTES", (1,)),)
-    elif spec.needs_prompt:
-        text = (Tensor(INPUT_IDS, "INT64", (-1,)), Tensor(ATTENTION_MASK, "INT64", (-1,)))
-    else:
-        text = ()
-    return Contract(inputs=(*_frames(), *text), outputs=(scores(spec),))
+    return Contract(inputs=gateway_inputs(variant, spec.needs_prompt), outputs=(scores(spec),))
 
 
 # --- the compiled parts of each model family ----------------------------------------------------

@@ -176,7 +176,7 @@ def _labelled(request: Request, response):
 def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
     """The configured backend: in-process (default) or a Triton server."""
     if settings.backend == "triton":
-        from service.backends.triton import TritonBackend  # gRPC client only loads when used
+        from service.backends.triton import TritonBackend, triton_contracts  # gRPC client only loads when used
 
         return TritonBackend(
             settings.triton_url,
@@ -185,8 +185,12 @@ def _backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
             timeout_s=settings.triton_timeout_s,
             ready_timeout_s=settings.triton_ready_timeout_s,
             max_inflight=settings.triton_max_inflight,
+            contracts=triton_contracts(settings, {n: m.spec for n, m in models.items()}),
+            transport=settings.triton_transport,
         )
-    return InProcessBackend(models, settings.inference_threads)
+    if settings.compile == "tensorrt":
+        raise ValueError("VRS_COMPILE=tensorrt serves engines from Triton: set VRS_BACKEND=triton")
+    return InProcessBackend(models, settings.inference_threads, compile=settings.compile, max_batch_size=settings.max_batch_size)
 
 
 def _invalid(errors: list[dict]) -> JSONResponse:

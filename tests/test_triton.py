@@ -36,12 +36,9 @@ from models.registry import ModelLoadError, RewardModel, builtin_models, load_mo
 from models.triton_repo import (
     TritonOptions,
     forward_path,
-    frames_profile,
     python_config,
-    tensorrt_config,
     warmup_shape,
     write_python_repo,
-    write_tensorrt_repo,
 )
 from service import triton_command
 from service.api import create_app
@@ -188,30 +185,6 @@ def test_python_repo_layout(tmp_path: Path):
     compile(model_py, "model.py", "exec")
     assert np.frombuffer((repo / "signal" / "warmup" / "num_frames").read_bytes(), dtype="<i4").tolist() == [4]
     assert list(parse((repo / "signal" / "config.pbtxt").read_text()).version_policy.specific.versions) == [3]
-
-
-def test_tensorrt_config_is_ready_for_engines(tmp_path: Path):
-    repo = write_tensorrt_repo(tmp_path, {"signal": SIGNAL})
-    assert (repo / "signal" / "1").is_dir()
-    config = parse((repo / "signal" / "config.pbtxt").read_text())
-    assert config.platform == "tensorrt_plan" and not config.backend
-    assert config.max_batch_size == signal_model.SPEC.batching.max_batch_size
-    assert [i.name for i in config.input] == ["FRAMES", "NUM_FRAMES"]  # no strings in TensorRT
-    assert list(config.input[0].dims) == [-1, -1, -1, 3]  # T, H, W dynamic: one optimisation profile
-    assert list(config.output[0].dims) == [K]
-    assert config.dynamic_batching.default_queue_policy.max_queue_size == TritonOptions.max_queue_size
-    (group,) = config.instance_group
-    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and list(group.profile) == ["0"]
-
-    profile = frames_profile(signal_model.SPEC)
-    r = signal_model.SPEC.resolution
-    for shape in (profile.min, profile.opt, profile.max):
-        assert shape[-1] == 3 and shape[2] % r.size_factor == 0 and shape[3] % r.size_factor == 0
-    assert all(lo <= mid <= hi for lo, mid, hi in zip(profile.min, profile.opt, profile.max))
-    assert profile.max[0] == config.max_batch_size and profile.max[1] == signal_model.SPEC.sampling.max_frames
-    assert profile.opt[2] * profile.opt[3] <= r.max_pixels
-    assert profile.min[2] * profile.max[3] <= r.max_pixels  # the thinnest allowed frame fits
-    assert f"max {list(profile.max)}" in tensorrt_config(SIGNAL)
 
 
 def _local_forward(frames, num_frames, prompts):

@@ -18,9 +18,13 @@ class InProcessBackend:
 
     max_concurrent_batches = 1  # one inference thread; a second batch would only wait for it
 
-    def __init__(self, models: dict[str, RewardModel], threads: int = 0) -> None:
+    def __init__(
+        self, models: dict[str, RewardModel], threads: int = 0, compile: str = "none", max_batch_size: int | None = None
+    ) -> None:
         self._models = models
         self._threads = threads
+        self._compile = compile  # VRS_COMPILE: "inductor" compiles and warms up every batch size at start
+        self._max_batch_size = max_batch_size
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -28,6 +32,13 @@ class InProcessBackend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         if self._threads > 0:
             await asyncio.get_running_loop().run_in_executor(self._executor, torch.set_num_threads, self._threads)
+        if self._compile != "none":  # compiled and warmed up on the inference thread, which then runs them
+            from models.compile import prepare
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._models = await asyncio.get_running_loop().run_in_executor(
+                self._executor, prepare, self._models, self._compile, device, self._max_batch_size
+            )
 
     async def close(self) -> None:
         if self._executor is not None:
