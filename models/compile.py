@@ -5,8 +5,8 @@
   and in Triton's python backend. On CUDA it uses ``mode="reduce-overhead"`` (CUDA graphs: one
   graph per input shape, replayed), on CPU the default mode. ``warm_up`` runs every batch size
   1..max_batch_size once on the smallest clip the spec allows, before the first request, so no
-  request pays for compilation or graph capture at that shape; the first call per new frame size
-  still compiles (shapes become dynamic after the first recompile, so that is rare).
+  request pays for compilation or graph capture at those shapes; it then runs one more, longer and wider clip, so the frame axes are compiled as dynamic during warm-up
+  too and a new frame size does not recompile (on CUDA it records one more graph).
 - ``tensorrt``: engines in Triton (models/export.py, models/tensorrt_build.py); the gateway sends
   the plan contract (token ids, no strings). Not a torch mode: in-process serving refuses it.
 """
@@ -35,13 +35,19 @@ def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, se
     of the smallest shape the spec allows; returns the batch sizes run."""
     from models.triton_repo import warmup_shape
 
-    frames, side = warmup_shape(model.spec)
-    sizes = list(batch_sizes or range(1, model.spec.batching.max_batch_size + 1))
+    spec = model.spec
+    frames, side = warmup_shape(spec)
+    sizes = list(batch_sizes or range(1, spec.batching.max_batch_size + 1))
+    # A second clip, longer and wider: the frame axes then recompile once as dynamic here, not on
+    # the first request of a new size.
+    factor = max(spec.resolution.size_factor, 1)
+    longer = min(frames + max(spec.sampling.multiple_of, 1), spec.sampling.max_frames)
+    wider = side + factor if (side + factor) * side <= spec.resolution.max_pixels else side
     rng = np.random.default_rng(seed)
-    for b in sizes:
-        clip = torch.from_numpy(rng.integers(0, 256, (b, frames, side, side, 3), dtype=np.uint8))
+    for b, (t, h, w) in [*((b, (frames, side, side)) for b in sizes), (sizes[-1], (longer, side, wider))]:
+        clip = torch.from_numpy(rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8))
         with torch.inference_mode():
-            model.forward(clip, torch.full((b,), frames, dtype=torch.int32), [WARMUP_PROMPT] * b)
+            model.forward(clip, torch.full((b,), t, dtype=torch.int32), [WARMUP_PROMPT] * b)
     return sizes
 
 

@@ -666,3 +666,33 @@ def test_a_gateway_in_front_of_triton_reads_only_the_checkpoints_specs(checkpoin
     assert spec.model_copy(update={"version": reference.version}) == reference  # the directory name aside
     with pytest.raises(ModelLoadError):
         load_model("videoalign", hollow, checkpoints.base_model_dirs)
+
+
+# --- shared-memory transport ------------------------------------------------------------------
+
+
+async def test_system_shared_memory_transport_scores_equal_grpc_bytes(triton_gateway, triton):
+    """VRS_TRITON_TRANSPORT=system_shm: frames reach Triton through registered POSIX shared memory,
+    one region per in-flight batch, reused; scores equal those of frames sent in the gRPC message."""
+    shm_gateway = start_server(triton_gateway_app(triton.grpc_url, triton_transport="system_shm"))
+    try:
+        backend = shm_gateway.app.state.engine.backend
+        async with httpx.AsyncClient(timeout=120) as client:
+            bodies = [{"items": workload()}, {"items": workload()[:2]}]  # two batches: regions are reused
+            for body in bodies:
+                plain, shared = await asyncio.gather(
+                    client.post(f"{triton_gateway.url}/v1/score", json=body), client.post(f"{shm_gateway.url}/v1/score", json=body)
+                )
+                assert plain.status_code == shared.status_code == 200, (plain.text, shared.text)
+                for a, b in zip(plain.json()["results"], shared.json()["results"], strict=True):
+                    assert b["scores"] == pytest.approx(a["scores"], abs=1e-6)
+        with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+            status = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        regions = [r for r in backend._regions._queue if r.size]
+        assert regions and {r.name for r in regions} <= set(status), status  # registered with Triton, still there
+        assert len(regions) <= backend.max_concurrent_batches
+    finally:
+        shm_gateway.stop()
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        status = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    assert not {r.name for r in regions} & set(status)  # unregistered when the gateway stopped
