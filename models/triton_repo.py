@@ -289,10 +289,11 @@ def tensorrt_configs(model: RewardModel, options: TritonOptions = TritonOptions(
     - ``signal``: one plan, the whole forward, under the model's own name;
     - ``clip-segmental``: an ensemble under the model's name: ``.pre`` (python: crop) -> ``.image`` and
       ``.text`` (plans) -> ``.post`` (python: reward formulas);
-    - ``videoalign``: refused. Its vision tower exports and builds (``videoalign.vision``), but the
-      language model (~90% of the parameters and FLOPs) stays in torch, and a python step over
-      the rest would be the python-backend model with one tower swapped: serve videoalign with
-      the python variant and VRS_COMPILE=inductor.
+    - ``videoalign``: refused. Its vision tower exports and builds (``videoalign.vision``: 30% of
+      Qwen2-VL-2B's parameters, ~65% of the FLOPs of a 16-frame 448 px clip), but the language
+      model stays in torch (README "Compiled models"), and a python step around one plan would be
+      the python-backend model with one tower swapped: serve videoalign with the python variant
+      and VRS_COMPILE=inductor.
     """
     spec = model.spec
     parts = _parts(model)
