@@ -61,6 +61,7 @@ def qwen2vl(smoke: bool):
         vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16)
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=151936 if not smoke else 1024, max_position_embeddings=32768,
+                         bos_token_id=None if smoke else 151643, eos_token_id=None if smoke else 151645,
                          rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24] if not smoke else [2, 3, 3],
                                           "rope_theta": 1e6}, **text),
         vision_config=dict(mlp_ratio=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, **vision),

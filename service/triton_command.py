@@ -39,6 +39,10 @@ def add_parser(sub) -> None:
         help="python: the models' torch forwards (VRS_COMPILE=inductor compiles them); tensorrt: TensorRT plans "
         "from `vrs compile engine` (the gateway then needs VRS_COMPILE=tensorrt).",
     )  # fmt: skip
+    triton.add_argument(
+        "--write-only", action="store_true",
+        help="Generate the repository and exit (for a tritonserver started otherwise, e.g. NVIDIA's image).",
+    )  # fmt: skip
     triton.add_argument("--verbose", action="store_true", help="Triton's verbose log.")
 
 
@@ -96,6 +100,9 @@ def run(args: argparse.Namespace) -> None:
     from service.triton_server import LocalTriton
 
     repo = write_repo(args)  # the models loaded for their specs are released before Triton loads them
+    if getattr(args, "write_only", False):
+        print(f"Triton repository written: {repo}", flush=True)
+        return
     server = LocalTriton(
         repo, args.grpc_port, args.http_port, args.metrics_port, host=args.host, verbose=args.verbose, inherit_output=True
     )

@@ -21,6 +21,7 @@ from models import signal as signal_model
 from models.clip_segmental.model import crop_pixels
 from models.registry import builtin_models, load_model
 from models.tokens import tokeniser
+from models.triton_steps import load_step
 from models.videoalign.model import video_patches
 from tests import videos
 from tests.tiny_checkpoints import BASE_ID
@@ -94,11 +95,18 @@ def test_clip_towers_and_the_compiled_pipeline_equal_the_torch_forward(onnx_dir:
     (got_texts,) = text.run(None, {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask})
     np.testing.assert_allclose(got_texts, expected_texts, atol=1e-4, rtol=0)
 
-    # pre (crop) -> towers -> post (reward formulas) equals the forward the python backend runs.
-    compiled = torch.stack([scorer.scores(torch.from_numpy(got_images[b]), torch.from_numpy(got_texts[b])) for b in range(2)])
+    # The ensemble's steps, as Triton's python model runs them (models/triton_steps.py), around the
+    # ONNX towers: pre (crop) -> towers -> post (reward formulas) equals the python-backend forward.
+    pre = load_step({"step": "clip-segmental.pre", "model_dir": str(tiny_dirs["clip"])})
+    post = load_step({"step": "clip-segmental.post", "model_dir": str(tiny_dirs["clip"])})
+    counts = np.array([[3], [2]], dtype=np.int32)
+    (step_pixels,) = pre({contract.FRAMES: frames.numpy()}).values()
+    (step_images,) = image.run(None, {contract.PIXELS: step_pixels})
+    (compiled,) = post({contract.IMAGE_EMBEDS: step_images, contract.TEXT_EMBEDS: got_texts[:2], contract.NUM_FRAMES: counts}).values()
     with torch.inference_mode():
-        eager = model.forward(frames, torch.tensor([3, 3]), PROMPTS[:2])
-    np.testing.assert_allclose(compiled.numpy(), eager.numpy(), atol=1e-4, rtol=0)
+        eager = model.forward(frames, torch.from_numpy(counts).view(-1), PROMPTS[:2])
+    assert compiled.shape == (2, len(model.spec.dimensions))
+    np.testing.assert_allclose(compiled, eager.numpy(), atol=1e-4, rtol=0)
 
 
 def test_qwen_vision_tower_onnx_equals_transformers(onnx_dir: Path, loaded):
