@@ -64,6 +64,15 @@ _LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
+def _region_means(flat: torch.Tensor, n: int) -> torch.Tensor:
+    """Means of an n x n grid of regions of [N, 1, H, W] -> [N, n*n]. Sides divisible by n (every
+    size the spec allows) take a reshape, which exports to ONNX with dynamic sides; others pool."""
+    m, _, h, w = flat.shape
+    if h % n or w % n:
+        return F.adaptive_avg_pool2d(flat, n).reshape(m, n * n)
+    return flat.reshape(m, n, h // n, n, w // n).mean(dim=(2, 4)).reshape(m, n * n)
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of [B, N] values over the True entries of mask, per row (0 where none)."""
     mask = mask.to(values.dtype)
@@ -83,18 +92,19 @@ def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[st
     sharp_v = laplacian.var(dim=(1, 2, 3), unbiased=False).view(b, t)
     sharpness = _masked_mean(sharp_v / (sharp_v + 0.002), valid)
 
-    regions = F.adaptive_avg_pool2d(flat, 4).view(b, t, 16)
+    regions = _region_means(flat, 4).view(b, t, 16)
     region_change = (regions[:, 1:] - regions[:, :-1]).abs().mean(-1)  # [B,T-1]
     pair_valid = valid[:, 1:] & valid[:, :-1]
     stability = torch.exp(-_masked_mean(region_change, pair_valid) / 0.03)
 
-    low = F.adaptive_avg_pool2d(flat, 8).view(b, t, 64)
+    low = _region_means(flat, 8).view(b, t, 64)
     prev, mid, nxt = low[:, :-2], low[:, 1:-1], low[:, 2:]
     triplet_valid = (valid[:, 2:] & valid[:, 1:-1] & valid[:, :-2]).to(low.dtype)
     error = (mid - 0.5 * (prev + nxt)).abs().mean(-1) * triplet_valid
     motion = 0.5 * (nxt - prev).abs().mean(-1) * triplet_valid
-    ratio = error.sum(1) / (motion.sum(1) + triplet_valid.sum(1) / 255.0 + 1e-8)
-    smoothness = 1.0 / (1.0 + 4.0 * ratio)
+    triplets = triplet_valid.sum(1)
+    ratio = error.sum(1) / (motion.sum(1) + triplets / 255.0).clamp(min=1e-8)
+    smoothness = torch.where(triplets > 0, 1.0 / (1.0 + 4.0 * ratio), torch.ones_like(ratio))  # < 3 frames: 1
 
     mu = luma.mean(dim=(2, 3))
     clipped = ((luma <= 2.0 / 255.0) | (luma >= 253.0 / 255.0)).to(luma.dtype).mean(dim=(2, 3))

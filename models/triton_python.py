@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils  # only inside Triton's python stub
 
+from models import contract
+
 
 def load_forward(path: str):
     """Import ``module:function``."""
@@ -60,9 +62,31 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+        if "step" in parameters:  # a pre/post step of a compiled model's ensemble (models/triton_steps.py)
+            from models.triton_steps import load_step
+
+            self.step = load_step(parameters)
+            self.execute = self._execute_step
+            return
         if args.get("model_instance_kind") == "GPU":  # KIND_GPU: Triton picks the GPU of this instance
             parameters["device"] = f"cuda:{args['model_instance_device_id']}"
         self.forward, self.device = configured_model(parameters)
+        if parameters.get("compile", "none") == "inductor":  # VRS_COMPILE, warmed up before Triton says ready
+            from models.compile import compiled, warm_up
+            from models.registry import RewardModel
+
+            model = compiled(RewardModel(spec=_spec_stub(config), forward=self.forward), self.device.type)
+            warm_up(model)
+            self.forward = model.forward
+
+    def _execute_step(self, requests: list) -> list:
+        """One step per request: read the step's inputs by name, answer its outputs."""
+        responses = []
+        for request in requests:
+            inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.step.inputs}
+            outputs = self.step(inputs)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]))
+        return responses
 
     def execute(self, requests: list) -> list:
         """Clips of equal frame size, over all the requests, run as one padded forward (``FrameBatch.by_size``,
@@ -80,14 +104,22 @@ class TritonPythonModel:
             for row, i in zip(out.detach().float().cpu().numpy(), members):
                 rows[i] = row
         scores = [np.stack([rows[i] for i in range(len(clips)) if owner[i] == r]) for r in range(len(requests))]
-        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", s)]) for s in scores]
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.SCORES, s)]) for s in scores]
 
 
 def _read(request) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """FRAMES uint8 [B,T,H,W,3], NUM_FRAMES int32 [B], prompts [B] of one request."""
-    frames = pb_utils.get_input_tensor_by_name(request, "FRAMES").as_numpy()
-    counts = pb_utils.get_input_tensor_by_name(request, "NUM_FRAMES").as_numpy().reshape(-1).astype(np.int32)
-    prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT")
+    frames = pb_utils.get_input_tensor_by_name(request, contract.FRAMES).as_numpy()
+    counts = pb_utils.get_input_tensor_by_name(request, contract.NUM_FRAMES).as_numpy().reshape(-1).astype(np.int32)
+    prompt = pb_utils.get_input_tensor_by_name(request, contract.PROMPT)
     raw = prompt.as_numpy().reshape(-1) if prompt is not None else [b""] * len(frames)
     prompts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in raw]
     return frames, counts, prompts
+
+
+def _spec_stub(config: dict):
+    """The spec fields warm-up needs (frame policy, batch limit), rebuilt from config.pbtxt's parameters."""
+    from models.spec import ModelSpec
+
+    spec = ModelSpec.model_validate_json(config["parameters"]["spec_json"]["string_value"])
+    return spec.model_copy(update={"batching": spec.batching.model_copy(update={"max_batch_size": config["max_batch_size"]})})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service import score_command, triton_command
+from service import compile_command, score_command, triton_command
 from service.telemetry import configure_logging
 
 
@@ -23,10 +23,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--log-level", default="info")
     score_command.add_parser(sub)
     triton_command.add_parser(sub)
+    compile_command.add_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "score":
         sys.exit(score_command.run(args))
+    if args.command == "compile":
+        sys.exit(compile_command.run(args))
     if args.command == "triton":
         return triton_command.run(args)
 

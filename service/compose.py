@@ -38,7 +38,7 @@ def build_engine(settings: Settings | None = None, models: dict[str, RewardModel
 def build_backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:
     """The configured backend: in-process (default) or a Triton server."""
     if settings.backend == "triton":
-        from service.backends.triton import TritonBackend  # the gRPC client only loads when used
+        from service.backends.triton import TritonBackend, triton_contracts  # the gRPC client only loads when used
 
         return TritonBackend(
             settings.triton_url,
@@ -47,5 +47,15 @@ def build_backend(settings: Settings, models: dict[str, RewardModel]) -> Backend
             timeout_s=settings.triton_timeout_s,
             ready_timeout_s=settings.triton_ready_timeout_s,
             max_inflight=settings.triton_max_inflight,
+            contracts=triton_contracts(settings, {n: m.spec for n, m in models.items()}),
+            transport=settings.triton_transport,
         )
-    return InProcessBackend(models, settings.inference_threads, resolve(settings.device, settings.dtype))
+    if settings.compile == "tensorrt":
+        raise ValueError("VRS_COMPILE=tensorrt serves engines from Triton: set VRS_BACKEND=triton")
+    return InProcessBackend(
+        models,
+        settings.inference_threads,
+        resolve(settings.device, settings.dtype),
+        compile=settings.compile,
+        max_batch_size=settings.max_batch_size,
+    )

@@ -98,3 +98,10 @@ class Settings(BaseSettings):
     triton_timeout_s: float = 60.0  # per Triton request; past it the request gets 504
     triton_ready_timeout_s: float = 2.0  # per readiness probe
     triton_max_inflight: int = 4  # gateway batches in flight to Triton per model
+    # How frames reach a Triton on this host: in the gRPC message, or through a shared-memory region
+    # per in-flight batch (system memory, or CUDA memory when gateway and Triton share a GPU).
+    triton_transport: Literal["grpc", "system_shm", "cuda_shm"] = "grpc"
+
+    # Compiled models (models/compile.py; README "Compiled models"): torch.compile (Inductor) of
+    # the forwards that run in torch, or TensorRT engines in Triton (the gateway then sends token ids).
+    compile: Literal["none", "inductor", "tensorrt"] = "none"

@@ -34,6 +34,11 @@ def add_parser(sub) -> None:
     triton.add_argument("--max-queue-size", type=int, default=TritonOptions.max_queue_size)
     triton.add_argument("--queue-timeout-us", type=int, default=TritonOptions.queue_timeout_us)
     triton.add_argument("--instances", type=int, default=TritonOptions.instances)
+    triton.add_argument(
+        "--variant", choices=("python", "tensorrt"), default="python",
+        help="python: the models' torch forwards (VRS_COMPILE=inductor compiles them); tensorrt: TensorRT plans "
+        "from `vrs compile engine` (the gateway then needs VRS_COMPILE=tensorrt).",
+    )  # fmt: skip
     triton.add_argument("--verbose", action="store_true", help="Triton's verbose log.")
     triton.add_argument(
         "--write-only", action="store_true",
@@ -80,8 +85,17 @@ def write_repo(args: argparse.Namespace) -> Path:
         instances=args.instances,
         device=resolve(settings.device, settings.dtype).device.type,  # "cuda" -> KIND_GPU instances
         dtype=settings.dtype,
+        compile=settings.compile if settings.compile == "inductor" else "none",
     )
-    return write_python_repo(args.repo.resolve(), {n: available[n] for n in names}, options, model_dirs, base_dirs)
+    chosen = {n: available[n] for n in names}
+    if getattr(args, "variant", "python") == "tensorrt":
+        from models.triton_repo import write_tensorrt_repo
+
+        try:
+            return write_tensorrt_repo(args.repo.resolve(), chosen, options, model_dirs)
+        except ValueError as exc:
+            raise SystemExit(f"vrs triton --variant tensorrt: {exc}") from exc
+    return write_python_repo(args.repo.resolve(), chosen, options, model_dirs, base_dirs)
 
 
 def run(args: argparse.Namespace) -> None:

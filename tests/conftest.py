@@ -44,13 +44,13 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-def start_server(app, host: str = "127.0.0.1", port: int | None = None) -> RunningServer:
+def start_server(app, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20) -> RunningServer:
     """Run an ASGI app under a real uvicorn in a thread; return once it accepts requests."""
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + start_timeout_s
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("server did not start")

@@ -36,12 +36,9 @@ from models.registry import ModelLoadError, RewardModel, builtin_models, load_mo
 from models.triton_repo import (
     TritonOptions,
     forward_path,
-    frames_profile,
     python_config,
-    tensorrt_config,
     warmup_shape,
     write_python_repo,
-    write_tensorrt_repo,
 )
 from service import triton_command
 from service.api import create_app
@@ -188,30 +185,6 @@ def test_python_repo_layout(tmp_path: Path):
     compile(model_py, "model.py", "exec")
     assert np.frombuffer((repo / "signal" / "warmup" / "num_frames").read_bytes(), dtype="<i4").tolist() == [4]
     assert list(parse((repo / "signal" / "config.pbtxt").read_text()).version_policy.specific.versions) == [3]
-
-
-def test_tensorrt_config_is_ready_for_engines(tmp_path: Path):
-    repo = write_tensorrt_repo(tmp_path, {"signal": SIGNAL})
-    assert (repo / "signal" / "1").is_dir()
-    config = parse((repo / "signal" / "config.pbtxt").read_text())
-    assert config.platform == "tensorrt_plan" and not config.backend
-    assert config.max_batch_size == signal_model.SPEC.batching.max_batch_size
-    assert [i.name for i in config.input] == ["FRAMES", "NUM_FRAMES"]  # no strings in TensorRT
-    assert list(config.input[0].dims) == [-1, -1, -1, 3]  # T, H, W dynamic: one optimisation profile
-    assert list(config.output[0].dims) == [K]
-    assert config.dynamic_batching.default_queue_policy.max_queue_size == TritonOptions.max_queue_size
-    (group,) = config.instance_group
-    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and list(group.profile) == ["0"]
-
-    profile = frames_profile(signal_model.SPEC)
-    r = signal_model.SPEC.resolution
-    for shape in (profile.min, profile.opt, profile.max):
-        assert shape[-1] == 3 and shape[2] % r.size_factor == 0 and shape[3] % r.size_factor == 0
-    assert all(lo <= mid <= hi for lo, mid, hi in zip(profile.min, profile.opt, profile.max))
-    assert profile.max[0] == config.max_batch_size and profile.max[1] == signal_model.SPEC.sampling.max_frames
-    assert profile.opt[2] * profile.opt[3] <= r.max_pixels
-    assert profile.min[2] * profile.max[3] <= r.max_pixels  # the thinnest allowed frame fits
-    assert f"max {list(profile.max)}" in tensorrt_config(SIGNAL)
 
 
 def _local_forward(frames, num_frames, prompts):
@@ -695,3 +668,33 @@ def test_a_gateway_in_front_of_triton_reads_only_the_checkpoints_specs(checkpoin
     assert spec.model_copy(update={"version": reference.version}) == reference  # the directory name aside
     with pytest.raises(ModelLoadError):
         load_model("videoalign", hollow, checkpoints.base_model_dirs)
+
+
+# --- shared-memory transport ------------------------------------------------------------------
+
+
+async def test_system_shared_memory_transport_scores_equal_grpc_bytes(triton_gateway, triton):
+    """VRS_TRITON_TRANSPORT=system_shm: frames reach Triton through registered POSIX shared memory,
+    one region per in-flight batch, reused; scores equal those of frames sent in the gRPC message."""
+    shm_gateway = start_server(triton_gateway_app(triton.grpc_url, triton_transport="system_shm"))
+    try:
+        backend = shm_gateway.app.state.engine.backend
+        async with httpx.AsyncClient(timeout=120) as client:
+            bodies = [{"items": workload()}, {"items": workload()[:2]}]  # two batches: regions are reused
+            for body in bodies:
+                plain, shared = await asyncio.gather(
+                    client.post(f"{triton_gateway.url}/v1/score", json=body), client.post(f"{shm_gateway.url}/v1/score", json=body)
+                )
+                assert plain.status_code == shared.status_code == 200, (plain.text, shared.text)
+                for a, b in zip(plain.json()["results"], shared.json()["results"], strict=True):
+                    assert b["scores"] == pytest.approx(a["scores"], abs=1e-6)
+        with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+            status = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        regions = [r for r in backend._regions._queue if r.size]
+        assert regions and {r.name for r in regions} <= set(status), status  # registered with Triton, still there
+        assert len(regions) <= backend.max_concurrent_batches
+    finally:
+        shm_gateway.stop()
+    with grpcclient.InferenceServerClient(triton.grpc_url) as client:
+        status = client.get_system_shared_memory_status(as_json=True).get("regions", {})
+    assert not {r.name for r in regions} & set(status)  # unregistered when the gateway stopped

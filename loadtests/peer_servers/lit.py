@@ -18,7 +18,6 @@ import argparse
 from concurrent.futures import ThreadPoolExecutor
 
 import litserve as ls
-import numpy as np
 
 from loadtests.peer_servers import common
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,28 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
     )
 
 
+Resize = Literal["instructvideo", "vlmrm"]
+
+
+def crop_pixels(frames: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor, resize: Resize) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, s, s], the image tower's input (also the compiled variant's
+    pre step). Pixels to [0, 1], then each reference's resize: ``instructvideo``: short side to s,
+    bilinear (torchvision ``Resize(224)``), then a centre crop (its 256x256 clips came out square;
+    others need the crop to fit the model); ``vlmrm``: both sides to s, bicubic (``Resize((s, s))``,
+    aspect not kept). Both antialiased (torchvision's default for tensors since 0.17); then mean/std."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    h, w = x.shape[2:]
+    s = image_size
+    if resize == "instructvideo":
+        size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        top, left = (size[0] - s) // 2, (size[1] - s) // 2
+        x = x[:, :, top : top + s, left : left + s]
+    else:
+        x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
+    return (x - mean.view(1, 3, 1, 1).to(x.device)) / std.view(1, 3, 1, 1).to(x.device)
+
+
 @dataclass
 class ClipSegmental:
     model: torch.nn.Module  # CLIPModel
@@ -136,23 +159,9 @@ class ClipSegmental:
             self._text.popitem(last=False)
         return out
 
-    def image_embeddings(self, frames: torch.Tensor, resize: str) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> normalised [N, D]. Pixels to [0, 1], then each reference's resize:
-        ``instructvideo``: short side to the model's size, bilinear (torchvision ``Resize(224)``), then a
-        centre crop (its 256x256 clips came out square; others need the crop to fit the model);
-        ``vlmrm``: both sides to the model's size, bicubic (``Resize((s, s))``, aspect not kept).
-        Both antialiased (torchvision's default for tensors since 0.17); then mean/std."""
-        x = frames.permute(0, 3, 1, 2).float() / 255.0
-        h, w = x.shape[2:]
-        s = self.image_size
-        if resize == "instructvideo":
-            size = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            top, left = (size[0] - s) // 2, (size[1] - s) // 2
-            x = x[:, :, top : top + s, left : left + s]
-        else:
-            x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
-        x = (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+    def image_embeddings(self, frames: torch.Tensor, resize: Resize) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised [N, D], after ``crop_pixels`` with the reference's ``resize``."""
+        x = crop_pixels(frames, self.image_size, self.mean, self.std, resize)
         dtype = next(self.model.parameters()).dtype
         return F.normalize(self.model.get_image_features(pixel_values=x.to(dtype)).pooler_output.float(), dim=-1)
 
@@ -167,22 +176,29 @@ class ClipSegmental:
         picks = [reward.tsn_indices(n, self.config.segments) for n in counts]
         chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)])
         segment_images = self.image_embeddings(chosen, "instructvideo").split(self.config.segments)
+        all_images: Sequence[torch.Tensor | None] = [None] * len(counts)
         if self.projection is not None:
             everything = torch.cat([frames[b, :n] for b, n in enumerate(counts)])
             all_images = self.image_embeddings(everything, "vlmrm").split(counts)
         texts = self.text_embeddings(prompts, tokenized)
-        rows = []
-        for b, image in enumerate(segment_images):
-            weights = reward.temporally_attenuated_weights(picks[b], counts[b], self.config.lam)
-            row = [reward.segmental(image, texts[b], weights), reward.temporal_consistency(image)]
-            if self.projection is not None:
-                row.append(reward.goal_baseline(all_images[b], self.goal, self.projection).mean())
-            rows.append(torch.stack(row))
+        rows = [self.scores(segment_images[b], picks[b], counts[b], texts[b], all_images[b]) for b in range(len(counts))]
         return torch.stack(rows).float()
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """uint8 [B, F, H, W, 3] padded, counts [B], prompts -> float32 [B, K]."""
         return self.core(self.pre(frames, num_frames, prompts))
+
+    def scores(
+        self, segments: torch.Tensor, picks: list[int], count: int, text: torch.Tensor, frames: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The reward row [K] of one video: ``segments`` [S, D] are the embeddings of its frames ``picks``
+        (InstructVideo resize) out of ``count``, ``text`` [D] its prompt's, ``frames`` [F, D] every frame's
+        (VLM-RM resize; needed only with goal/baseline prompts)."""
+        weights = reward.temporally_attenuated_weights(picks, count, self.config.lam)
+        row = [reward.segmental(segments, text, weights), reward.temporal_consistency(segments)]
+        if self.projection is not None:
+            row.append(reward.goal_baseline(frames, self.goal, self.projection).mean())
+        return torch.stack(row)
 
 
 def read_spec(directory: Path) -> ModelSpec:

@@ -24,13 +24,22 @@ from service.errors import BadInput
 class InProcessBackend:
     """The embedded default backend: forwards run under ``torch.inference_mode`` in threads."""
 
-    def __init__(self, models: dict[str, RewardModel], threads: int = 0, placement: Placement = CPU) -> None:
+    def __init__(
+        self,
+        models: dict[str, RewardModel],
+        threads: int = 0,
+        placement: Placement = CPU,
+        compile: str = "none",
+        max_batch_size: int | None = None,
+    ) -> None:
         self._models = models
         self._threads = threads
         self.device = placement.device
         # One device thread: a second forward at once would only fight the first for the device.
         # Staged models take a second batch in flight (its host stage runs meanwhile).
         self.max_concurrent_batches = 2 if any(m.stages for m in models.values()) else 1
+        self._compile = compile  # VRS_COMPILE: "inductor" compiles and warms up every batch size at start
+        self._max_batch_size = max_batch_size
         self._executor: ThreadPoolExecutor | None = None
         self._host: ThreadPoolExecutor | None = None
 
@@ -39,6 +48,12 @@ class InProcessBackend:
         self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-pre")
         if self._threads > 0:
             await asyncio.get_running_loop().run_in_executor(self._executor, torch.set_num_threads, self._threads)
+        if self._compile != "none":  # compiled and warmed up on the inference thread, which then runs them
+            from models.compile import prepare
+
+            self._models = await asyncio.get_running_loop().run_in_executor(
+                self._executor, prepare, self._models, self._compile, self.device.type, self._max_batch_size
+            )
 
     async def close(self) -> None:
         for pool in (self._executor, self._host):

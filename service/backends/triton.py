@@ -1,7 +1,12 @@
 """Run model forwards in a Triton Inference Server, over KServe v2 gRPC (``tritonclient.grpc.aio``).
 
-One gateway batch is one Triton request: ``FRAMES`` uint8 [B,T,H,W,3], ``NUM_FRAMES`` int32
-[B,1], ``PROMPT`` bytes [B,1] -> ``SCORES`` fp32 [B,K] (the contract of models/triton_repo.py).
+One gateway batch is one Triton request carrying exactly the inputs of the model's contract
+(models/contract.py): ``FRAMES`` uint8 [B,T,H,W,3] and ``NUM_FRAMES`` int32 [B,1], then
+``PROMPT`` bytes [B,1] for a python-backend model, or, for a compiled (TensorRT) model that reads
+text, the prompts tokenised here as ``INPUT_IDS`` / ``ATTENTION_MASK`` int64 [B,L]; -> ``SCORES``
+fp32 [B,K]. Frames travel in the gRPC message (``grpc``) or, when Triton runs on this host,
+through a shared-memory region per in-flight batch (``system_shm``, ``cuda_shm``), registered with
+Triton once and reused (grown when a batch needs more).
 Triton's errors become the gateway's: unreachable or model not loaded -> 503, deadline or
 queue timeout -> 504, Triton's queue full -> 429. The gRPC channel reconnects by itself (with
 a short backoff cap), so the gateway recovers when Triton comes back without a restart.
@@ -10,6 +15,8 @@ a short backoff cap), so the gateway recovers when Triton comes back without a r
 from __future__ import annotations
 
 import asyncio
+import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +24,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from models import contract
+from models.spec import ModelSpec
+from models.tokens import Tokenise, tokeniser
 from service.backends.base import FrameBatch
 from service.errors import BackendUnavailable, Overloaded, Timeout
 
@@ -43,6 +53,8 @@ class TritonBackend:
         timeout_s: float = 60.0,
         ready_timeout_s: float = 2.0,
         max_inflight: int = 4,
+        contracts: dict[str, Wire] | None = None,
+        transport: str = "grpc",
     ) -> None:
         self.url = url
         # Several batches in flight let Triton's dynamic batcher merge them and overlap the
@@ -54,6 +66,11 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.ready_timeout_s = ready_timeout_s
         self._client: grpcaio.InferenceServerClient | None = None
+        self._wires = dict(contracts or {})  # model -> its contract; default: the python-backend one
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown Triton transport {transport!r} (one of {', '.join(TRANSPORTS)})")
+        self.transport = transport
+        self._regions: asyncio.Queue | None = None  # free shared-memory regions, one per in-flight batch
 
     def triton_name(self, model: str) -> str:
         return self._names.get(model, model)
@@ -61,9 +78,17 @@ class TritonBackend:
     async def start(self) -> None:
         # The channel connects lazily and belongs to the running event loop, so it is made here.
         self._client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        if self.transport != "grpc":
+            self._regions = asyncio.Queue()
+            for i in range(self.max_concurrent_batches * max(1, len(self._models))):
+                self._regions.put_nowait(TRANSPORTS[self.transport](f"vrs{os.getpid()}_{id(self):x}_{i}"))
 
     async def close(self) -> None:
         if self._client is not None:
+            if self._regions is not None:
+                while not self._regions.empty():
+                    await self._regions.get_nowait().release(self._client)
+                self._regions = None
             await self._client.close()
             self._client = None
 
@@ -85,30 +110,172 @@ class TritonBackend:
         if self._client is None:
             raise BackendUnavailable("Triton backend not started")
         name = self.triton_name(model)
-        inputs = await asyncio.to_thread(to_inputs, batch)  # copies up to hundreds of MB: off the event loop
+        wire = self._wires.get(model, PYTHON_WIRE)
+        region = await self._regions.get() if self._regions is not None else None
         try:
+            arrays = await asyncio.to_thread(input_arrays, batch, wire)  # tokenising, copies: off the event loop
+            if region is not None:
+                await region.fit(self._client, arrays[contract.FRAMES].nbytes)
+                await asyncio.to_thread(region.write, arrays[contract.FRAMES])
+            inputs = await asyncio.to_thread(to_inputs, batch, wire, arrays, region)
             result = await self._client.infer(name, inputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise to_service_error(exc, name, self.url, self.timeout_s) from exc
-        scores = result.as_numpy("SCORES")
+        finally:
+            if region is not None:
+                self._regions.put_nowait(region)
+        scores = result.as_numpy(contract.SCORES)
         if scores is None:
-            raise RuntimeError(f"Triton model {name!r} returned no SCORES output")
+            raise RuntimeError(f"Triton model {name!r} returned no {contract.SCORES} output")
         return scores.astype(np.float32, copy=False)
 
 
-def to_inputs(batch: FrameBatch) -> list[grpcclient.InferInput]:
-    """The batch as Triton inputs (batch dimension first): the backend's edge, where tensors become bytes."""
+@dataclass(frozen=True)
+class Wire:
+    """What the gateway sends one Triton model: its contract and, for token inputs, the tokeniser."""
+
+    contract: contract.Contract
+    tokenise: Tokenise | None = None
+
+
+PYTHON_WIRE = Wire(contract.Contract(contract.gateway_inputs("python", needs_prompt=True), ()))
+
+
+def triton_contracts(settings, specs: dict[str, ModelSpec]) -> dict[str, Wire]:
+    """Each model's wire for the configured variant: VRS_COMPILE=tensorrt means compiled models in
+    Triton, so models that read text get a tokeniser loaded from their checkpoint directory."""
+    variant: contract.Variant = "tensorrt" if settings.compile == "tensorrt" else "python"
+    wires = {}
+    for name, spec in specs.items():
+        wanted = contract.gateway_contract(spec, variant)
+        tokenise = None
+        if contract.INPUT_IDS in wanted.input_names:
+            if name not in settings.model_dirs:
+                raise ValueError(f"{name}: VRS_COMPILE=tensorrt needs its tokenizer: set VRS_MODEL_DIRS for it")
+            tokenise = tokeniser(name, settings.model_dirs[name])
+        wires[name] = Wire(wanted, tokenise)
+    return wires
+
+
+def input_arrays(batch: FrameBatch, wire: Wire = PYTHON_WIRE) -> dict[str, np.ndarray]:
+    """Exactly the contract's inputs for ``batch`` (batch dimension first), in its order and dtypes."""
     b = len(batch.frames)
-    frames = batch.frames.cpu().numpy()
-    counts = batch.num_frames.to(torch.int32).numpy().reshape(b, 1)
-    prompts = np.array([p.encode("utf-8") for p in batch.prompts], dtype=np.object_).reshape(b, 1)
-    tensors = (("FRAMES", frames, "UINT8"), ("NUM_FRAMES", counts, "INT32"), ("PROMPT", prompts, "BYTES"))
+    names = wire.contract.input_names
+    # The backend's edge, where tensors become bytes.
+    arrays = {
+        contract.FRAMES: batch.frames.cpu().numpy(),
+        contract.NUM_FRAMES: batch.num_frames.to(torch.int32).numpy().reshape(b, 1),
+    }
+    if contract.PROMPT in names:
+        arrays[contract.PROMPT] = np.array([p.encode("utf-8") for p in batch.prompts], dtype=np.object_).reshape(b, 1)
+    if contract.INPUT_IDS in names:
+        if wire.tokenise is None:
+            raise RuntimeError("a token-id contract needs a tokeniser")
+        arrays[contract.INPUT_IDS], arrays[contract.ATTENTION_MASK] = wire.tokenise(batch.prompts)
+    return {t.name: np.ascontiguousarray(arrays[t.name], dtype=t.numpy) for t in wire.contract.inputs}
+
+
+def to_inputs(
+    batch: FrameBatch, wire: Wire = PYTHON_WIRE, arrays: dict[str, np.ndarray] | None = None, region=None
+) -> list[grpcclient.InferInput]:
+    """The batch as Triton inputs; with a shared-memory ``region`` (already holding the frames),
+    FRAMES points into it instead of riding in the message."""
+    arrays = arrays if arrays is not None else input_arrays(batch, wire)
     inputs = []
-    for name, array, dtype in tensors:
-        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
+    for tensor in wire.contract.inputs:
+        array = arrays[tensor.name]
+        infer_input = grpcclient.InferInput(tensor.name, list(array.shape), tensor.dtype)
+        if region is not None and tensor.name == contract.FRAMES:
+            infer_input.set_shared_memory(region.name, array.nbytes)
+        else:
+            infer_input.set_data_from_numpy(array)
+        inputs.append(infer_input)
     return inputs
+
+
+class SystemShmRegion:
+    """A POSIX shared-memory region registered with Triton (tritonclient.utils.shared_memory)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.size = 0
+        self._handle = None
+
+    async def fit(self, client: grpcaio.InferenceServerClient, nbytes: int) -> None:
+        """Make the region hold at least ``nbytes`` (re-created and re-registered only when it grows)."""
+        if nbytes <= self.size:
+            return
+        await self.release(client)
+        import tritonclient.utils.shared_memory as shm
+
+        size = max(nbytes, 2 * self.size)
+        self._handle = shm.create_shared_memory_region(self.name, f"/{self.name}", size)
+        self.size = size
+        await client.register_system_shared_memory(self.name, f"/{self.name}", size)
+
+    def write(self, array: np.ndarray) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self._handle, [array])
+
+    async def release(self, client: grpcaio.InferenceServerClient) -> None:
+        if self._handle is None:
+            return
+        import tritonclient.utils.shared_memory as shm
+
+        try:
+            await client.unregister_system_shared_memory(self.name)
+        except InferenceServerException:
+            pass  # Triton gone: nothing registered any more
+        shm.destroy_shared_memory_region(self._handle)
+        self._handle, self.size = None, 0
+
+
+class CudaShmRegion:
+    """A CUDA memory region on ``device`` shared with Triton by IPC handle (needs cuda-python and a GPU
+    Triton can see). Frames already on the GPU (a torch CUDA tensor) are copied device to device."""
+
+    def __init__(self, name: str, device: int = 0) -> None:
+        import tritonclient.utils.cuda_shared_memory  # noqa: F401  (fails early without cuda-python)
+
+        self.name = name
+        self.device = device
+        self.size = 0
+        self._handle = None
+
+    async def fit(self, client: grpcaio.InferenceServerClient, nbytes: int) -> None:
+        if nbytes <= self.size:
+            return
+        await self.release(client)
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        size = max(nbytes, 2 * self.size)
+        self._handle = cudashm.create_shared_memory_region(self.name, size, self.device)
+        self.size = size
+        await client.register_cuda_shared_memory(self.name, cudashm.get_raw_handle(self._handle), self.device, size)
+
+    def write(self, array) -> None:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        if hasattr(array, "__dlpack__") and not isinstance(array, np.ndarray):
+            cudashm.set_shared_memory_region_from_dlpack(self._handle, [array])
+        else:
+            cudashm.set_shared_memory_region(self._handle, [array])
+
+    async def release(self, client: grpcaio.InferenceServerClient) -> None:
+        if self._handle is None:
+            return
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        try:
+            await client.unregister_cuda_shared_memory(self.name)
+        except InferenceServerException:
+            pass
+        cudashm.destroy_shared_memory_region(self._handle)
+        self._handle, self.size = None, 0
+
+
+TRANSPORTS = {"grpc": None, "system_shm": SystemShmRegion, "cuda_shm": CudaShmRegion}
 
 
 def to_service_error(exc: InferenceServerException, model: str, url: str, timeout_s: float) -> Exception:

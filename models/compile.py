@@ -1,0 +1,67 @@
+"""``VRS_COMPILE``: how a model's forward is compiled where it runs in torch.
+
+- ``none``: eager torch.
+- ``inductor``: ``torch.compile`` (Inductor) of the model's own forward, in the in-process backend
+  and in Triton's python backend. On CUDA it uses ``mode="reduce-overhead"`` (CUDA graphs: one
+  graph per input shape, replayed), on CPU the default mode. ``warm_up`` runs every batch size
+  1..max_batch_size once on the smallest clip the spec allows, before the first request, so no
+  request pays for compilation or graph capture at those shapes; it then runs one more, longer and wider clip, so the frame axes are compiled as dynamic during warm-up
+  too and a new frame size does not recompile (on CUDA it records one more graph).
+- ``tensorrt``: engines in Triton (models/export.py, models/tensorrt_build.py); the gateway sends
+  the plan contract (token ids, no strings). Not a torch mode: in-process serving refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.registry import RewardModel
+
+Compile = Literal["none", "inductor", "tensorrt"]
+WARMUP_PROMPT = "a video"
+
+
+def compiled(model: RewardModel, device: str = "cpu") -> RewardModel:
+    """The model with its forward under torch.compile (CUDA graphs on a CUDA device)."""
+    mode = "reduce-overhead" if device.startswith("cuda") else None
+    # One compiled forward: the pre/core split (models.registry.Stages) gives way to it.
+    return replace(model, forward=torch.compile(model.forward, mode=mode), stages=None)
+
+
+def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, seed: int = 0) -> list[int]:
+    """Run the forward once per batch size (default 1..the spec's max batch size) on a random clip
+    of the smallest shape the spec allows; returns the batch sizes run."""
+    from models.triton_repo import warmup_shape
+
+    spec = model.spec
+    frames, side = warmup_shape(spec)
+    sizes = list(batch_sizes or range(1, spec.batching.max_batch_size + 1))
+    # A second clip, longer and wider: the frame axes then recompile once as dynamic here, not on
+    # the first request of a new size.
+    factor = max(spec.resolution.size_factor, 1)
+    longer = min(frames + max(spec.sampling.multiple_of, 1), spec.sampling.max_frames)
+    wider = side + factor if (side + factor) * side <= spec.resolution.max_pixels else side
+    rng = np.random.default_rng(seed)
+    for b, (t, h, w) in [*((b, (frames, side, side)) for b in sizes), (sizes[-1], (longer, side, wider))]:
+        clip = torch.from_numpy(rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8))
+        with torch.inference_mode():
+            model.forward(clip, torch.full((b,), t, dtype=torch.int32), [WARMUP_PROMPT] * b)
+    return sizes
+
+
+def prepare(models: dict[str, RewardModel], mode: Compile, device: str = "cpu", max_batch_size: int | None = None) -> dict[str, RewardModel]:
+    """Apply ``mode`` to the models that run in torch here, warmed up; ``tensorrt`` is refused."""
+    if mode == "tensorrt":
+        raise ValueError("VRS_COMPILE=tensorrt runs engines in Triton: set VRS_BACKEND=triton (see README 'Compiled models')")
+    if mode == "none":
+        return models
+    out = {}
+    for name, model in models.items():
+        model = compiled(model, device)
+        warm_up(model, range(1, (max_batch_size or model.spec.batching.max_batch_size) + 1))
+        out[name] = model
+    return out
