@@ -20,6 +20,7 @@ from models.registry import RewardModel, builtin_models, load_models
 from service import ingest, operations
 from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
+from service.body_limits import BodyLimits
 from service.config import Settings
 from service.engine import Engine, ScoreInput
 from service.errors import BadInput, ServiceError, TooLarge, UnsupportedMedia
@@ -74,7 +75,14 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_request_bytes,
+        max_inflight_bytes=settings.max_inflight_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        min_rate=settings.body_min_bytes_per_s,
+        retry_after_s=engine.admission.estimated_wait_s,
+    )
     app.add_middleware(RequestTelemetry, metrics=engine.metrics)  # outermost: sees every answer, 413s included
 
     @app.exception_handler(ServiceError)
@@ -230,6 +238,7 @@ async def _read_request(
     request: Request, settings: Settings, kind: type[WireRequest]
 ) -> tuple[WireRequest, list[ScoreInput]]:
     """Parse a JSON or multipart request of ``kind`` and turn its videos into engine inputs."""
+    request.app.state.engine.admission.check_open()  # when saturated, refuse before reading the body
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         body, files = await _read_multipart(request, settings, kind)
@@ -332,36 +341,3 @@ def _add_wire_schemas(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over ``max_bytes``, declared or streamed."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(self.max_bytes, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise TooLarge(f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-async def _too_large(limit: int, send) -> None:
-    body = json.dumps({"error": TooLarge(f"request body exceeds {limit} bytes").to_dict()}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
