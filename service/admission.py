@@ -4,26 +4,29 @@ A request is admitted when the work already admitted (the *backlog*) would be dr
 ``queue_budget_s`` seconds; otherwise it gets ``Overloaded`` (HTTP 429) at once, with a
 ``Retry-After`` of about the time the backlog needs to fall back under the budget.
 
-The drain time is estimated from measured costs, not from counts:
+The drain time is estimated from measured costs, not from counts, in two steps:
 
-- per model, an exponentially weighted moving average (EWMA) of seconds per video taken
-  from real backend batches (batch wall time / batch size), divided by how many batches the
-  backend runs at once (``concurrency``);
-- an EWMA of seconds per video decode, divided by the decode workers.
+1. Stage costs give each request's *work* in seconds: per model, an exponentially weighted
+   moving average (EWMA) of seconds per video from real backend batches (batch wall time /
+   batch size) divided by how many batches the backend runs at once (``concurrency``); and an
+   EWMA of seconds per video decode divided by the decode workers. Every video passes both
+   stages and the stages run side by side, so work = max(sum_m videos * cost_m, videos * decode).
+2. A calibration factor, measured: seconds of busy wall time (some admitted work in flight)
+   per second of work completed, over windows of ``window_s`` busy seconds. It folds in what
+   the stage costs do not see: HTTP and JSON parsing, hashing, contention on shared cores,
+   requests refused meanwhile. Wait = backlog work * calibration.
 
-Every admitted video passes both stages, and the stages run side by side, so the backlog
-drains through the slower of them: ``wait = max(sum_m pending_m * cost_m, videos * decode)``.
-Measured wall times already include contention with the other stage on shared cores.
-Until a model has been measured its cost counts as 0 (only ``max_pending`` bounds it).
-``max_pending`` stays a hard cap on admitted (video, model) pairs. Pure bookkeeping: no I/O,
-no clock of its own, not thread-safe (call it from the event loop).
+Until a model has been measured its work counts as 0 (only ``max_pending`` bounds it).
+``max_pending`` stays a hard cap on admitted (video, model) pairs. Pure bookkeeping with an
+injectable clock; not thread-safe (call it from the event loop).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 from service.errors import Overloaded, TooLarge
@@ -51,6 +54,8 @@ class Admission:
         concurrency: Mapping[str, int] | int = 1,
         decode_workers: int = 1,
         alpha: float = 0.2,
+        window_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue_budget_s = queue_budget_s
         self.max_pending = max_pending
@@ -62,6 +67,13 @@ class Admission:
         self.model_cost: dict[str, Ewma] = {}  # model -> seconds per video on the backend
         self.decode_cost = Ewma(alpha)  # seconds per video decode (all of a video's models)
         self.shed = 0  # requests refused
+        self.calibration = Ewma(alpha)  # busy wall seconds per second of estimated work completed
+        self.window_s = window_s
+        self._clock = clock
+        self._backlog_work = 0.0  # estimated seconds of the admitted requests (as estimated at admission)
+        self._last_event = clock()
+        self._window_busy = 0.0
+        self._window_done = 0.0
 
     @property
     def pending_pairs(self) -> int:
@@ -98,11 +110,24 @@ class Admission:
 
     def estimated_wait_s(self) -> float:
         """How long work admitted now would queue behind the backlog."""
-        return self.work_seconds(self.pending, self.pending_videos)
+        return self._backlog_work * (self.calibration.value or 1.0)
+
+    def _tick(self, done_s: float = 0.0) -> None:
+        """Account busy time since the last admit/release and ``done_s`` of work just completed;
+        close a calibration window when it holds ``window_s`` of busy time."""
+        now = self._clock()
+        if self.pending_videos > 0:
+            self._window_busy += now - self._last_event
+        self._last_event = now
+        self._window_done += done_s
+        if self._window_busy >= self.window_s and self._window_done > 0:
+            self.calibration.add(self._window_busy / self._window_done)
+            self._window_busy = self._window_done = 0.0
 
     def retry_after_s(self, extra_s: float = 0.0) -> float:
         """When the backlog (plus ``extra_s`` of new work) will be back under the budget; >= 1 s."""
-        return max(1.0, math.ceil(self.estimated_wait_s() + extra_s - self.queue_budget_s))
+        wait = self.estimated_wait_s() + extra_s * (self.calibration.value or 1.0)
+        return max(1.0, math.ceil(wait - self.queue_budget_s))
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -123,6 +148,7 @@ class Admission:
         pairs = videos * len(models)
         if pairs > self.max_pending:
             raise TooLarge(f"{videos} items x {len(models)} models exceed max_pending={self.max_pending}")
+        self._tick()
         wait = self.estimated_wait_s()
         own = self.work_seconds(Counter({m: videos for m in models}), videos)
         if wait > self.queue_budget_s:
@@ -137,12 +163,15 @@ class Admission:
         for m in models:
             self.pending[m] += videos
         self.pending_videos += videos
+        self._backlog_work += own
         try:
             yield
         finally:
+            self._tick(done_s=own)
             for m in models:
                 self.pending[m] -= videos
             self.pending_videos -= videos
+            self._backlog_work = max(0.0, self._backlog_work - own) if self.pending_videos else 0.0
 
     def _busy_message(self, wait: float) -> str:
         return (

@@ -60,6 +60,25 @@ def test_wait_is_the_slower_stage_of_measured_costs_over_concurrency():
     assert a.work_seconds({}, 100) == pytest.approx(28.0)  # decode-bound
 
 
+def test_calibration_scales_stage_costs_to_the_measured_drain_rate():
+    """Stage costs miss HTTP parsing, hashing and contention: busy wall time per second of estimated
+    work completed corrects them."""
+    now = [0.0]
+    a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
+    a.observe_batch("m", 0.5, 1)  # 0.5 s per video on the backend
+    for _ in range(2):  # two videos of 0.5 s of estimated work took 3 s of busy time: 3x
+        with a.admit(["m"], 1):
+            now[0] += 1.5
+    assert a.calibration.value == pytest.approx(3.0)
+    with a.admit(["m"], 3):  # 1.5 s of stage work, 4.5 s once calibrated
+        assert a.estimated_wait_s() == pytest.approx(4.5)
+        with a.admit(["m"], 1):
+            with pytest.raises(Overloaded) as refused:  # 6 s > 5 s
+                with a.admit(["m"], 1):
+                    pass
+            assert refused.value.retry_after_s == 3  # ceil(6 + 1.5 - 5)
+
+
 def test_max_pending_is_still_a_hard_cap():
     a = Admission(queue_budget_s=100.0, max_pending=10)
     with pytest.raises(TooLarge):
