@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -260,17 +260,18 @@ async def _parse(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
 
 async def _read_multipart(
     request: Request, settings: Settings, kind: type[WireRequest]
-) -> tuple[WireRequest, dict[str, bytes]]:
-    """File parts plus either a ``request`` field (the JSON request) or plain fields for every file part."""
+) -> tuple[WireRequest, dict[str, BinaryIO]]:
+    """File parts (left spooled on disk, never read whole into memory) plus either a ``request``
+    field (the JSON request) or plain fields for every file part."""
     form = await request.form(max_files=settings.max_items, max_fields=64)
-    files: dict[str, bytes] = {}
+    files: dict[str, BinaryIO] = {}
     for name, value in form.multi_items():
         if isinstance(value, UploadFile):
             if value.size is not None and value.size > settings.max_video_bytes:
                 raise TooLarge(f"file part {name!r} is {value.size} bytes; the limit is {settings.max_video_bytes}")
             if name in files:
                 raise BadInput(f"two file parts named {name!r}; give each a distinct name", code="bad_multipart")
-            files[name] = await value.read()
+            files[name] = value.file
     if "request" in form:
         return await _parse(kind, str(form["request"])), files
     if not files:
@@ -297,18 +298,19 @@ async def _read_multipart(
         raise RequestValidationError(exc.errors()) from None
 
 
-def _to_inputs(body: WireRequest, files: dict[str, bytes], settings: Settings) -> list[ScoreInput]:
+def _to_inputs(body: WireRequest, files: dict[str, BinaryIO], settings: Settings) -> list[ScoreInput]:
     """Wire video references -> engine sources (base64 and .npy decoding happen here)."""
     inputs = []
+    uploads = {name: ingest.EncodedVideo(file) for name, file in files.items()}  # one per part, however often named
     for i, (video, prompt) in enumerate(body.videos_with_prompts()):
         try:
-            inputs.append(ScoreInput(source=_to_source(video, files, settings), prompt=prompt))
+            inputs.append(ScoreInput(source=_to_source(video, uploads, settings), prompt=prompt))
         except ServiceError as exc:
             raise exc.for_item(i)
     return inputs
 
 
-def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> ingest.VideoSource:
+def _to_source(ref: VideoRef, uploads: dict[str, ingest.EncodedVideo], settings: Settings) -> ingest.VideoSource:
     limit = settings.max_video_bytes
     if ref.url is not None:
         return ingest.VideoURL(ref.url)
@@ -317,12 +319,9 @@ def _to_source(ref: VideoRef, files: dict[str, bytes], settings: Settings) -> in
     if ref.frames is not None:
         raw = ingest.decode_base64(ref.frames, max_bytes=limit, what="frames")
         return ingest.parse_frames_npy(raw, ref.fps or 0.0)
-    if ref.file not in files:
+    if ref.file not in uploads:
         raise BadInput(f"no file part named {ref.file!r} in the upload", code="missing_file")
-    data = files[ref.file]
-    if len(data) > limit:
-        raise TooLarge(f"file part {ref.file!r} is {len(data)} bytes; the limit is {limit}")
-    return ingest.EncodedVideo(data)
+    return uploads[ref.file]  # its size was checked as it was read
 
 
 def _add_wire_schemas(app: FastAPI) -> None:

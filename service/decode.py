@@ -10,11 +10,11 @@ never converted to RGB; a keyframe seek skips whole GOPs between far-apart sampl
 from __future__ import annotations
 
 import bisect
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -81,7 +81,8 @@ def sample_clips(video: EncodedVideo | RawFrames, specs: Sequence[ModelSpec], li
     """
     if isinstance(video, RawFrames):
         return [_sample_raw(video, spec, limits) for spec in specs]
-    return _sample_container(video.data, specs, limits)
+    with video.reading() as stream:
+        return _sample_container(stream, specs, limits)
 
 
 def _check_size(height: int, width: int, limits: Limits) -> None:
@@ -108,16 +109,16 @@ def _sample_raw(video: RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
     return Clip(frames, indices, total, video.fps)
 
 
-def _open(data: bytes) -> av.container.InputContainer:
+def _open(stream: BinaryIO) -> av.container.InputContainer:
     try:
-        return av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": CONTAINER_FORMATS})
+        return av.open(stream, mode="r", container_options={"format_whitelist": CONTAINER_FORMATS})
     except av.FFmpegError as exc:
         reason = exc.strerror or str(exc)
         raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
 
 
-def _sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits) -> list[Clip]:
-    with _open(data) as container:
+def _sample_container(stream: BinaryIO, specs: Sequence[ModelSpec], limits: Limits) -> list[Clip]:
+    with _open(stream) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")

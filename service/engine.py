@@ -79,6 +79,9 @@ class Engine:
             concurrency=backend.max_concurrent_batches,
             decode_workers=settings.decode_workers,
         )
+        self.metrics.watch_admission(
+            self.admission.estimated_wait_s, lambda: self.admission.shed, lambda: self.admission.calibration.value or 1.0
+        )
 
     async def start(self) -> None:
         s = self.settings

@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,9 +23,20 @@ from service.fetch import UrlFetcher
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """A video container (mp4, webm, ...) as bytes."""
+    """A video container (mp4, webm, ...): bytes, or a seekable file (an upload spooled to disk)."""
 
-    data: bytes
+    data: bytes | BinaryIO
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[BinaryIO]:
+        """The container as a stream from its start; a file is read by one thread at a time."""
+        if isinstance(self.data, bytes):
+            yield io.BytesIO(self.data)  # shares the bytes, no copy
+            return
+        with self._lock:
+            self.data.seek(0)
+            yield self.data
 
 
 @dataclass(frozen=True)
