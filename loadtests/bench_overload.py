@@ -12,10 +12,10 @@ load generator (``loadgen``, open loop) and the same bodies: ``/v1/score`` of on
    drain, not goodput), against the version's own capacity; admitted p50/p99; shed rate (429); Retry-After values;
    RSS (``/proc/<pid>/status``) before, peak during and after;
 3. recovery: from the end of the overload schedule, one probe a 0.25 s until a probe is answered
-   200 within 3x the unloaded p50; recovery = that probe's start - end of the schedule.
+   200 within max(3x the unloaded p50, 0.5 s); recovery = that probe's start - end of the schedule.
 
 Run (base checkout first: ``git worktree add /tmp/base15 3131467``):
-``.venv/bin/python loadtests/bench_overload.py --base /tmp/base15`` (about 5 minutes on 2 cores).
+``.venv/bin/python loadtests/bench_overload.py --base /tmp/base15`` (about 7 minutes on 2 cores).
 Writes ``loadtests/results/overload.json`` and prints a Markdown table.
 """
 
@@ -154,7 +154,7 @@ def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float 
         async def overload_then_recover():
             ov, schedule_end = await overload(url, proc.pid, bodies, rate, args.overload_s)
             # the open loop returns once every answer is in; recovery counts from the schedule's end
-            rec = await recovery(url, bodies, schedule_end, 3 * cap["unloaded_p50_s"])
+            rec = await recovery(url, bodies, schedule_end, max(0.5, 3 * cap["unloaded_p50_s"]))
             return ov, rec
 
         ov, rec = asyncio.run(overload_then_recover())
@@ -197,9 +197,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="checkout of the base commit (git worktree)")
     parser.add_argument("--new", type=Path, default=ROOT, help="checkout under test (default: this tree)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients measuring capacity")
     parser.add_argument("--capacity-s", type=float, default=20.0)
-    parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument("--overload-s", type=float, default=90.0)
     parser.add_argument("--ramp-s", type=float, default=5.0, help="first seconds of the overload left out of goodput")
     args = parser.parse_args()
     (ROOT / "loadtests" / "results").mkdir(parents=True, exist_ok=True)
