@@ -48,7 +48,8 @@ def payloads(n: int = 16) -> list[Payload]:
     out = []
     for i in range(n):
         clip = videos.stamp(videos.moving_scene(17, 120, 160, speed=1.0 + 0.25 * i))
-        body = {"items": [{"video": {"data": base64.b64encode(videos.encode(clip, "mp4")).decode()}}], "cache": "bypass"}
+        data = base64.b64encode(videos.encode(clip, "mp4")).decode()
+        body = {"items": [{"video": {"data": data}}], "cache": "bypass"}
         out.append(Payload("/v1/score", json.dumps(body).encode()))
     return out
 
@@ -208,8 +209,12 @@ def main() -> None:
     load_before = os.getloadavg()
     base = measure("base", args.base.resolve(), bodies, args, None)
     new = measure("new", args.new.resolve(), bodies, args, base["offered_rps"])
-    record = {"started": started, "load_average": [load_before, os.getloadavg()], "args": {k: str(v) for k, v in vars(args).items()},
-              "runs": [base, new]}
+    record = {
+        "started": started,
+        "load_average": [load_before, os.getloadavg()],
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "runs": [base, new],
+    }
     (ROOT / "loadtests" / "results" / "overload.json").write_text(json.dumps(record, indent=1, default=str))
 
     print(f"\nbench_overload, {started}; load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; "

@@ -139,7 +139,8 @@ class Admission:
             raise Overloaded(self._busy_message(wait), retry_after_s=self.retry_after_s())
         if self.pending_pairs >= self.max_pending:
             self.shed += 1
-            raise Overloaded(f"{self.pending_pairs} videos are queued (max_pending)", retry_after_s=self.retry_after_s())
+            message = f"{self.pending_pairs} videos are queued (max_pending={self.max_pending})"
+            raise Overloaded(message, retry_after_s=self.retry_after_s())
 
     @contextmanager
     def admit(self, models: list[str], videos: int):

@@ -80,7 +80,9 @@ class Engine:
             decode_workers=settings.decode_workers,
         )
         self.metrics.watch_admission(
-            self.admission.estimated_wait_s, lambda: self.admission.shed, lambda: self.admission.calibration.value or 1.0
+            self.admission.estimated_wait_s,
+            shed=lambda: self.admission.shed,
+            calibration=lambda: self.admission.calibration.value or 1.0,
         )
 
     async def start(self) -> None:
@@ -234,7 +236,8 @@ class Engine:
         async def prepare(i: int) -> list[decode.Clip]:
             try:
                 with self.metrics.stage("decode"):
-                    clips, seconds = await _in_pool(self._decode_pool, _timed_sample, videos[i], [specs[m] for m in needs[i]], self.limits)
+                    wanted = [specs[m] for m in needs[i]]
+                    clips, seconds = await _in_pool(self._decode_pool, _timed_sample, videos[i], wanted, self.limits)
                     self.admission.observe_decode(seconds)  # time in the worker, not waiting for one
                     return clips
             except ServiceError as exc:

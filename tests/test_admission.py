@@ -33,7 +33,8 @@ def _slow_forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts) -> to
 
 
 SLOW = RewardModel(
-    spec=signal.SPEC.model_copy(update={"name": "slow", "dimensions": (Dimension(name="frames"),)}), forward=_slow_forward
+    spec=signal.SPEC.model_copy(update={"name": "slow", "dimensions": (Dimension(name="frames"),)}),
+    forward=_slow_forward,
 )
 
 
@@ -98,7 +99,9 @@ def test_max_pending_is_still_a_hard_cap():
 
 @pytest.fixture(scope="module")
 def slow_gateway():
-    settings = test_settings(models=["slow"], default_model="slow", queue_budget_s=1.0, max_batch_size=1, max_wait_ms=0.0)
+    settings = test_settings(
+        models=["slow"], default_model="slow", queue_budget_s=1.0, max_batch_size=1, max_wait_ms=0.0
+    )
     running = start_server(create_app(settings, models=builtin_models() | {"slow": SLOW}))
     yield running
     running.stop()

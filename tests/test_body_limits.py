@@ -85,9 +85,8 @@ def test_concurrent_body_bytes_are_capped_by_rss(serve_process):
 
     async def send_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/score", content=body, headers={"content-type": "application/json"}) for _ in range(6))
-            )
+            headers = {"content-type": "application/json"}
+            return await asyncio.gather(*(client.post("/v1/score", content=body, headers=headers) for _ in range(6)))
 
     responses = asyncio.run(send_all())
     growth = server.status("VmHWM") - rss_before
