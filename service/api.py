@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from models.placement import CPU
 from models.registry import RewardModel
 from service import auth, ingest, lifecycle, operations
+from service.body_limits import BodyLimits
 from service.compose import build_engine
 from service.config import Settings
 from service.docs import serve_docs
 from service.engine import Engine
-from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge, UnsupportedMedia, shown
+from service.errors import BadInput, InvalidRequest, ServiceError, UnsupportedMedia, shown
 from service.ingest import ScoreInput, WireRequest
 from service.telemetry import RequestTelemetry
 from vrs_wire.schemas import (
@@ -66,7 +67,14 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     app.state.engine = engine
     app.state.drain = lifecycle.Drain(settings.shutdown_grace_s)  # `vrs serve` starts it on SIGTERM
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_request_bytes,
+        max_inflight_bytes=settings.max_inflight_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        min_rate=settings.body_min_bytes_per_s,
+        retry_after_s=engine.admission.estimated_wait_s,
+    )
     auth.protect(app, settings.api_keys)  # 401 before any body is read
     app.add_middleware(lifecycle.DrainGate, drain=app.state.drain)
     app.add_middleware(RequestTelemetry, metrics=engine.metrics)  # outermost: sees every answer, 413s included
@@ -126,8 +134,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         openapi_extra=_request_body("ScoreRequest"),
     )
     async def score(request: Request) -> ScoreResponse:
-        body, inputs = await _read_request(request, settings, ScoreRequest)
-        return _labelled(request, await operations.score(engine, body, inputs))
+        async with _read_request(request, settings, ScoreRequest) as (body, inputs):
+            return _labelled(request, await operations.score(engine, body, inputs))
 
     @app.post(
         "/v1/compare",
@@ -141,8 +149,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         openapi_extra=_request_body("CompareRequest"),
     )
     async def compare(request: Request) -> CompareResponse:
-        body, inputs = await _read_request(request, settings, CompareRequest)
-        return _labelled(request, await operations.compare(engine, body, inputs))
+        async with _read_request(request, settings, CompareRequest) as (body, inputs):
+            return _labelled(request, await operations.compare(engine, body, inputs))
 
     @app.post(
         "/v1/rank",
@@ -156,8 +164,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         openapi_extra=_request_body("RankRequest"),
     )
     async def rank(request: Request) -> RankResponse:
-        body, inputs = await _read_request(request, settings, RankRequest)
-        return _labelled(request, await operations.rank(engine, body, inputs))
+        async with _read_request(request, settings, RankRequest) as (body, inputs):
+            return _labelled(request, await operations.rank(engine, body, inputs))
 
     _add_wire_schemas(app)
     auth.document(app, settings.api_keys)
@@ -213,32 +221,38 @@ def _request_body(schema: str) -> dict:
     }
 
 
+@asynccontextmanager
 async def _read_request(
     request: Request, settings: Settings, kind: type[WireRequest]
-) -> tuple[WireRequest, list[ScoreInput]]:
-    """Read a JSON or multipart body; ``ingest`` turns it into the request and its engine inputs."""
+) -> AsyncIterator[tuple[WireRequest, list[ScoreInput]]]:
+    """Read a JSON or multipart body; ``ingest`` turns it into the request and its engine inputs.
+    Uploads stay spooled on disk while the request is scored (the stages read them from there)."""
+    request.app.state.engine.admission.check_open()  # when saturated, refuse before reading the body
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         form = await request.form(max_files=settings.max_items, max_fields=64)
-        fields: dict[str, list[str]] = {}
-        uploads: dict[str, ingest.Upload] = {}
-        for name, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                fields.setdefault(name, []).append(value)
-            elif name in uploads:
-                raise BadInput(f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart")
-            else:
-                uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
         try:
+            fields: dict[str, list[str]] = {}
+            uploads: dict[str, ingest.Upload] = {}
+            for name, value in form.multi_items():
+                if not isinstance(value, UploadFile):
+                    fields.setdefault(name, []).append(value)
+                elif name in uploads:
+                    raise BadInput(f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart")
+                else:
+                    uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
             body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads)
-            return body, await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes)
+            yield body, await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes)
         finally:
             await form.close()
-    if media_type in ("application/json", ""):
+    elif media_type in ("application/json", ""):
         body = await run_in_threadpool(ingest.parse_json, kind, await request.body())
-        return body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes)
-    raise UnsupportedMedia(f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type")
+        yield body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes)
+    else:
+        raise UnsupportedMedia(
+            f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type"
+        )
 
 
 def _add_wire_schemas(app: FastAPI) -> None:
@@ -257,36 +271,3 @@ def _add_wire_schemas(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over ``max_bytes``, declared or streamed."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _too_large(self.max_bytes, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise TooLarge(f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-async def _too_large(limit: int, send) -> None:
-    body = json.dumps({"error": TooLarge(f"request body exceeds {limit} bytes").to_dict()}).encode()
-    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})

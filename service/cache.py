@@ -16,6 +16,7 @@ import hashlib
 import logging
 import random
 import secrets
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -35,14 +36,19 @@ log = logging.getLogger(__name__)
 # Bump when decoding or resizing changes what a model sees for the same spec: old entries then miss.
 PREPROCESS_REVISION = 1
 
-_ENTRY_OVERHEAD = 120  # bytes an L1 entry costs beyond its key and value (dict slot, objects)
 
 
 def content_digest(video: EncodedVideo | RawFrames | Digest) -> str:
     """The content address a client can compute too (``vrs_wire.npy``): sha256 of the container
     bytes; for raw frames sha256 of their .npy file, with the frame rate (it decides sampling)."""
     if isinstance(video, EncodedVideo):
-        return npy.container_digest(video.data)
+        if isinstance(video.data, bytes):
+            return npy.container_digest(video.data)
+        h = hashlib.sha256()  # a spooled upload: hashed in chunks, never whole in memory
+        with video.reading() as stream:
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
     if isinstance(video, RawFrames):
         return _address(npy.frames_digest(video.frames), video.fps)
     return _address(video.sha256, video.fps)
@@ -80,16 +86,23 @@ def decode_scores(value: bytes, width: int) -> np.ndarray | None:
 
 
 class LRU:
-    """In-process cache bounded by entry count and by bytes (keys + values + overhead)."""
+    """In-process cache bounded by entry count and by the bytes it really holds: its key and
+    value objects as allocated, plus the container itself (``sys.getsizeof`` of an OrderedDict
+    counts its hash table, index and linked-list nodes, which grow in steps and, under eviction
+    churn, up to ~200 bytes per entry)."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self.nbytes = 0
+        self._objects = 0  # bytes of the keys and values held
         self._data: OrderedDict[str, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._data)
+
+    @property
+    def nbytes(self) -> int:
+        return self._objects + sys.getsizeof(self._data)
 
     def get(self, key: str) -> bytes | None:
         value = self._data.get(key)
@@ -98,21 +111,27 @@ class LRU:
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        size = _entry_bytes(key, value)
+        size = _object_bytes(key, value)
         if size > self.max_bytes or self.max_entries <= 0:
             return
         old = self._data.pop(key, None)
         if old is not None:
-            self.nbytes -= _entry_bytes(key, old)
+            self._objects -= _object_bytes(key, old)
         self._data[key] = value
-        self.nbytes += size
-        while len(self._data) > self.max_entries or self.nbytes > self.max_bytes:
+        self._objects += size
+        while self._data and (len(self._data) > self.max_entries or self.nbytes > self.max_bytes):
             evicted_key, evicted = self._data.popitem(last=False)
-            self.nbytes -= _entry_bytes(evicted_key, evicted)
+            self._objects -= _object_bytes(evicted_key, evicted)
 
 
-def _entry_bytes(key: str, value: bytes) -> int:
-    return len(key) + len(value) + _ENTRY_OVERHEAD
+def _object_bytes(key: str, value: bytes) -> int:
+    """The key and value objects as allocated: headers included, rounded up to the 16-byte size
+    classes of CPython's small-object allocator."""
+    return _allocated(sys.getsizeof(key)) + _allocated(sys.getsizeof(value))
+
+
+def _allocated(size: int) -> int:
+    return (size + 15) // 16 * 16
 
 
 class CircuitBreaker:

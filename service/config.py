@@ -28,6 +28,10 @@ class Settings(BaseSettings):
 
     # Input limits, checked before anything large is allocated.
     max_request_bytes: int = 512 * 1024**2
+    max_inflight_body_bytes: int = 1024**3  # request bodies read or processed at once; more gets 429
+    body_read_timeout_s: float = 30.0  # grace before a body must arrive at body_min_bytes_per_s; else 408
+    body_min_bytes_per_s: float = Field(default=32 * 1024, gt=0)
+    max_prompt_chars: int = 8192
     max_video_bytes: int = 200 * 1024**2
     max_items: int = 64
     max_pixels: int = 4096 * 2304  # 4K (DCI-ish) frames and below
@@ -57,7 +61,10 @@ class Settings(BaseSettings):
     inference_threads: int = 0  # torch intra-op threads for in-process inference; 0 = torch default
     max_batch_size: int | None = None  # override every model's spec
     max_wait_ms: float | None = None
-    max_pending: int = 1024  # videos admitted and not yet scored, over all requests; more gets 429
+    max_pending: int = 1024  # (video, model) pairs admitted and not yet scored, over all requests; more gets 429
+    queue_budget_s: float = Field(
+        default=10.0, gt=0, description="Refuse (429) work that would queue longer than this (service/admission.py)."
+    )
     request_timeout_s: float = 120.0
 
     # Score cache (service/cache.py). Without redis_url the cache is in-process only.

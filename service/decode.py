@@ -21,6 +21,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import torch
@@ -103,7 +104,8 @@ def sample_clips(video: EncodedVideo | RawFrames, specs: Sequence[ModelSpec], li
     """
     if isinstance(video, RawFrames):
         return [_sample_raw(video, spec, limits) for spec in specs]
-    return sample_container(video.data, specs, limits)
+    with video.reading() as stream:
+        return sample_container(stream, specs, limits)
 
 
 def _check_size(height: int, width: int, limits: Limits) -> None:
@@ -144,17 +146,21 @@ def _host(frames: torch.Tensor) -> torch.Tensor:
     return frames.pin_memory() if frames.device.type == "cpu" and torch.cuda.is_available() else frames
 
 
-def _open(data: bytes, hwaccel=None) -> av.container.InputContainer:
+def _open(data: bytes | BinaryIO, hwaccel=None) -> av.container.InputContainer:
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         options = {"format_whitelist": CONTAINER_FORMATS}
-        return av.open(io.BytesIO(data), mode="r", container_options=options, hwaccel=hwaccel)
+        return av.open(stream, mode="r", container_options=options, hwaccel=hwaccel)
     except av.FFmpegError as exc:
         reason = exc.strerror or str(exc)
         raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
 
 
-def sample_container(data: bytes, specs: Sequence[ModelSpec], limits: Limits, path: FramePath = CPU_PATH) -> list[Clip]:
-    """Decode a container along ``path`` (all checks, the index and the seeks are the same on every path)."""
+def sample_container(
+    data: bytes | BinaryIO, specs: Sequence[ModelSpec], limits: Limits, path: FramePath = CPU_PATH
+) -> list[Clip]:
+    """Decode a container (bytes, or a stream at its start) along ``path`` (all checks, the index and
+    the seeks are the same on every path)."""
     with _open(data, path.hwaccel) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]

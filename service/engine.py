@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ import torch
 from models.registry import RewardModel
 from models.spec import ModelSpec
 from service import cache, decode, ingest, nvdec
+from service.admission import Admission
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import BadInput, NotCached, Overloaded, ServiceError, Timeout, TooLarge, Unprocessable, shown
+from service.errors import BadInput, NotCached, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
 from service.ingest import ScoreInput
 from service.metrics import Metrics
@@ -83,7 +85,17 @@ class Engine:
         self.metrics.watch_stats(self.stats, self.cache.stats)
         self._decode_pool: ThreadPoolExecutor | None = None
         self._fetcher: UrlFetcher | None = None
-        self._pending = 0  # (item, model) pairs admitted and not yet answered
+        self.admission = Admission(
+            queue_budget_s=settings.queue_budget_s,
+            max_pending=settings.max_pending,
+            concurrency=backend.max_concurrent_batches,
+            decode_workers=settings.decode_workers,
+        )
+        self.metrics.watch_admission(
+            self.admission.estimated_wait_s,
+            shed=lambda: self.admission.shed,
+            calibration=lambda: self.admission.calibration.value or 1.0,
+        )
 
     async def start(self) -> None:
         s = self.settings
@@ -140,6 +152,12 @@ class Engine:
         if len(items) > self.settings.max_items:
             raise TooLarge(f"{len(items)} items in one request; the limit is {self.settings.max_items}")
         for i, item in enumerate(items):
+            if item.prompt is not None and len(item.prompt) > self.settings.max_prompt_chars:
+                raise Unprocessable(
+                    f"prompt has {len(item.prompt)} characters; the limit is {self.settings.max_prompt_chars}",
+                    item=i,
+                    code="prompt_too_long",
+                )
             for spec in specs:
                 if spec.needs_prompt and not (item.prompt and item.prompt.strip()):
                     raise BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
@@ -148,19 +166,12 @@ class Engine:
                         f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
                         item=i, code="bad_prompt",
                     )
-        work = len(items) * len(specs)
-        if work > self.settings.max_pending:
-            raise TooLarge(f"{len(items)} items x {len(specs)} models exceed max_pending={self.settings.max_pending}")
-        if self._pending + work > self.settings.max_pending:
-            raise Overloaded(f"{self._pending} videos are queued; try again shortly", retry_after_s=1.0)
-        self._pending += work
-        try:
-            async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self._score(items, specs, cache)
-        except TimeoutError as exc:
-            raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
-        finally:
-            self._pending -= work
+        with self.admission.admit([spec.name for spec in specs], len(items)):
+            try:
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    return await self._score(items, specs, cache)
+            except TimeoutError as exc:
+                raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
 
     async def _score(self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode) -> list[ItemResult]:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed."""
@@ -220,7 +231,11 @@ class Engine:
             try:
                 with self.metrics.stage("decode"):
                     wanted = [call.specs[m] for m in needs[i]]
-                    return await _in_pool(self._decode_pool, _sample, call.videos[i], wanted, self.limits, self.decode_policy)
+                    clips, seconds = await _in_pool(
+                        self._decode_pool, _timed_sample, call.videos[i], wanted, self.limits, self.decode_policy
+                    )
+                    self.admission.observe_decode(seconds)  # time in the worker, not waiting for one
+                    return clips
             except ServiceError as exc:
                 raise exc.for_item(i)
 
@@ -266,7 +281,9 @@ class Engine:
         clips, prompts = [job.frames for job in jobs], [job.prompt for job in jobs]
         for members, batch in FrameBatch.by_size(clips, prompts, self.backend.device):
             with self.metrics.stage("inference", model):
+                started = time.perf_counter()
                 scores = await self.backend.infer(model, batch)
+                self.admission.observe_batch(model, time.perf_counter() - started, len(members))
             if scores.shape != (len(members), width):
                 raise RuntimeError(f"{model}: backend returned shape {scores.shape}, expected {(len(members), width)}")
             for row, i in enumerate(members):
@@ -319,6 +336,11 @@ async def _all_or_nothing(awaitables) -> list:
 def _in_pool(pool: ThreadPoolExecutor, fn, *args):
     """Run ``fn`` in ``pool`` with this task's context variables (the request id reaches its log lines)."""
     return asyncio.get_running_loop().run_in_executor(pool, partial(contextvars.copy_context().run, fn, *args))
+
+
+def _timed_sample(video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy) -> tuple[list[decode.Clip], float]:
+    started = time.perf_counter()
+    return _sample(video, specs, limits, policy), time.perf_counter() - started
 
 
 def _sample(video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy) -> list[decode.Clip]:

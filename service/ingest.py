@@ -19,8 +19,11 @@ import base64
 import binascii
 import io
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import BinaryIO, TypeVar
 
 import numpy as np
@@ -36,9 +39,20 @@ WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """A video container (mp4, webm, ...) as bytes."""
+    """A video container (mp4, webm, ...): bytes, or a seekable file (an upload spooled to disk)."""
 
-    data: bytes
+    data: bytes | BinaryIO
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[BinaryIO]:
+        """The container as a stream from its start; a file is read by one thread at a time."""
+        if isinstance(self.data, bytes):
+            yield io.BytesIO(self.data)  # shares the bytes, no copy
+            return
+        with self._lock:
+            self.data.seek(0)
+            yield self.data
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,11 @@ class Upload:
     content_type: str
     file: BinaryIO
     size: int | None = None
+
+    @cached_property
+    def video(self) -> EncodedVideo:
+        """The part as a container, left spooled (one per part, so its readers share one lock)."""
+        return EncodedVideo(self.file)
 
 
 def parse_json(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
@@ -164,13 +183,10 @@ def to_source(ref: VideoRef, uploads: Mapping[str, Upload], max_bytes: int) -> V
         return parse_npy(upload.file, ref.fps, max_bytes=max_bytes, what=f"file part {shown(ref.file)}")
     if ref.fps is not None:
         raise BadInput(f"fps is for raw frames; send file part {shown(ref.file)} as {NPY_MEDIA_TYPE}", code="bad_frames")
-    if upload.size is not None and upload.size > max_bytes:
-        raise TooLarge(f"file part {shown(ref.file)} is {upload.size} bytes; the limit is {max_bytes}")
-    upload.file.seek(0)
-    data = upload.file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise TooLarge(f"file part {shown(ref.file)} is larger than the limit of {max_bytes} bytes")
-    return EncodedVideo(data)
+    size = upload.size if upload.size is not None else upload.file.seek(0, io.SEEK_END)
+    if size > max_bytes:
+        raise TooLarge(f"file part {shown(ref.file)} is {size} bytes; the limit is {max_bytes}")
+    return upload.video  # read from its spool file by the stages that need it, never whole into memory
 
 
 def _is_npy(upload: Upload) -> bool:

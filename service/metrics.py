@@ -56,6 +56,17 @@ class Metrics:
     def watch_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
 
+    def watch_admission(
+        self, wait_s: Callable[[], float], *, shed: Callable[[], int], calibration: Callable[[], float]
+    ) -> None:
+        """Export admission control's state (service/admission.py) at each scrape."""
+        for name, doc, read in (
+            ("vrs_queue_wait_estimate_seconds", "Estimated queueing time of work admitted now.", wait_s),
+            ("vrs_admission_calibration", "Measured busy seconds per second of stage-estimated work.", calibration),
+            ("vrs_requests_shed", "Requests refused by admission control (429) since start.", shed),
+        ):
+            Gauge(name, doc, registry=self.registry).set_function(read)
+
     def stage(self, stage: str, model: str = ""):
         """Context manager timing one stage."""
         return self.stage_seconds.labels(stage, model).time()

@@ -33,7 +33,6 @@ that name the decode path (``pixels_id``), and CPU-only gateways keep their keys
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -133,11 +132,11 @@ def matrix_of(frame: av.VideoFrame) -> colour.Matrix:
     return "bt709" if int(frame.colorspace) == 1 else "bt601"  # AVCOL_SPC_BT709
 
 
-def probe(data: bytes) -> tuple[str, int, int] | None:
+def probe(video: EncodedVideo) -> tuple[str, int, int] | None:
     """(codec, width, height) of the first video stream from the header, or None if unreadable
     (the CPU path then reports why)."""
     try:
-        with av.open(io.BytesIO(data), mode="r", container_options={"format_whitelist": decode.CONTAINER_FORMATS}) as c:
+        with video.reading() as stream, av.open(stream, mode="r", container_options={"format_whitelist": decode.CONTAINER_FORMATS}) as c:
             if not c.streams.video:
                 return None
             ctx = c.streams.video[0].codec_context
@@ -152,11 +151,12 @@ def sample_clips(
     """``decode.sample_clips`` with the decoder ``policy`` picks; NVDEC failures fall back to the CPU."""
     if isinstance(video, RawFrames) or not policy.gpu_enabled:
         return decode.sample_clips(video, specs, limits)
-    header = probe(video.data)
+    header = probe(video)
     if header is None or policy.choose(*header) == "cpu":
         return decode.sample_clips(video, specs, limits)
     try:
-        return decode.sample_container(video.data, specs, limits, nvdec_path(policy.device))
+        with video.reading() as stream:
+            return decode.sample_container(stream, specs, limits, nvdec_path(policy.device))
     except TooLarge:
         raise  # the shared limits: the same answer on the CPU, never retried
     except Unprocessable as exc:

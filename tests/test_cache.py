@@ -7,9 +7,14 @@ Inference and decoding are counted by the engine's own counters (``engine.stats`
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import subprocess
+import sys
 import threading
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,7 +24,7 @@ from models import signal
 from models.registry import builtin_models
 from models.spec import FrameSampling, Resolution
 from service.api import create_app
-from service.cache import LRU, CircuitBreaker, cache_key, content_digest
+from service.cache import LRU, CircuitBreaker, cache_key, content_digest, encode_scores
 from service.ingest import EncodedVideo, RawFrames
 from tests import videos
 from tests.videos import unique_clip
@@ -27,6 +32,8 @@ from tests.conftest import PROMPT_PROBE, RunningServer, start_server, test_setti
 from tests.redis_server import RedisServer
 from tests.test_api import expected_scores
 from vrs_client.videos import video_ref
+
+ROOT = Path(__file__).resolve().parents[1]
 
 def body(frames: np.ndarray, prompt: str | None = None, **extra) -> dict:
     return {"items": [{"video": video_ref(frames, fps=16), "prompt": prompt}], **extra}
@@ -178,14 +185,66 @@ def test_l1_stays_within_its_entry_and_byte_bounds():
     lru.put("e", b"x" * 24)
     assert lru.get("b") is not None and lru.get("c") is None
 
-    entry = len("k0") + 24 + 120
-    by_bytes = LRU(max_entries=1000, max_bytes=4 * entry)
+    counting = LRU(max_entries=10, max_bytes=10**6)
+    for i in range(4):
+        counting.put(f"k{i}", b"x" * 24)
+    by_bytes = LRU(max_entries=1000, max_bytes=counting.nbytes)  # room for exactly these four entries
     for i in range(10):
         by_bytes.put(f"k{i}", b"x" * 24)
         assert by_bytes.nbytes <= by_bytes.max_bytes
-    assert len(by_bytes) == 4
-    by_bytes.put("huge", b"x" * (5 * entry))  # larger than the whole cache: not stored, nothing evicted
-    assert by_bytes.get("huge") is None and len(by_bytes) == 4
+    held = len(by_bytes)
+    assert 3 <= held <= 4  # 3 when the table grew a step as the fifth went in (it does not shrink)
+    by_bytes.put("huge", b"x" * counting.nbytes)  # larger than the whole cache: not stored, nothing evicted
+    assert by_bytes.get("huge") is None and len(by_bytes) == held
+
+
+def _fill(lru: LRU, n: int, check=None) -> None:
+    """Put ``n`` entries shaped like the gateway's: a real cache key and a model's encoded scores."""
+    width = len(signal.SPEC.dimensions)
+    for i in range(n):
+        key = cache_key(hashlib.sha256(str(i).encode()).hexdigest(), signal.SPEC, None)
+        lru.put(key, encode_scores(np.full(width, i, np.float32)))
+        if check is not None and i % 2000 == 1999:
+            check()
+
+
+def test_l1_byte_bound_is_a_real_memory_bound():
+    """Filled far past its bound, the L1 holds (as tracemalloc counts every allocation) no more
+    than its byte bound, and not much less: the per-entry count is what is really held."""
+    bound = 2 * 1024**2
+    lru = LRU(max_entries=10**9, max_bytes=bound)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = []
+        _fill(lru, 30_000, lambda: held.append(tracemalloc.get_traced_memory()[0] - before))
+    finally:
+        tracemalloc.stop()
+    assert lru.nbytes <= bound
+    assert len(lru) < 30_000  # it did evict
+    assert max(held) <= bound, f"held {max(held)} bytes with a bound of {bound}"
+    assert held[-1] >= 0.6 * bound, f"held only {held[-1]} of {bound} bytes: the count overstates entries"
+
+
+def test_l1_byte_bound_bounds_rss():
+    """The same in a fresh process, by RSS: 64 MiB of bound grows RSS by at most ~64 MiB."""
+    code = (
+        "import os, sys\n"
+        "from tests.test_cache import _fill, rss_bytes\n"
+        "from service.cache import LRU\n"
+        "before = rss_bytes()\n"
+        "lru = LRU(max_entries=10**9, max_bytes=64 * 1024**2)\n"
+        "_fill(lru, 400_000)\n"
+        "print(rss_bytes() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    growth = int(out.stdout.split()[-1])
+    assert 0.6 * 64 * 1024**2 <= growth <= 1.1 * 64 * 1024**2, f"RSS grew {growth / 1024**2:.1f} MiB"
+
+
+def rss_bytes() -> int:
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return int(fields["VmRSS"].split()[0]) * 1024
 
 
 def test_gateway_l1_respects_its_configured_bounds():

@@ -41,6 +41,7 @@ class Sample:
     status: str  # HTTP status code, or "timeout" / "connect_error" / "error"
     videos: int
     warmup: bool
+    retry_after: str | None = None  # the Retry-After header of a 429/503, as sent
 
     @property
     def latency_s(self) -> float:
@@ -127,6 +128,7 @@ async def run_open_loop(
         async def one(index: int, offset: float) -> None:
             nonlocal in_flight
             payload = payloads[index % len(payloads)]
+            retry_after = None
             sent = time.perf_counter() - t0
             in_flight += 1
             result.max_in_flight = max(result.max_in_flight, in_flight)
@@ -135,6 +137,7 @@ async def run_open_loop(
                     payload.path, content=payload.body, headers={"content-type": payload.content_type}
                 )
                 status = str(response.status_code)
+                retry_after = response.headers.get("retry-after")
             except httpx.TimeoutException:
                 status = "timeout"
             except httpx.ConnectError:
@@ -144,7 +147,7 @@ async def run_open_loop(
             finally:
                 in_flight -= 1
             done = time.perf_counter() - t0
-            result.samples.append(Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s))
+            result.samples.append(Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s, retry_after))
 
         tasks = []
         for index, offset in enumerate(offsets):

@@ -1,0 +1,176 @@
+"""Request bodies: concurrent body bytes are capped (memory measured as the RSS of a real
+``vrs serve`` process), multipart uploads stay spooled on disk, prompts are bounded, and slow
+senders (slowloris, raw sockets trickling bytes) are answered 408 and disconnected in bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.api import create_app
+from tests import videos
+from tests.conftest import free_port, start_server, test_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1024**2
+
+
+class ServeProcess:
+    """``vrs serve`` in its own process (so its RSS is its own), with VRS_* settings."""
+
+    def __init__(self, **settings: str) -> None:
+        self.port = free_port()
+        env = os.environ | {f"VRS_{k.upper()}": v for k, v in settings.items()} | {"VRS_PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("vrs serve did not start")
+            time.sleep(0.2)
+
+    def status(self, field: str) -> int:
+        """A /proc/<pid>/status memory field (VmRSS, VmHWM) in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def serve_process():
+    started: list[ServeProcess] = []
+
+    def start(**settings: str) -> ServeProcess:
+        started.append(ServeProcess(**settings))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def test_concurrent_body_bytes_are_capped_by_rss(serve_process):
+    """Six 30 MB JSON bodies at once against a 40 MB in-flight cap: one is read at a time, the
+    others are refused 429 with Retry-After; the server's peak RSS grows by about one body's
+    worth (raw, text and decoded copies), not six."""
+    server = serve_process(max_inflight_body_bytes=str(40 * MiB))
+    data = base64.b64encode(os.urandom(22 * MiB)).decode()  # ~30 MB of base64, not a video
+    body = ('{"items": [{"video": {"data": "' + data + '"}}]}').encode()
+    rss_before = server.status("VmRSS")
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            headers = {"content-type": "application/json"}
+            return await asyncio.gather(*(client.post("/v1/score", content=body, headers=headers) for _ in range(6)))
+
+    responses = asyncio.run(send_all())
+    growth = server.status("VmHWM") - rss_before
+    statuses = sorted(r.status_code for r in responses)
+    assert 429 in statuses, statuses
+    assert all(s in (415, 429) for s in statuses), statuses  # 415: the bytes are not a video container
+    for r in responses:
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+    assert growth < 250 * MiB, f"peak RSS grew {growth / MiB:.0f} MiB"
+
+
+def test_multipart_uploads_are_spooled_not_read_into_memory(serve_process):
+    """A 150 MB file part (not a video) is refused without the server's RSS growing by its size."""
+    server = serve_process()
+    blob = os.urandom(150 * MiB)
+    rss_before = server.status("VmRSS")
+    response = httpx.post(f"{server.url}/v1/score", files={"video": ("big.mp4", blob, "video/mp4")}, timeout=120)
+    growth = server.status("VmHWM") - rss_before
+    assert response.status_code == 415, response.text
+    assert growth < 60 * MiB, f"peak RSS grew {growth / MiB:.0f} MiB for a 150 MiB upload"
+
+
+@pytest.fixture(scope="module")
+def strict_gateway():
+    settings = test_settings(body_read_timeout_s=1.0, body_min_bytes_per_s=1000.0, max_prompt_chars=100)
+    running = start_server(create_app(settings))
+    yield running
+    running.stop()
+
+
+def test_prompt_length_is_bounded(strict_gateway):
+    ref = {"frames": base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode(), "fps": 8}
+    body = {"items": [{"video": ref, "prompt": "ok"}, {"video": ref, "prompt": "x" * 101}]}
+    response = httpx.post(f"{strict_gateway.url}/v1/score", json=body, timeout=60)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "prompt_too_long" and error["item"] == 1 and "100" in error["message"]
+
+
+def _trickle(url: str, stop_after_s: float) -> tuple[bytes, float]:
+    """Open a raw connection, send headers for a 10 kB body, then one byte every 0.2 s until the
+    server answers or closes; return what it sent and when the connection ended."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(0.2)
+    sock.sendall(
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"
+    )
+    started = time.monotonic()
+    received = b""
+    try:
+        while time.monotonic() - started < stop_after_s:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:  # closed by the server
+                    return received, time.monotonic() - started
+                received += chunk
+            except TimeoutError:
+                try:
+                    sock.sendall(b" ")
+                except OSError:
+                    return received, time.monotonic() - started
+            except OSError:
+                return received, time.monotonic() - started
+        return received, float("inf")
+    finally:
+        sock.close()
+
+
+def test_slow_bodies_get_408_and_are_disconnected(strict_gateway):
+    """20 raw connections trickling a byte every 0.2 s (5 B/s against a 1000 B/s minimum after a
+    1 s grace): each gets 408 body_timeout and is closed, well before the 15 s the test waits."""
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda _: _trickle(strict_gateway.url, 15.0), range(20)))
+    for received, ended in results:
+        assert received.startswith(b"HTTP/1.1 408"), received[:200]
+        assert b"body_timeout" in received
+        assert ended < 5.0, f"connection still open after {ended:.1f} s"
+    # the server still answers normal requests
+    assert httpx.get(f"{strict_gateway.url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_fast_body_within_the_rate_is_not_cut(strict_gateway):
+    ref = {"frames": base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode(), "fps": 8}
+    response = httpx.post(f"{strict_gateway.url}/v1/score", json={"items": [{"video": ref}]}, timeout=60)
+    assert response.status_code == 200, response.text
