@@ -142,7 +142,9 @@ def main() -> None:
             table[kind]["bare"].append(run_load(bare.url, payloads[kind], args.concurrency, requests))
             before = dict(engine.stats)
             measured = run_load(gateway.url, payloads[kind], args.concurrency, requests)
-            measured["work_during_round"] = {k: engine.stats[k] - before.get(k, 0) for k in ("videos_decoded", "inferences")}
+            measured["work_during_round"] = {
+                k: engine.stats[k] - before.get(k, 0) for k in ("videos_decoded", "inferences")
+            }
             table[kind]["gateway"].append(measured)
     gateway.stop()
     bare.stop()
@@ -151,7 +153,9 @@ def main() -> None:
         return statistics.median(r[key] for r in rows)
 
     summary = {}
-    print(f"cache-hit path vs bare FastAPI; {requests} requests x {rounds} rounds, concurrency {args.concurrency}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"cache-hit path vs bare FastAPI; {requests} requests x {rounds} rounds, concurrency {args.concurrency}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print("| payload | server | p50 ms | p99 ms | req/s | errors | decoded / inferences during hits |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for kind, rows in table.items():
@@ -159,16 +163,24 @@ def main() -> None:
             r = rows[server]
             work = r[-1].get("work_during_round", "")
             work = f"{work['videos_decoded']} / {work['inferences']}" if work else "n/a"
-            print(f"| {kind} | {server} | {med(r, 'p50_ms'):.2f} | {med(r, 'p99_ms'):.2f} | {med(r, 'rps'):.0f} | {sum(x['errors'] for x in r)} | {work} |")
+            print(
+                f"| {kind} | {server} | {med(r, 'p50_ms'):.2f} | {med(r, 'p99_ms'):.2f} | {med(r, 'rps'):.0f} | {sum(x['errors'] for x in r)} | {work} |"
+            )
         summary[kind] = {
             "rps_ratio_gateway_over_bare": med(rows["gateway"], "rps") / med(rows["bare"], "rps"),
             "p50_ratio_gateway_over_bare": med(rows["gateway"], "p50_ms") / med(rows["bare"], "p50_ms"),
             "p99_ratio_gateway_over_bare": med(rows["gateway"], "p99_ms") / med(rows["bare"], "p99_ms"),
         }
         s = summary[kind]
-        print(f"\n{kind}: gateway/bare req/s {s['rps_ratio_gateway_over_bare']:.2f}x, p50 {s['p50_ratio_gateway_over_bare']:.2f}x, p99 {s['p99_ratio_gateway_over_bare']:.2f}x\n")
+        print(
+            f"\n{kind}: gateway/bare req/s {s['rps_ratio_gateway_over_bare']:.2f}x, p50 {s['p50_ratio_gateway_over_bare']:.2f}x, p99 {s['p99_ratio_gateway_over_bare']:.2f}x\n"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rounds": table, "summary": summary, "requests": requests, "concurrency": args.concurrency}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"rounds": table, "summary": summary, "requests": requests, "concurrency": args.concurrency}, indent=2
+        )
+    )
     print(f"wrote {args.out}")
 
 

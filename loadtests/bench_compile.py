@@ -54,10 +54,18 @@ def qwen2vl(smoke: bool):
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     if smoke:
-        text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+        text = dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+        )
         vision = dict(depth=2, embed_dim=64, hidden_size=64, num_heads=4)
     else:  # Qwen2-VL-2B-Instruct's shapes
-        text = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)
+        text = dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+        )
         vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16)
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=151936 if not smoke else 1024, max_position_embeddings=32768,
@@ -73,7 +81,14 @@ def clip_l(smoke: bool):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     if smoke:
-        config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=16)
+        config = CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=16,
+        )
     else:  # ViT-L/14 at 224 px
         config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                                   image_size=224, patch_size=14, projection_dim=768)  # fmt: skip
@@ -103,7 +118,9 @@ def compile_cases(smoke: bool, device: str, dtype: torch.dtype) -> list[tuple[st
     vision = clip_l(smoke).to(device, dtype)
     size = vision.config.image_size
     pixels = torch.randn(64 if not smoke else 8, 3, size, size, device=device, dtype=dtype)
-    cases.append(("clip-L" if not smoke else "clip-tiny", len(pixels), lambda: vision(pixel_values=pixels).image_embeds))
+    cases.append(
+        ("clip-L" if not smoke else "clip-tiny", len(pixels), lambda: vision(pixel_values=pixels).image_embeds)
+    )
     b, t, s = (8, 32, 256) if not smoke else (2, 8, 64)
     frames_b = torch.randint(0, 256, (b, t, s, s, 3), dtype=torch.uint8, device=device)
     counts = torch.full((b,), t, device=device)
@@ -129,7 +146,10 @@ def bench_compile(smoke: bool) -> list[dict]:
         rows.append({"model": name, "device": device, "dtype": str(dtype).removeprefix("torch."), "mode": mode or "default",
                      "eager_items_s": items / eager, "compiled_items_s": items / compiled, "speedup": eager / compiled,
                      "compile_warmup_s": warm})  # fmt: skip
-        print(f"{name}: eager {items / eager:.1f}/s, inductor {items / compiled:.1f}/s ({eager / compiled:.2f}x)", flush=True)
+        print(
+            f"{name}: eager {items / eager:.1f}/s, inductor {items / compiled:.1f}/s ({eager / compiled:.2f}x)",
+            flush=True,
+        )
     return rows
 
 
@@ -147,7 +167,11 @@ async def _transport_rate(url: str, transport: str, batch, seconds: float) -> di
         elapsed = time.perf_counter() - start
     finally:
         await backend.close()
-    return {"transport": transport, "requests_s": done / elapsed, "frames_MB_s": done * batch.frames.nbytes / elapsed / 1e6}
+    return {
+        "transport": transport,
+        "requests_s": done / elapsed,
+        "frames_MB_s": done * batch.frames.nbytes / elapsed / 1e6,
+    }
 
 
 def bench_transport(smoke: bool) -> list[dict]:
@@ -196,7 +220,9 @@ def main() -> None:
     print("\n| model | device | dtype | eager items/s | inductor items/s | speed-up | compile+warm-up s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in result["compile"]:
-        print(f"| {r['model']} | {r['device']} | {r['dtype']} | {r['eager_items_s']:.2f} | {r['compiled_items_s']:.2f} | {r['speedup']:.2f}x | {r['compile_warmup_s']:.0f} |")
+        print(
+            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['eager_items_s']:.2f} | {r['compiled_items_s']:.2f} | {r['speedup']:.2f}x | {r['compile_warmup_s']:.0f} |"
+        )
     if result["transport"]:
         print("\n| transport | requests/s | frames MB/s | vs gRPC bytes |\n| --- | --- | --- | --- |")
         for r in result["transport"]:

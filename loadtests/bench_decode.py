@@ -108,7 +108,10 @@ def design_videos(shape: tuple[int, int, int]) -> list[Video]:
 
 def long_videos() -> list[Video]:
     frames = videos.moving_scene(*LONG_SHAPE)
-    return [Video(LONG_SHAPE, fmt, videos.encode(frames, fmt=fmt, fps=FPS, gop=LONG_GOP), LONG_GOP) for fmt in ("mp4", "webm")]
+    return [
+        Video(LONG_SHAPE, fmt, videos.encode(frames, fmt=fmt, fps=FPS, gop=LONG_GOP), LONG_GOP)
+        for fmt in ("mp4", "webm")
+    ]
 
 
 # --- the paths under test ---------------------------------------------------------------

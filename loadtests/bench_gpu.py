@@ -80,12 +80,17 @@ def bench_decode(shapes, smoke: bool) -> list[dict]:
     rows = []
     for total, h, w in shapes:
         data = encoded(total, h, w)
-        spec = signal.SPEC.model_copy(update={
-            "sampling": FrameSampling(mode="count", count=total, max_frames=total),
-            "resolution": Resolution(max_pixels=10**9, size_factor=1),
-        })
+        spec = signal.SPEC.model_copy(
+            update={
+                "sampling": FrameSampling(mode="count", count=total, max_frames=total),
+                "resolution": Resolution(max_pixels=10**9, size_factor=1),
+            }
+        )
         row = {"shape": f"{total}x{h}x{w}", "cpu_workers": cpu_workers}
-        for name, path, workers in (("cpu", decode.CPU_PATH, cpu_workers), ("nvdec" if cuda else "nv12-cpu", gpu_path, 4)):
+        for name, path, workers in (
+            ("cpu", decode.CPU_PATH, cpu_workers),
+            ("nvdec" if cuda else "nv12-cpu", gpu_path, 4),
+        ):
             n_videos = max(2 * workers, 4) if not smoke else workers
             one = decode.sample_container(data, [spec], LIMITS, path)[0]  # warm-up, and where frames land
             sync()
@@ -145,8 +150,12 @@ def bench_forward(dirs, placement: Placement, batches, repeats: int, peak: float
         model = load(name, dirs, placement)
         clip = decode.sample_frames(EncodedVideo(data), model.spec, LIMITS)
         for b in batches:
-            row = {"model": name, "batch": b, "dtype": str(placement.dtype).removeprefix("torch."),
-                   "frames": list(clip.frames.shape)}
+            row = {
+                "model": name,
+                "batch": b,
+                "dtype": str(placement.dtype).removeprefix("torch."),
+                "frames": list(clip.frames.shape),
+            }
             try:
                 batch = FrameBatch.assemble([clip.frames] * b, [PROMPT] * b, placement.device)
                 with torch.inference_mode():
@@ -162,8 +171,12 @@ def bench_forward(dirs, placement: Placement, batches, repeats: int, peak: float
                         model.forward(batch.frames, batch.num_frames, batch.prompts).cpu()
                         times.append(time.perf_counter() - start)
                 t = statistics.median(times)
-                row |= {"ms": round(1000 * t, 2), "videos_per_s": round(b / t, 2), "gflop_per_video": round(flops / b / 1e9, 1),
-                        "tflop_per_s": round(flops / t / 1e12, 2)}
+                row |= {
+                    "ms": round(1000 * t, 2),
+                    "videos_per_s": round(b / t, 2),
+                    "gflop_per_video": round(flops / b / 1e9, 1),
+                    "tflop_per_s": round(flops / t / 1e12, 2),
+                }
                 if peak:
                     row["share_of_peak"] = round(flops / t / peak, 3)
             except torch.OutOfMemoryError:
@@ -192,7 +205,9 @@ def naive_groups_per_s(model, group: list[bytes], placement: Placement, n_groups
     return n_groups / (time.perf_counter() - start)
 
 
-def gateway_groups_per_s(dirs, settings_overrides: dict, group: list[bytes], n_groups: int, in_flight: int) -> tuple[float, dict]:
+def gateway_groups_per_s(
+    dirs, settings_overrides: dict, group: list[bytes], n_groups: int, in_flight: int
+) -> tuple[float, dict]:
     import httpx
     import uvicorn
 
@@ -200,9 +215,16 @@ def gateway_groups_per_s(dirs, settings_overrides: dict, group: list[bytes], n_g
     from service.config import Settings
 
     settings = Settings(
-        models=["videoalign"], default_model="videoalign", model_dirs={"videoalign": dirs["videoalign"]},
-        base_model_dirs={random_checkpoints.BASE_ID: dirs["base"]}, decode_workers=os.cpu_count() or 2,
-        max_pending=4096, request_timeout_s=600, max_batch_size=16, max_wait_ms=10.0, **settings_overrides,
+        models=["videoalign"],
+        default_model="videoalign",
+        model_dirs={"videoalign": dirs["videoalign"]},
+        base_model_dirs={random_checkpoints.BASE_ID: dirs["base"]},
+        decode_workers=os.cpu_count() or 2,
+        max_pending=4096,
+        request_timeout_s=600,
+        max_batch_size=16,
+        max_wait_ms=10.0,
+        **settings_overrides,
     )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
@@ -211,8 +233,12 @@ def gateway_groups_per_s(dirs, settings_overrides: dict, group: list[bytes], n_g
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    body = {"videos": [{"data": base64.b64encode(v).decode()} for v in group], "prompt": PROMPT,
-            "models": ["videoalign"], "cache": "bypass"}
+    body = {
+        "videos": [{"data": base64.b64encode(v).decode()} for v in group],
+        "prompt": PROMPT,
+        "models": ["videoalign"],
+        "cache": "bypass",
+    }
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
             placement = client.get("/v1/models").json()["placement"]
@@ -232,7 +258,9 @@ def gateway_groups_per_s(dirs, settings_overrides: dict, group: list[bytes], n_g
     return rate, placement
 
 
-def bench_grpo(dirs, placement: Placement, shape, n_groups: int, in_flight: int, device_setting: str, dtype_setting: str) -> dict:
+def bench_grpo(
+    dirs, placement: Placement, shape, n_groups: int, in_flight: int, device_setting: str, dtype_setting: str
+) -> dict:
     total, h, w = shape
     group = [encoded(total, h, w, seed=i) for i in range(8)]
     model = load("videoalign", dirs, placement)
@@ -241,9 +269,17 @@ def bench_grpo(dirs, placement: Placement, shape, n_groups: int, in_flight: int,
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    gateway, where = gateway_groups_per_s(dirs, {"device": device_setting, "dtype": dtype_setting}, group, n_groups, in_flight)
-    row = {"group": f"8 x {total}x{h}x{w} mp4", "naive_groups_per_s": round(naive, 3), "gateway_groups_per_s": round(gateway, 3),
-           "speedup": round(gateway / naive, 2), "gateway_placement": where, "groups_in_flight": in_flight}
+    gateway, where = gateway_groups_per_s(
+        dirs, {"device": device_setting, "dtype": dtype_setting}, group, n_groups, in_flight
+    )
+    row = {
+        "group": f"8 x {total}x{h}x{w} mp4",
+        "naive_groups_per_s": round(naive, 3),
+        "gateway_groups_per_s": round(gateway, 3),
+        "speedup": round(gateway / naive, 2),
+        "gateway_placement": where,
+        "groups_in_flight": in_flight,
+    }
     print("grpo", row, flush=True)
     return row
 
@@ -253,40 +289,66 @@ def bench_grpo(dirs, placement: Placement, shape, n_groups: int, in_flight: int,
 
 def markdown(result: dict) -> str:
     env = result["environment"]
-    lines = [f"# bench_gpu ({'smoke, ' if result['smoke'] else ''}{env['device']})", "",
-             f"`{result['command']}` — torch {env['torch']}, PyAV {env['av']}, {env['cpus']} CPUs, "
-             f"peak bf16 {env['peak_bf16_tflops']} TFLOP/s (spec), measured 8192^3 matmul {env['matmul_tflops']} TFLOP/s", ""]
+    lines = [
+        f"# bench_gpu ({'smoke, ' if result['smoke'] else ''}{env['device']})",
+        "",
+        f"`{result['command']}` — torch {env['torch']}, PyAV {env['av']}, {env['cpus']} CPUs, "
+        f"peak bf16 {env['peak_bf16_tflops']} TFLOP/s (spec), measured 8192^3 matmul {env['matmul_tflops']} TFLOP/s",
+        "",
+    ]
     if result.get("decode"):
         gpu = "nvdec" if "nvdec_fps" in result["decode"][0] else "nv12-cpu"
-        lines += ["## Decode (frames/s, H.264, every frame at native size)", "",
-                  f"| video | CPU ({result['decode'][0]['cpu_workers']} threads) | {gpu} | speedup | {gpu} frames on |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['shape']} | {r['cpu_fps']} | {r[gpu + '_fps']} | {r['speedup']}x | {r[gpu + '_frames_on']} |"
-                  for r in result["decode"]]
+        lines += [
+            "## Decode (frames/s, H.264, every frame at native size)",
+            "",
+            f"| video | CPU ({result['decode'][0]['cpu_workers']} threads) | {gpu} | speedup | {gpu} frames on |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['shape']} | {r['cpu_fps']} | {r[gpu + '_fps']} | {r['speedup']}x | {r[gpu + '_frames_on']} |"
+            for r in result["decode"]
+        ]
         lines.append("")
     if result.get("forward"):
-        lines += ["## Forward (53x480x480 @24 fps, sampled per spec)", "",
-                  "| model | batch | dtype | videos/s | ms | GFLOP/video | TFLOP/s | share of peak |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Forward (53x480x480 @24 fps, sampled per spec)",
+            "",
+            "| model | batch | dtype | videos/s | ms | GFLOP/video | TFLOP/s | share of peak |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["forward"]:
             if "error" in r:
                 lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['error']} | | | | |")
             else:
-                lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['videos_per_s']} | {r['ms']} | "
-                             f"{r['gflop_per_video']} | {r['tflop_per_s']} | {r.get('share_of_peak', '-')} |")
+                lines.append(
+                    f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['videos_per_s']} | {r['ms']} | "
+                    f"{r['gflop_per_video']} | {r['tflop_per_s']} | {r.get('share_of_peak', '-')} |"
+                )
         lines.append("")
     if result.get("grpo"):
         r = result["grpo"]
-        lines += ["## GRPO groups through /v1/rank vs the naive loop", "",
-                  "| group | naive loop (groups/s) | gateway (groups/s) | speedup |", "|---|---|---|---|",
-                  f"| {r['group']} | {r['naive_groups_per_s']} | {r['gateway_groups_per_s']} | {r['speedup']}x |", "",
-                  f"Gateway placement: `{json.dumps(r['gateway_placement'])}`, {r['groups_in_flight']} groups in flight.", ""]
+        lines += [
+            "## GRPO groups through /v1/rank vs the naive loop",
+            "",
+            "| group | naive loop (groups/s) | gateway (groups/s) | speedup |",
+            "|---|---|---|---|",
+            f"| {r['group']} | {r['naive_groups_per_s']} | {r['gateway_groups_per_s']} | {r['speedup']}x |",
+            "",
+            f"Gateway placement: `{json.dumps(r['gateway_placement'])}`, {r['groups_in_flight']} groups in flight.",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny videos and shrunk models (runs anywhere)")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default loadtests/results-gpu, or a temp dir with --smoke)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default loadtests/results-gpu, or a temp dir with --smoke)",
+    )
     parser.add_argument("--checkpoints", type=Path, default=Path(tempfile.gettempdir()) / "vrs-random-checkpoints")
     parser.add_argument("--sections", default="decode,forward,grpo")
     parser.add_argument("--repeats", type=int, default=None)
@@ -306,12 +368,21 @@ def main() -> None:
     result: dict = {
         "smoke": smoke,
         "command": "python loadtests/bench_gpu.py " + " ".join(sys.argv[1:]),
-        "environment": {"device": device_name, "placement": placement.describe(), "torch": torch.__version__,
-                        "cuda": torch.version.cuda, "av": av.__version__, "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "peak_bf16_tflops": peak / 1e12 if peak else None,
-                        "matmul_tflops": round(ceiling / 1e12, 1) if ceiling else None},
+        "environment": {
+            "device": device_name,
+            "placement": placement.describe(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "av": av.__version__,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "peak_bf16_tflops": peak / 1e12 if peak else None,
+            "matmul_tflops": round(ceiling / 1e12, 1) if ceiling else None,
+        },
     }
-    decode_shapes = [(9, 64, 64), (9, 72, 128), (9, 108, 192)] if smoke else [(53, 480, 480), (53, 720, 1280), (53, 1080, 1920)]
+    decode_shapes = (
+        [(9, 64, 64), (9, 72, 128), (9, 108, 192)] if smoke else [(53, 480, 480), (53, 720, 1280), (53, 1080, 1920)]
+    )
     if "decode" in sections:
         result["decode"] = bench_decode(decode_shapes, smoke)
     if sections & {"forward", "grpo"}:
@@ -321,7 +392,9 @@ def main() -> None:
         result["forward"] = bench_forward(dirs, placement, batches, args.repeats or (2 if smoke else 10), peak)
     if "grpo" in sections:
         shape = (9, 64, 64) if smoke else (53, 480, 480)
-        result["grpo"] = bench_grpo(dirs, placement, shape, 2 if smoke else 16, 2 if smoke else 4, args.device, args.dtype)
+        result["grpo"] = bench_grpo(
+            dirs, placement, shape, 2 if smoke else 16, 2 if smoke else 4, args.device, args.dtype
+        )
     stem = "bench_gpu_smoke" if smoke else "bench_gpu"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(result) + "\n")

@@ -64,7 +64,9 @@ def _run(name: str, repeats: int, queue) -> None:
         after_load = _rss_mib()
         rows = []
         for total, h, w, fps in SHAPES:
-            clip = sample_frames(RawFrames(videos.moving_scene(total, h, w), float(fps)), model.spec, Limits(10**9, 10**6, 10**6)).frames.numpy()
+            clip = sample_frames(
+                RawFrames(videos.moving_scene(total, h, w), float(fps)), model.spec, Limits(10**9, 10**6, 10**6)
+            ).frames.numpy()
             for batch in (1, 4):
                 frames = torch.from_numpy(np.stack([clip] * batch))
                 counts = torch.full((batch,), len(clip), dtype=torch.int32)
@@ -77,10 +79,24 @@ def _run(name: str, repeats: int, queue) -> None:
                         model.forward(frames, counts, prompts)
                         times.append(time.perf_counter() - t0)
                 median = statistics.median(times)
-                rows.append({"shape": f"{total}x{h}x{w}@{fps}", "frames": list(clip.shape[:3]), "batch": batch,
-                             "median_s": median, "videos_per_s": batch / median})
-    queue.put({"model": name, "rss_after_import_mib": after_import, "rss_after_load_mib": after_load,
-               "peak_rss_mib": _rss_mib(), "rows": rows})
+                rows.append(
+                    {
+                        "shape": f"{total}x{h}x{w}@{fps}",
+                        "frames": list(clip.shape[:3]),
+                        "batch": batch,
+                        "median_s": median,
+                        "videos_per_s": batch / median,
+                    }
+                )
+    queue.put(
+        {
+            "model": name,
+            "rss_after_import_mib": after_import,
+            "rss_after_load_mib": after_load,
+            "peak_rss_mib": _rss_mib(),
+            "rows": rows,
+        }
+    )
 
 
 def main() -> None:
@@ -96,7 +112,12 @@ def main() -> None:
         proc.start()
         results.append(queue.get())
         proc.join()
-    meta = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "repeats": args.repeats}
+    meta = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "repeats": args.repeats,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print("| model | video (TxHxW@fps) | model input (n x h x w) | batch | videos/s | peak RSS MiB (after load) |")
@@ -104,8 +125,10 @@ def main() -> None:
     for r in results:
         for row in r["rows"]:
             n, h, w = row["frames"]
-            print(f"| {r['model']} | {row['shape']} | {n}x{h}x{w} | {row['batch']} | {row['videos_per_s']:.1f} | "
-                  f"{r['peak_rss_mib']:.0f} ({r['rss_after_load_mib']:.0f}) |")
+            print(
+                f"| {r['model']} | {row['shape']} | {n}x{h}x{w} | {row['batch']} | {row['videos_per_s']:.1f} | "
+                f"{r['peak_rss_mib']:.0f} ({r['rss_after_load_mib']:.0f}) |"
+            )
     print(f"\nwritten to {args.out}")
 
 

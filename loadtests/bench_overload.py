@@ -63,10 +63,17 @@ def rss_mb(pid: int) -> float:
 
 def start(checkout: Path, port: int, log: Path) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(checkout), "VRS_PORT": str(port)}
-    code = "import service, sys; assert service.__file__.startswith(sys.argv[1]), service.__file__; " \
-           "from service.cli import main; main(['serve', '--log-level', 'warning'])"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(checkout)], cwd=checkout, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    code = (
+        "import service, sys; assert service.__file__.startswith(sys.argv[1]), service.__file__; "
+        "from service.cli import main; main(['serve', '--log-level', 'warning'])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(checkout)],
+        cwd=checkout,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -217,18 +224,24 @@ def main() -> None:
     }
     (ROOT / "loadtests" / "results" / "overload.json").write_text(json.dumps(record, indent=1, default=str))
 
-    print(f"\nbench_overload, {started}; load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
-          f"offered {base['offered_rps']:.1f} req/s for {args.overload_s:g} s\n")
-    print("| version | capacity req/s | goodput req/s | goodput / capacity | admitted p50 ms | p99 ms | shed (429) | "
-          "other errors | Retry-After values (count) | RSS MB before -> peak -> after | recovery s |")
+    print(
+        f"\nbench_overload, {started}; load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; "
+        f"offered {base['offered_rps']:.1f} req/s for {args.overload_s:g} s\n"
+    )
+    print(
+        "| version | capacity req/s | goodput req/s | goodput / capacity | admitted p50 ms | p99 ms | shed (429) | "
+        "other errors | Retry-After values (count) | RSS MB before -> peak -> after | recovery s |"
+    )
     print("| --- " * 11 + "|")
     for r in (base, new):
         other = {k: v for k, v in r["errors"].items() if k != "429"} or "-"
         ra = ", ".join(f"{k}: {v}" for k, v in r["retry_after"].items()) or "-"
         rss = r["rss_mb"]
-        print(f"| {r['version']} | {r['capacity_rps']:.1f} | {r['goodput_rps']:.1f} | {r['goodput_vs_capacity']:.0%} | "
-              f"{r['admitted_p50_ms']:.0f} | {r['admitted_p99_ms']:.0f} | {r['shed_rate']:.0%} | {other} | {ra} | "
-              f"{rss['before']:.0f} -> {rss['peak']:.0f} -> {rss['after']:.0f} | {r['recovery_s']:.1f} |")
+        print(
+            f"| {r['version']} | {r['capacity_rps']:.1f} | {r['goodput_rps']:.1f} | {r['goodput_vs_capacity']:.0%} | "
+            f"{r['admitted_p50_ms']:.0f} | {r['admitted_p99_ms']:.0f} | {r['shed_rate']:.0%} | {other} | {ra} | "
+            f"{rss['before']:.0f} -> {rss['peak']:.0f} -> {rss['after']:.0f} | {r['recovery_s']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

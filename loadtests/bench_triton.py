@@ -123,15 +123,17 @@ async def run(args: argparse.Namespace) -> dict:
         gateway = start_gateway(triton.grpc_url, port, args.max_wait_ms)
         results: dict[str, dict] = {}
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http, grpcaio.InferenceServerClient(
-                triton.grpc_url, channel_args=CHANNEL_ARGS
-            ) as direct:
-
+            async with (
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http,
+                grpcaio.InferenceServerClient(triton.grpc_url, channel_args=CHANNEL_ARGS) as direct,
+            ):
                 for clip_name, concurrency in [(c, n) for c in args.clips for n in args.concurrency]:
                     body, inputs = payloads(SHAPES[clip_name])
 
                     async def via_gateway(body=body) -> None:
-                        response = await http.post("/v1/score", content=body, headers={"content-type": "application/json"})
+                        response = await http.post(
+                            "/v1/score", content=body, headers={"content-type": "application/json"}
+                        )
                         response.raise_for_status()
 
                     async def via_direct(inputs=inputs) -> None:
@@ -208,7 +210,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per path per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queue-delay-us", type=int, default=TritonOptions.max_queue_delay_us)
-    parser.add_argument("--max-wait-ms", type=float, default=None, help="gateway micro-batch wait (default: the spec's)")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=None, help="gateway micro-batch wait (default: the spec's)"
+    )
     parser.add_argument("--quick", action="store_true", help="16 requests, 1 round")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()

@@ -65,8 +65,12 @@ SERVERS = [
     Server("naive", [PY, "-m", "loadtests.peer_servers.naive", "--port", "{port}"], "/healthz"),
     Server("litserve", [PY, "-m", "loadtests.peer_servers.lit", "--port", "{port}"], "/healthz", path="/predict"),
     Server("ray", [PY, "-m", "loadtests.peer_servers.ray_serve", "--port", "{port}"], "/healthz", startup_s=300.0),
-    Server("gateway", [PY, "-m", "service.cli", "serve", "--port", "{port}", "--log-level", "warning"], "/readyz",
-           cache="bypass"),
+    Server(
+        "gateway",
+        [PY, "-m", "service.cli", "serve", "--port", "{port}", "--log-level", "warning"],
+        "/readyz",
+        cache="bypass",
+    ),
 ]
 CACHED = Server("gateway-cached", [], "/readyz", cache="use")
 
@@ -143,7 +147,9 @@ def warm(url: str, payloads: list[Payload], count: int) -> list[str]:
     with httpx.Client(base_url=url, timeout=300) as client:
         for i in range(count):
             p = payloads[i % len(payloads)]
-            statuses.append(str(client.post(p.path, content=p.body, headers={"content-type": p.content_type}).status_code))
+            statuses.append(
+                str(client.post(p.path, content=p.body, headers={"content-type": p.content_type}).status_code)
+            )
     return statuses
 
 
@@ -156,10 +162,12 @@ def measure(url: str, payloads: list[Payload], rate: float, seconds: float, warm
 def show(name: str, step: str, m: dict) -> None:
     s = m["run"].summary()
     lat = s["latency_ms"]
-    print(f"  {name:15} {step:10} offered {s['offered_rps']:.3g}/s ok {s['ok']}/{s['measured']} err {s['errors'] or '-'} "
-          f"achieved {s['achieved_rps']:.3g} req/s {s['achieved_videos_per_s']:.3g} videos/s "
-          f"p50 {lat['p50'] / 1000:.2f} s p99 {lat['p99'] / 1000:.2f} s load {m['load_before']:.1f}->{m['load_after']:.1f}",
-          flush=True)
+    print(
+        f"  {name:15} {step:10} offered {s['offered_rps']:.3g}/s ok {s['ok']}/{s['measured']} err {s['errors'] or '-'} "
+        f"achieved {s['achieved_rps']:.3g} req/s {s['achieved_videos_per_s']:.3g} videos/s "
+        f"p50 {lat['p50'] / 1000:.2f} s p99 {lat['p99'] / 1000:.2f} s load {m['load_before']:.1f}->{m['load_after']:.1f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -195,7 +203,9 @@ def main() -> None:
                     payloads = payloads_for(row, plan.workload)
                     statuses = warm(url, payloads, len(payloads) if row is CACHED else plan.warm)
                     if set(statuses) != {"200"}:
-                        failures[f"{row.name} / {name}"] = f"warm-up answered {statuses}; see loadtests/results/{server.name}.log"
+                        failures[f"{row.name} / {name}"] = (
+                            f"warm-up answered {statuses}; see loadtests/results/{server.name}.log"
+                        )
                         print(f"  {row.name}: warm-up failed: {statuses}", flush=True)
                         continue
                     sat = measure(url, payloads, plan.burst_rate, plan.burst_s, 0.0)
@@ -217,21 +227,48 @@ def main() -> None:
         "elapsed_s": time.time() - started,
         "common_rate": common_rate,
         "failures": failures,
-        "plans": [{"workload": p.workload.name, "description": p.workload.description, "videos_per_request":
-                   p.workload.videos_per_request, "warm": p.warm, "burst_rate": p.burst_rate, "burst_s": p.burst_s,
-                   "common_s": p.common_s, "common_warmup_s": p.common_warmup_s} for p in todo],
-        "results": {w: {s: {"warm_statuses": r["warm_statuses"]} | {step: {"summary": r[step]["run"].summary(),
-                    "load_before": r[step]["load_before"], "load_after": r[step]["load_after"]}
-                    for step in ("saturation", "common")} for s, r in rows.items()} for w, rows in results.items()},
+        "plans": [
+            {
+                "workload": p.workload.name,
+                "description": p.workload.description,
+                "videos_per_request": p.workload.videos_per_request,
+                "warm": p.warm,
+                "burst_rate": p.burst_rate,
+                "burst_s": p.burst_s,
+                "common_s": p.common_s,
+                "common_warmup_s": p.common_warmup_s,
+            }
+            for p in todo
+        ],
+        "results": {
+            w: {
+                s: {"warm_statuses": r["warm_statuses"]}
+                | {
+                    step: {
+                        "summary": r[step]["run"].summary(),
+                        "load_before": r[step]["load_before"],
+                        "load_after": r[step]["load_after"],
+                    }
+                    for step in ("saturation", "common")
+                }
+                for s, r in rows.items()
+            }
+            for w, rows in results.items()
+        },
     }
     out_dir = ROOT / "loadtests" / ("results" if args.quick else "")
     for plan in todo:
         rows = results[plan.workload.name]
-        plot_peers({s: r["common"]["run"] for s, r in rows.items()},
-                   {s: r["saturation"]["run"].summary()["achieved_videos_per_s"] for s, r in rows.items()},
-                   plan.workload.description, out_dir / f"peers-{plan.workload.name}.png")
-    raw = {w: {s: {step: r[step]["run"].to_json() for step in ("saturation", "common")} for s, r in rows.items()}
-           for w, rows in results.items()}
+        plot_peers(
+            {s: r["common"]["run"] for s, r in rows.items()},
+            {s: r["saturation"]["run"].summary()["achieved_videos_per_s"] for s, r in rows.items()},
+            plan.workload.description,
+            out_dir / f"peers-{plan.workload.name}.png",
+        )
+    raw = {
+        w: {s: {step: r[step]["run"].to_json() for step in ("saturation", "common")} for s, r in rows.items()}
+        for w, rows in results.items()
+    }
     (ROOT / "loadtests" / "results" / "peers.json").write_text(json.dumps(record | {"raw": raw}, indent=1))
     md = args.results_md or out_dir / "RESULTS.md"
     write_results(record, md)
@@ -239,12 +276,26 @@ def main() -> None:
 
 
 def machine(load_start: tuple[float, float, float]) -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0")
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(int(mem) / 1024**2, 1),
-            "os": platform.platform(), "python": platform.python_version(),
-            "load_average_start": load_start, "load_average_end": os.getloadavg()}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0"
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / 1024**2, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+    }
 
 
 def versions() -> dict:

@@ -48,7 +48,9 @@ def write_results(record: dict, out: Path) -> None:
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, Python {m['python']}, no GPU.",
         f"- Load average (1/5/15 min) at start {_loads(m['load_average_start'])}, at end {_loads(m['load_average_end'])}: "
         "the machine is shared with other engineers' test runs; each step's 1-minute load before/after is in the tables.",
-        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + f"; torch threads {record['torch_threads']}.",
+        "- Versions: "
+        + ", ".join(f"{k} {val}" for k, val in v.items())
+        + f"; torch threads {record['torch_threads']}.",
         "",
         ABOUT,
     ]

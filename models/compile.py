@@ -53,10 +53,14 @@ def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, se
     return sizes
 
 
-def prepare(models: dict[str, RewardModel], mode: Compile, device: str = "cpu", max_batch_size: int | None = None) -> dict[str, RewardModel]:
+def prepare(
+    models: dict[str, RewardModel], mode: Compile, device: str = "cpu", max_batch_size: int | None = None
+) -> dict[str, RewardModel]:
     """Apply ``mode`` to the models that run in torch here, warmed up; ``tensorrt`` is refused."""
     if mode == "tensorrt":
-        raise ValueError("VRS_COMPILE=tensorrt runs engines in Triton: set VRS_BACKEND=triton (see README 'Compiled models')")
+        raise ValueError(
+            "VRS_COMPILE=tensorrt runs engines in Triton: set VRS_BACKEND=triton (see README 'Compiled models')"
+        )
     if mode == "none":
         return models
     out = {}

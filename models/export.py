@@ -102,7 +102,9 @@ class QwenVisionTower(torch.nn.Module):
         return v.merger(x.reshape(g * n, -1)).reshape(g, n // 4, -1)
 
 
-def vision_inputs(patches: torch.Tensor, grid: tuple[int, int, int], merge: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_inputs(
+    patches: torch.Tensor, grid: tuple[int, int, int], merge: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``video_patches``' output [t*h*w, 1176] and grid (t, h, w) -> (PATCHES [t, h*w, 1176], POSITIONS
     [h*w, 2]): each patch's (row, col) in the merge-window order ``video_patches`` lays them out in."""
     t, h, w = grid
@@ -128,11 +130,20 @@ def _dims(name: str, ranges: list[profiles.Range], batched: bool) -> dict[int, D
     return {i: Dim(f"{name}_{i}", min=lo[i], max=hi[i]) for i in range(len(lo)) if lo[i] != hi[i]}
 
 
-def _export(module: torch.nn.Module, part: contract.Part, args: Sequence[torch.Tensor], out: Path,
-            part_profiles: list[profiles.Profile], batched: bool, dynamic_shapes=None) -> Exported:
+def _export(
+    module: torch.nn.Module,
+    part: contract.Part,
+    args: Sequence[torch.Tensor],
+    out: Path,
+    part_profiles: list[profiles.Profile],
+    batched: bool,
+    dynamic_shapes=None,
+) -> Exported:
     path = out / f"{part.name}.onnx"
     if dynamic_shapes is None:
-        dynamic_shapes = tuple(_dims(t.name.lower(), [p[t.name] for p in part_profiles], batched) for t in part.contract.inputs)
+        dynamic_shapes = tuple(
+            _dims(t.name.lower(), [p[t.name] for p in part_profiles], batched) for t in part.contract.inputs
+        )
     torch.onnx.export(
         module.eval(), tuple(args), str(path), input_names=list(part.contract.input_names),
         output_names=[t.name for t in part.contract.outputs], dynamic_shapes=dynamic_shapes,
@@ -150,8 +161,13 @@ def _signal(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
     # Sides are multiples of the size factor: the region means export as reshapes (models/signal.py).
     h, w = Dim("h", min=1, max=longest // f), Dim("w", min=1, max=longest // f)
     shapes = ({0: batch, 1: frames, 2: f * h, 3: f * w}, {0: batch})
-    example = (torch.randint(0, 256, (2, 5, 2 * f, 3 * f, 3), dtype=torch.uint8), torch.tensor([[5], [3]], dtype=torch.int32))
-    return [_export(SignalGraph(), part, example, out, profiles.part_profiles(spec, part.name, max_batch), True, shapes)]
+    example = (
+        torch.randint(0, 256, (2, 5, 2 * f, 3 * f, 3), dtype=torch.uint8),
+        torch.tensor([[5], [3]], dtype=torch.int32),
+    )
+    return [
+        _export(SignalGraph(), part, example, out, profiles.part_profiles(spec, part.name, max_batch), True, shapes)
+    ]
 
 
 def _clip(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:

@@ -48,7 +48,9 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     index = int(m.group(1) or 0)
     if not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: torch sees no CUDA device (torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+        raise ValueError(
+            f"device {name!r}: torch sees no CUDA device (torch {torch.__version__}, CUDA build: {torch.version.cuda})"
+        )
     if index >= torch.cuda.device_count():
         raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)

@@ -62,19 +62,25 @@ def frame_boxes(spec: ModelSpec) -> list[tuple[tuple[int, int], tuple[int, int],
     return boxes
 
 
-def part_profiles(spec: ModelSpec, part: str, max_batch: int, *, image_size: int = 224, text_length: int = 77) -> list[Profile]:
+def part_profiles(
+    spec: ModelSpec, part: str, max_batch: int, *, image_size: int = 224, text_length: int = 77
+) -> list[Profile]:
     """The optimisation profiles of ``part`` (a name from ``contract.parts``)."""
     s = spec.sampling
     if part == "signal":
         profiles = []
         for (h0, h1), (w0, w1), (ho, wo) in frame_boxes(spec):
-            frames = Range((1, s.min_frames, h0, w0, 3), (max_batch, s.max_frames, ho, wo, 3), (max_batch, s.max_frames, h1, w1, 3))
+            frames = Range(
+                (1, s.min_frames, h0, w0, 3), (max_batch, s.max_frames, ho, wo, 3), (max_batch, s.max_frames, h1, w1, 3)
+            )
             counts = Range((1, 1), (max_batch, 1), (max_batch, 1))
             profiles.append({contract.FRAMES: frames, contract.NUM_FRAMES: counts})
         return profiles
     if part.endswith(".image"):
         size = (3, image_size, image_size)
-        return [{contract.PIXELS: Range((1, 1, *size), (max_batch, s.max_frames, *size), (max_batch, s.max_frames, *size))}]
+        return [
+            {contract.PIXELS: Range((1, 1, *size), (max_batch, s.max_frames, *size), (max_batch, s.max_frames, *size))}
+        ]
     if part.endswith(".text"):
         ids = Range((1, 2), (max_batch, min(16, text_length)), (max_batch, text_length))  # bos + eos at least
         return [{contract.INPUT_IDS: ids, contract.ATTENTION_MASK: ids}]
@@ -98,7 +104,9 @@ def part_profiles(spec: ModelSpec, part: str, max_batch: int, *, image_size: int
 
 
 def as_json(profiles: list[Profile]) -> list[dict[str, dict[str, list[int]]]]:
-    return [{name: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for name, r in p.items()} for p in profiles]
+    return [
+        {name: {"min": list(r.min), "opt": list(r.opt), "max": list(r.max)} for name, r in p.items()} for p in profiles
+    ]
 
 
 def from_json(raw: list[dict]) -> list[Profile]:

@@ -104,6 +104,8 @@ def load_models(
         if name not in LOADABLE:
             continue  # built in, or unknown (the caller reports it)
         if name not in dirs:
-            raise ModelLoadError(f"{name}: no checkpoint directory configured (set VRS_MODEL_DIRS='{{\"{name}\": \"/path\"}}')")
+            raise ModelLoadError(
+                f'{name}: no checkpoint directory configured (set VRS_MODEL_DIRS=\'{{"{name}": "/path"}}\')'
+            )
         out[name] = load_model(name, dirs[name], base_dirs, placement) if weights else load_spec(name, dirs[name])
     return out

@@ -114,8 +114,12 @@ def build_all(
         entry = manifest[name]
         built.append(
             build_plan(
-                onnx_dir / entry["onnx"], repo / name / str(version) / "model.plan",
-                profiles.from_json(entry["profiles"]), precision, timing_cache, workspace_gib,
+                onnx_dir / entry["onnx"],
+                repo / name / str(version) / "model.plan",
+                profiles.from_json(entry["profiles"]),
+                precision,
+                timing_cache,
+                workspace_gib,
             )  # fmt: skip
         )
     return built

@@ -85,7 +85,9 @@ class TritonPythonModel:
         for request in requests:
             inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.step.inputs}
             outputs = self.step(inputs)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()]))
+            responses.append(
+                pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(k, v) for k, v in outputs.items()])
+            )
         return responses
 
     def execute(self, requests: list) -> list:
@@ -122,4 +124,6 @@ def _spec_stub(config: dict):
     from models.spec import ModelSpec
 
     spec = ModelSpec.model_validate_json(config["parameters"]["spec_json"]["string_value"])
-    return spec.model_copy(update={"batching": spec.batching.model_copy(update={"max_batch_size": config["max_batch_size"]})})
+    return spec.model_copy(
+        update={"batching": spec.batching.model_copy(update={"max_batch_size": config["max_batch_size"]})}
+    )

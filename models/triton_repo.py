@@ -61,7 +61,9 @@ class TritonOptions:
     instances: int = 1  # model instances (python stubs / TensorRT execution contexts)
     version: int = 1  # the numbered version folder
     python_paths: tuple[str, ...] | None = None  # for the stub's sys.path; None: this checkout + environment
-    device: str = "cpu"  # "cpu", or "cuda": python models then run as KIND_GPU instances (one per GPU Triton gives them)
+    device: str = (
+        "cpu"  # "cpu", or "cuda": python models then run as KIND_GPU instances (one per GPU Triton gives them)
+    )
     dtype: str = "auto"  # compute dtype of checkpoint models (models/placement.py)
     compile: str = "none"  # VRS_COMPILE for the python-backend forwards ("inductor": torch.compile + warm-up)
 
@@ -203,7 +205,9 @@ def python_config(
     )
 
 
-def tensorrt_profiles(model: RewardModel, part: str, options: TritonOptions = TritonOptions()) -> list[profiles.Profile]:
+def tensorrt_profiles(
+    model: RewardModel, part: str, options: TritonOptions = TritonOptions()
+) -> list[profiles.Profile]:
     """The optimisation profiles the engine of ``part`` is built with (models/profiles.py)."""
     spec = model.spec
     scorer = getattr(model.forward, "__self__", None)
@@ -233,7 +237,9 @@ def _header(spec: ModelSpec, what: str) -> str:
 
 
 def _instances(options: TritonOptions, kind: str, n_profiles: int = 0) -> str:
-    profile = f"\n    profile: [ {', '.join(f'{chr(34)}{i}{chr(34)}' for i in range(n_profiles))} ]" if n_profiles else ""
+    profile = (
+        f"\n    profile: [ {', '.join(f'{chr(34)}{i}{chr(34)}' for i in range(n_profiles))} ]" if n_profiles else ""
+    )
     return f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {kind}{profile}\n  }}\n]\n"
 
 
@@ -242,12 +248,15 @@ def plan_config(model: RewardModel, part: contract.Part, options: TritonOptions 
     spec = model.spec
     shapes = tensorrt_profiles(model, part.name, options)
     comment = "".join(
-        f"#   profile {i}: " + "; ".join(f"{k} min {list(r.min)} opt {list(r.opt)} max {list(r.max)}" for k, r in p.items()) + "\n"
+        f"#   profile {i}: "
+        + "; ".join(f"{k} min {list(r.min)} opt {list(r.opt)} max {list(r.max)}" for k, r in p.items())
+        + "\n"
         for i, p in enumerate(shapes)
     )
     return (
         _header(spec, f"TensorRT plan {part.name}")
-        + "# Optimisation profiles (batch dim first):\n" + comment
+        + "# Optimisation profiles (batch dim first):\n"
+        + comment
         + f'name: "{part.name}"\n'
         + 'platform: "tensorrt_plan"\n'
         + f"max_batch_size: {_batch_limit(spec, options)}\n"
@@ -255,7 +264,7 @@ def plan_config(model: RewardModel, part: contract.Part, options: TritonOptions 
         + _batcher_block(options)
         + _instances(options, "KIND_GPU", len(shapes))
         + f"version_policy: {{ specific: {{ versions: [ {options.version} ] }} }}\n"
-        + f"parameters [\n  {{ key: \"spec_version\" value: {{ string_value: {_string(spec.version)} }} }}\n]\n"
+        + f'parameters [\n  {{ key: "spec_version" value: {{ string_value: {_string(spec.version)} }} }}\n]\n'
     )
 
 
@@ -277,7 +286,9 @@ def step_config(model: RewardModel, name: str, c: contract.Contract, model_dir: 
     )
 
 
-def ensemble_config(model: RewardModel, steps: list[tuple[str, tuple[str, ...], tuple[str, ...]]], options: TritonOptions) -> str:
+def ensemble_config(
+    model: RewardModel, steps: list[tuple[str, tuple[str, ...], tuple[str, ...]]], options: TritonOptions
+) -> str:
     """The gateway-facing model: the gateway contract, run as ``steps`` (model, inputs, outputs), tensors by name."""
     spec = model.spec
 
@@ -292,11 +303,15 @@ def ensemble_config(model: RewardModel, steps: list[tuple[str, tuple[str, ...], 
         + 'platform: "ensemble"\n'
         + f"max_batch_size: {_batch_limit(spec, options)}\n"
         + _io(contract.gateway_contract(spec, "tensorrt"))
-        + "ensemble_scheduling {\n  step [\n" + ",\n".join(step(*s) for s in steps) + "\n  ]\n}\n"
+        + "ensemble_scheduling {\n  step [\n"
+        + ",\n".join(step(*s) for s in steps)
+        + "\n  ]\n}\n"
     )
 
 
-def tensorrt_configs(model: RewardModel, options: TritonOptions = TritonOptions(), model_dir: Path | None = None) -> dict[str, str]:
+def tensorrt_configs(
+    model: RewardModel, options: TritonOptions = TritonOptions(), model_dir: Path | None = None
+) -> dict[str, str]:
     """Every Triton model of ``model``'s tensorrt variant: name -> config.pbtxt.
 
     - ``signal``: one plan, the whole forward, under the model's own name;
@@ -342,6 +357,7 @@ def tensorrt_configs(model: RewardModel, options: TritonOptions = TritonOptions(
         f"{spec.name}: no tensorrt variant; only its vision tower compiles to a plan ({', '.join(parts)}), the "
         "language model stays in torch: serve it with --variant python and VRS_COMPILE=inductor"
     )
+
 
 def write_python_repo(
     repo: Path,

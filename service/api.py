@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +13,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from vrs_wire.schemas import (
+    CompareRequest,
+    CompareResponse,
+    ErrorResponse,
+    ModelsResponse,
+    RankRequest,
+    RankResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
 
 from models.placement import CPU
 from models.registry import RewardModel
@@ -25,16 +35,6 @@ from service.engine import Engine
 from service.errors import BadInput, InvalidRequest, ServiceError, UnsupportedMedia, shown
 from service.ingest import ScoreInput, WireRequest
 from service.telemetry import RequestTelemetry
-from vrs_wire.schemas import (
-    CompareRequest,
-    CompareResponse,
-    ErrorResponse,
-    ModelsResponse,
-    RankRequest,
-    RankResponse,
-    ScoreRequest,
-    ScoreResponse,
-)
 
 _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Routing and multipart-parser errors, in the same shape as ours."""
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail), "item": None}}, status_code=exc.status_code)
+        return JSONResponse(
+            {"error": {"code": code, "message": str(exc.detail), "item": None}}, status_code=exc.status_code
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,7 +129,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         description=(
             "JSON body: a ScoreRequest. Or multipart/form-data: video file parts (containers, or raw frames "
             "as `application/x-npy` parts with `fps`), plus either a `request` field holding a ScoreRequest "
-            "whose videos name parts as `{\"file\": \"<part name>\"}`, or plain `prompt` / `model` / "
+            'whose videos name parts as `{"file": "<part name>"}`, or plain `prompt` / `model` / '
             "`weights` / `preset` / `normalise` / `fps` fields applying to every file part. "
             "Any bad item fails the whole request with an error naming the item (and listing the other bad items)."
         ),
@@ -188,7 +190,11 @@ def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
             out[name] = {"backend": "triton", "device": "triton", "dtype": "triton"}
         else:
             weight_free = model.placement == CPU  # computes where its frames are
-            where = {"device": str(engine.backend.device), "dtype": "float32"} if weight_free else model.placement.describe()
+            where = (
+                {"device": str(engine.backend.device), "dtype": "float32"}
+                if weight_free
+                else model.placement.describe()
+            )
             out[name] = {"backend": "inprocess", **where, "decode": engine.decode_policy.pixels_id}
     return out
 
@@ -239,7 +245,9 @@ async def _read_request(
                 if not isinstance(value, UploadFile):
                     fields.setdefault(name, []).append(value)
                 elif name in uploads:
-                    raise BadInput(f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart")
+                    raise BadInput(
+                        f"two file parts named {shown(name)}; give each a distinct name", code="bad_multipart"
+                    )
                 else:
                     uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
             body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads)

@@ -25,17 +25,16 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from vrs_wire import npy
 
 from models.spec import ModelSpec
 from service.config import Settings
 from service.ingest import Digest, EncodedVideo, RawFrames
-from vrs_wire import npy
 
 log = logging.getLogger(__name__)
 
 # Bump when decoding or resizing changes what a model sees for the same spec: old entries then miss.
 PREPROCESS_REVISION = 1
-
 
 
 def content_digest(video: EncodedVideo | RawFrames | Digest) -> str:
@@ -166,7 +165,9 @@ class CircuitBreaker:
     def failure(self, exc: BaseException) -> None:
         self._failures += 1
         if self._opened_at is None and self._failures >= self.threshold:
-            log.warning("redis cache: %d failures in a row (%r); circuit open for %.1f s", self._failures, exc, self.cooldown_s)
+            log.warning(
+                "redis cache: %d failures in a row (%r); circuit open for %.1f s", self._failures, exc, self.cooldown_s
+            )
             self._opened_at = self._clock()
         elif self._opened_at is not None:
             self._opened_at = self._clock()  # the probe failed: stay open another cooldown
@@ -275,6 +276,7 @@ class RedisStore:
             replies = await pipe.execute()
         return [(replies[2 * i], bool(replies[2 * i + 1])) for i in range(len(keys))]
 
+
 _UNLOCK_LUA = """
 local n = 0
 for _, key in ipairs(KEYS) do
@@ -357,7 +359,7 @@ class Flight:
 
     def __init__(
         self,
-        cache: "ScoreCache",
+        cache: ScoreCache,
         mine: list[str],
         *,
         led: Sequence[str] = (),

@@ -24,14 +24,26 @@ def add_parser(sub) -> None:
     export = steps.add_parser("export", help="Write ONNX for each model's compiled parts, with a manifest of profiles.")
     export.add_argument("--out", type=Path, required=True, help="Directory for <part>.onnx and manifest.json.")
     export.add_argument("--models", nargs="+", default=None, help="Models to export (default: VRS_MODELS).")
-    export.add_argument("--model-dir", action="append", default=[], metavar="NAME=PATH", help="As in VRS_MODEL_DIRS (repeatable).")
-    export.add_argument("--base-model-dir", action="append", default=[], metavar="ID=PATH", help="As in VRS_BASE_MODEL_DIRS.")
-    export.add_argument("--max-batch-size", type=int, default=None, help="Batch bound of the profiles (default: each spec's).")
+    export.add_argument(
+        "--model-dir", action="append", default=[], metavar="NAME=PATH", help="As in VRS_MODEL_DIRS (repeatable)."
+    )
+    export.add_argument(
+        "--base-model-dir", action="append", default=[], metavar="ID=PATH", help="As in VRS_BASE_MODEL_DIRS."
+    )
+    export.add_argument(
+        "--max-batch-size", type=int, default=None, help="Batch bound of the profiles (default: each spec's)."
+    )
 
-    engine = steps.add_parser("engine", help="Build TensorRT plans from an export (needs TensorRT: NVIDIA's Triton image).")
+    engine = steps.add_parser(
+        "engine", help="Build TensorRT plans from an export (needs TensorRT: NVIDIA's Triton image)."
+    )
     engine.add_argument("--onnx", type=Path, required=True, help="The directory `vrs compile export` wrote.")
-    engine.add_argument("--repo", type=Path, required=True, help="Model repository: plans go to <part>/<version>/model.plan.")
-    engine.add_argument("--parts", nargs="+", default=None, help="Parts to build (default: every part in the manifest).")
+    engine.add_argument(
+        "--repo", type=Path, required=True, help="Model repository: plans go to <part>/<version>/model.plan."
+    )
+    engine.add_argument(
+        "--parts", nargs="+", default=None, help="Parts to build (default: every part in the manifest)."
+    )
     engine.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
     engine.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file, read and updated.")
     engine.add_argument("--workspace-gib", type=float, default=8.0)

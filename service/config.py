@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     # says so, with the CPU as fallback; cpu always decodes with FFmpeg's software decoders.
     decode: Literal["auto", "cpu", "nvdec"] = "auto"  # auto = nvdec when the device is CUDA, else cpu
     nvdec_min_pixels: int = Field(
-        default=640 * 360, ge=0, description="Smaller frames decode on the CPU (NVDEC's per-stream set-up outweighs them)."
+        default=640 * 360,
+        ge=0,
+        description="Smaller frames decode on the CPU (NVDEC's per-stream set-up outweighs them).",
     )
 
     # Work scheduling.
@@ -76,7 +78,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = 0.25  # per Redis round trip; a slow Redis is a miss, never a slow request
     redis_breaker_failures: int = 3  # failures in a row that open the circuit
     redis_breaker_cooldown_s: float = 5.0  # how long Redis is skipped before one probe
-    cache_lock_s: float = Field(default=10.0, ge=0, description="Cross-replica lock on a key while it is computed; 0 = off.")
+    cache_lock_s: float = Field(
+        default=10.0, ge=0, description="Cross-replica lock on a key while it is computed; 0 = off."
+    )
 
     # Scoring
     weight_presets: dict[str, dict[str, float]] = Field(
@@ -96,7 +100,9 @@ class Settings(BaseSettings):
     # `signal` loads from model_dirs[name]; base_model_dirs maps a checkpoint's base-model id
     # (e.g. VideoReward's "Qwen/Qwen2-VL-2B-Instruct") to a local directory.
     model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"videoalign": "/ckpt/VideoReward"}')
-    base_model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}')
+    base_model_dirs: dict[str, Path] = Field(
+        default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}'
+    )
 
     # Triton backend (service/backends/triton.py; README "Triton backend").
     backend: Literal["inprocess", "triton"] = "inprocess"

@@ -153,7 +153,9 @@ def _open(data: bytes | BinaryIO, hwaccel=None) -> av.container.InputContainer:
         return av.open(stream, mode="r", container_options=options, hwaccel=hwaccel)
     except av.FFmpegError as exc:
         reason = exc.strerror or str(exc)
-        raise UnsupportedMedia(f"cannot open as a video container: corrupt, truncated or not a video ({reason})") from exc
+        raise UnsupportedMedia(
+            f"cannot open as a video container: corrupt, truncated or not a video ({reason})"
+        ) from exc
 
 
 def sample_container(
@@ -185,7 +187,10 @@ def sample_container(
                     code="truncated_video",
                 )
             plans = [
-                (sample_indices(len(timestamps), fps, spec.sampling), preprocess.target_size(height, width, spec.resolution))
+                (
+                    sample_indices(len(timestamps), fps, spec.sampling),
+                    preprocess.target_size(height, width, spec.resolution),
+                )
                 for spec in specs
             ]
             wanted_by = [set(indices) for indices, _ in plans]

@@ -134,7 +134,9 @@ class Engine:
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.models:
-            raise BadInput(f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.models))}", code="unknown_model")
+            raise BadInput(
+                f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.models))}", code="unknown_model"
+            )
         return self.models[name].spec
 
     async def ready(self) -> tuple[bool, str]:
@@ -164,7 +166,8 @@ class Engine:
                 if spec.prompt_forbidden and item.prompt and (found := re.search(spec.prompt_forbidden, item.prompt)):
                     raise Unprocessable(
                         f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
-                        item=i, code="bad_prompt",
+                        item=i,
+                        code="bad_prompt",
                     )
         with self.admission.admit([spec.name for spec in specs], len(items)):
             try:
@@ -179,8 +182,11 @@ class Engine:
             videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
         digests = [i for i, v in enumerate(videos) if isinstance(v, ingest.Digest)]
         if digests and mode != "use":
-            raise BadInput(f"a sha256 reference is scored from the cache only; cache {mode!r} needs the video",
-                           item=digests[0], code="bad_input")
+            raise BadInput(
+                f"a sha256 reference is scored from the cache only; cache {mode!r} needs the video",
+                item=digests[0],
+                code="bad_input",
+            )
         call = _Call(items, specs, videos, await self._keys(videos, items, specs))
         if mode == "bypass":
             return _results(call, await self._compute(call, call.pairs), cached=set())
@@ -306,7 +312,9 @@ def _check_cached(call: _Call, digests: list[int], known: dict[Pair, np.ndarray]
     """Items sent by digest must be fully cached: else ``not_cached`` naming them (the client resends)."""
     gone = [i for i in digests if any((i, m) not in known for m in range(len(call.specs)))]
     if gone:
-        errors = [NotCached(f"no cached scores for sha256 {call.videos[i].sha256}; send the video", item=i) for i in gone]
+        errors = [
+            NotCached(f"no cached scores for sha256 {call.videos[i].sha256}; send the video", item=i) for i in gone
+        ]
         errors[0].others = errors[1:]
         raise errors[0]
 
@@ -338,7 +346,9 @@ def _in_pool(pool: ThreadPoolExecutor, fn, *args):
     return asyncio.get_running_loop().run_in_executor(pool, partial(contextvars.copy_context().run, fn, *args))
 
 
-def _timed_sample(video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy) -> tuple[list[decode.Clip], float]:
+def _timed_sample(
+    video, specs: list[ModelSpec], limits: decode.Limits, policy: nvdec.DecodePolicy
+) -> tuple[list[decode.Clip], float]:
     started = time.perf_counter()
     return _sample(video, specs, limits, policy), time.perf_counter() - started
 

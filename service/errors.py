@@ -23,11 +23,11 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.item = item
-        self.others: list["ServiceError"] = []  # further failed items of the same request
+        self.others: list[ServiceError] = []  # further failed items of the same request
         if code:
             self.code = code
 
-    def for_item(self, item: int) -> "ServiceError":
+    def for_item(self, item: int) -> ServiceError:
         self.item = item
         return self
 
@@ -82,7 +82,7 @@ class InvalidRequest(ServiceError):
     status, code = 422, "invalid_request"
 
     @classmethod
-    def from_errors(cls, errors: list[dict]) -> "InvalidRequest":
+    def from_errors(cls, errors: list[dict]) -> InvalidRequest:
         """From pydantic's error list: the first error's field path, and its item index when inside one."""
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         loc = [p for p in first.get("loc", ()) if p != "body"]

@@ -182,7 +182,9 @@ def to_source(ref: VideoRef, uploads: Mapping[str, Upload], max_bytes: int) -> V
     if _is_npy(upload):
         return parse_npy(upload.file, ref.fps, max_bytes=max_bytes, what=f"file part {shown(ref.file)}")
     if ref.fps is not None:
-        raise BadInput(f"fps is for raw frames; send file part {shown(ref.file)} as {NPY_MEDIA_TYPE}", code="bad_frames")
+        raise BadInput(
+            f"fps is for raw frames; send file part {shown(ref.file)} as {NPY_MEDIA_TYPE}", code="bad_frames"
+        )
     size = upload.size if upload.size is not None else upload.file.seek(0, io.SEEK_END)
     if size > max_bytes:
         raise TooLarge(f"file part {shown(ref.file)} is {size} bytes; the limit is {max_bytes}")

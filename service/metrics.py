@@ -30,24 +30,40 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
         self.requests = PromCounter(
-            "vrs_requests", "HTTP requests answered, by endpoint, models and status.", ["endpoint", "model", "status"], registry=r
+            "vrs_requests",
+            "HTTP requests answered, by endpoint, models and status.",
+            ["endpoint", "model", "status"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "vrs_request_duration_seconds", "Time from request received to response sent.", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "vrs_request_duration_seconds",
+            "Time from request received to response sent.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.stage_seconds = Histogram(
             "vrs_stage_duration_seconds",
             "Time in each pipeline stage: ingest and cache per request, decode per video, queue and inference per "
             "model call (model is empty for stages that serve every model of a request).",
-            ["stage", "model"], buckets=LATENCY_BUCKETS, registry=r,
+            ["stage", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "vrs_batch_size", "Items per micro-batch handed to the backend.", ["model"], buckets=BATCH_BUCKETS, registry=r
+            "vrs_batch_size",
+            "Items per micro-batch handed to the backend.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge("vrs_queue_depth", "Items waiting in a model's micro-batch queue.", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "vrs_queue_depth", "Items waiting in a model's micro-batch queue.", ["model"], registry=r
+        )
         self.in_flight = Gauge("vrs_requests_in_flight", "HTTP requests being processed.", ["endpoint"], registry=r)
-        self.received_bytes = PromCounter("vrs_received_bytes", "Request body bytes received.", ["endpoint"], registry=r)
+        self.received_bytes = PromCounter(
+            "vrs_received_bytes", "Request body bytes received.", ["endpoint"], registry=r
+        )
 
     def watch_stats(self, engine_stats: Counter[str], cache_stats: Counter[str]) -> None:
         """Export the engine's and cache's own counters at each scrape."""
@@ -89,7 +105,8 @@ class _StatsCollector(Collector):
             lookups.add_metric([result], self.cache[key])
         yield lookups
         errors = CounterMetricFamily(
-            "vrs_cache_errors", "Redis calls that failed or timed out (error), or were skipped by the open circuit (skipped).",
+            "vrs_cache_errors",
+            "Redis calls that failed or timed out (error), or were skipped by the open circuit (skipped).",
             labels=["kind"],
         )
         errors.add_metric(["error"], self.cache["redis_errors"])

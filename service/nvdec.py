@@ -95,7 +95,9 @@ def nvdec_path(device: torch.device) -> decode.FramePath:
     """A FramePath that decodes with NVDEC on ``device`` and converts to RGB there."""
     from av.codec.hwaccel import HWAccel
 
-    hwaccel = HWAccel(device_type="cuda", device=str(device.index or 0), allow_software_fallback=False, is_hw_owned=True)
+    hwaccel = HWAccel(
+        device_type="cuda", device=str(device.index or 0), allow_software_fallback=False, is_hw_owned=True
+    )
 
     def to_rgb(frame: av.VideoFrame) -> torch.Tensor:
         if frame.format.name != "cuda":
@@ -136,7 +138,10 @@ def probe(video: EncodedVideo) -> tuple[str, int, int] | None:
     """(codec, width, height) of the first video stream from the header, or None if unreadable
     (the CPU path then reports why)."""
     try:
-        with video.reading() as stream, av.open(stream, mode="r", container_options={"format_whitelist": decode.CONTAINER_FORMATS}) as c:
+        with (
+            video.reading() as stream,
+            av.open(stream, mode="r", container_options={"format_whitelist": decode.CONTAINER_FORMATS}) as c,
+        ):
             if not c.streams.video:
                 return None
             ctx = c.streams.video[0].codec_context

@@ -10,10 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from models.spec import ModelSpec, Pairwise
-from service import pairwise, ranking, scoring
-from service.engine import Engine, ScoreInput
-from service.errors import BadInput, Unprocessable, shown
 from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
@@ -28,6 +24,11 @@ from vrs_wire.schemas import (
     ScoreResponse,
     ScoringOptions,
 )
+
+from models.spec import ModelSpec, Pairwise
+from service import pairwise, ranking, scoring
+from service.engine import Engine, ScoreInput
+from service.errors import BadInput, Unprocessable, shown
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,11 @@ async def _score(engine: Engine, p: Plan, inputs: list[ScoreInput], cache) -> li
         raw = scoring.flatten(result.scores, p.specs)
         broken = [key for key, value in raw.items() if not math.isfinite(value)]
         if broken:  # JSON has no NaN/inf: a 200 would carry null where its schema says number
-            bad.append(Unprocessable(f"the model gave a non-finite score for {', '.join(broken)}", item=i, code="non_finite_score"))
+            bad.append(
+                Unprocessable(
+                    f"the model gave a non-finite score for {', '.join(broken)}", item=i, code="non_finite_score"
+                )
+            )
             continue
         shown = scoring.normalise(raw, p.specs) if p.normalise else raw
         total = scoring.overall(scoring.oriented(shown, p.specs), p.weights)

@@ -20,13 +20,13 @@ from typing import Any, TextIO
 import httpx
 from pydantic import ValidationError
 from tqdm import tqdm
+from vrs_client import APIError, AsyncClient
+from vrs_wire.schemas import ItemScore, ScoreRequest, ScoreResponse, ScoringOptions
 
 from service import operations
 from service.compose import build_engine
 from service.errors import ServiceError
 from service.ingest import EncodedVideo, ScoreInput
-from vrs_client import APIError, AsyncClient
-from vrs_wire.schemas import ItemScore, ScoreRequest, ScoreResponse, ScoringOptions
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif", ".ts", ".flv", ".ogv", ".mpg", ".mpeg"}
@@ -178,8 +178,9 @@ async def _score_local(paths: list[Path], args: argparse.Namespace, options: dic
         raise Aborted(f"cannot build the engine from VRS_* settings: {exc}") from None
 
     async def score_chunk(chunk: list[bytes]) -> ScoreResponse:
-        body = ScoreRequest(items=[{"video": {"file": str(i)}, "prompt": args.prompt} for i in range(len(chunk))],
-                            **options)
+        body = ScoreRequest(
+            items=[{"video": {"file": str(i)}, "prompt": args.prompt} for i in range(len(chunk))], **options
+        )
         try:
             return await operations.score(engine, body, [ScoreInput(EncodedVideo(d), args.prompt) for d in chunk])
         except ServiceError as exc:
@@ -252,7 +253,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ["path", "overall", *keys]
     body = [[r["path"], f"{r['overall']:.4f}", *(f"{r['scores'][k]:.4f}" for k in keys)] for r in rows]
     widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join(line(cells) for cells in [head, *body])
 
 

@@ -13,7 +13,6 @@ import numpy as np
 from models.spec import Dimension, ModelSpec
 from service.errors import BadInput, shown
 
-
 # Larger weights let `overall` overflow to inf (and inf - inf to NaN in comparisons); relative
 # weights never need more range than this.
 MAX_WEIGHT = 1e6
@@ -52,7 +51,9 @@ def resolve_weights(
         if key not in known:
             raise BadInput(f"{field}: unknown dimension {shown(key)}; known: {', '.join(known)}", code="bad_weights")
         if not 0 <= value <= MAX_WEIGHT:  # also refuses NaN
-            raise BadInput(f"{field}: {shown(key)} must be a number in [0, {MAX_WEIGHT:g}], got {value}", code="bad_weights")
+            raise BadInput(
+                f"{field}: {shown(key)} must be a number in [0, {MAX_WEIGHT:g}], got {value}", code="bad_weights"
+            )
     if not any(weights.values()):
         raise BadInput(f"{field}: at least one weight must be positive", code="bad_weights")
     return dict(weights)

@@ -13,7 +13,8 @@ from models.triton_repo import TritonOptions
 def add_parser(sub) -> None:
     """Register ``vrs triton`` on the ``vrs`` subcommand parser."""
     triton = sub.add_parser(
-        "triton", help="Generate a Triton model repository and serve it with the tritonserver bundled in nvidia-pytriton."
+        "triton",
+        help="Generate a Triton model repository and serve it with the tritonserver bundled in nvidia-pytriton.",
     )
     triton.add_argument("--repo", type=Path, default=Path("triton-repo"), help="Model repository to (re)generate.")
     triton.add_argument("--models", nargs="+", default=None, help="Models to put in it (default: VRS_MODELS).")
@@ -107,12 +108,21 @@ def run(args: argparse.Namespace) -> None:
         print(f"Triton model repository written: {repo}", flush=True)
         return
     server = LocalTriton(
-        repo, args.grpc_port, args.http_port, args.metrics_port, host=args.host, verbose=args.verbose, inherit_output=True
+        repo,
+        args.grpc_port,
+        args.http_port,
+        args.metrics_port,
+        host=args.host,
+        verbose=args.verbose,
+        inherit_output=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the server on SIGTERM too
     try:
         server.start()
-        print(f"Triton ready: gRPC {server.grpc_url}, repository {repo}; set VRS_BACKEND=triton VRS_TRITON_URL={server.grpc_url}", flush=True)
+        print(
+            f"Triton ready: gRPC {server.grpc_url}, repository {repo}; set VRS_BACKEND=triton VRS_TRITON_URL={server.grpc_url}",
+            flush=True,
+        )
         server.process.wait()
     except KeyboardInterrupt:
         pass

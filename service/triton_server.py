@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 def pytriton_dist() -> Path:
     """The ``tritonserver`` tree inside the installed nvidia-pytriton wheel."""
     try:
@@ -44,7 +45,11 @@ def backend_dir(dest: Path) -> Path:
         raise RuntimeError(f"nvidia-pytriton ships no python-backend stub for Python {version}")
     python = dest / "python"
     python.mkdir(parents=True, exist_ok=True)
-    for source in (dist / "backends/python/libtriton_python.so", dist / "backends/python/triton_python_backend_utils.py", stub):
+    for source in (
+        dist / "backends/python/libtriton_python.so",
+        dist / "backends/python/triton_python_backend_utils.py",
+        stub,
+    ):
         link = python / source.name
         if not link.exists():
             link.symlink_to(source)
@@ -100,7 +105,7 @@ class LocalTriton:
             f"--log-verbose={1 if self.verbose else 0}",
         ]
 
-    def start(self, timeout_s: float = 180.0) -> "LocalTriton":
+    def start(self, timeout_s: float = 180.0) -> LocalTriton:
         """Launch the server and wait (polling) until it and every model in the repo are ready."""
         self._work = Path(tempfile.mkdtemp(prefix="vrs-triton-"))
         self._shm_prefix = f"vrs{os.getpid()}_{self._work.name[-8:]}_"

@@ -30,7 +30,9 @@ def debian_kubectl() -> Path:
         fetched = subprocess.run(["apt-get", "download", "kubernetes-client"], cwd=tmp, capture_output=True, text=True)
         if fetched.returncode != 0:  # a fresh machine may have no package lists yet
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-            fetched = subprocess.run(["apt-get", "download", "kubernetes-client"], cwd=tmp, capture_output=True, text=True)
+            fetched = subprocess.run(
+                ["apt-get", "download", "kubernetes-client"], cwd=tmp, capture_output=True, text=True
+            )
         debs = list(Path(tmp).glob("kubernetes-client_*.deb"))
         if not debs:
             raise RuntimeError(f"could not fetch Debian's kubernetes-client package: {fetched.stderr.strip()}")

@@ -54,7 +54,7 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "PrometheusServer":
+    def start(self) -> PrometheusServer:
         self.process = subprocess.Popen(
             [
                 str(prometheus_binary()),

@@ -181,7 +181,14 @@ def test_multipart_errors_use_the_error_shape(client, clean_mp4):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:9/clip.mp4", "http://localhost/clip.mp4", "http://10.0.0.1/clip.mp4", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x", "http://[::ffff:10.1.2.3]/x"],
+    [
+        "http://127.0.0.1:9/clip.mp4",
+        "http://localhost/clip.mp4",
+        "http://10.0.0.1/clip.mp4",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x",
+        "http://[::ffff:10.1.2.3]/x",
+    ],
 )
 def test_urls_into_private_networks_are_refused(client, url):
     r = client.post("/v1/score", json={"items": [{"video": {"url": url}}]})

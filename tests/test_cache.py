@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from vrs_client.videos import video_ref
 
 from models import signal
 from models.registry import builtin_models
@@ -27,13 +28,13 @@ from service.api import create_app
 from service.cache import LRU, CircuitBreaker, cache_key, content_digest, encode_scores
 from service.ingest import EncodedVideo, RawFrames
 from tests import videos
-from tests.videos import unique_clip
 from tests.conftest import PROMPT_PROBE, RunningServer, start_server, test_settings
 from tests.redis_server import RedisServer
 from tests.test_api import expected_scores
-from vrs_client.videos import video_ref
+from tests.videos import unique_clip
 
 ROOT = Path(__file__).resolve().parents[1]
+
 
 def body(frames: np.ndarray, prompt: str | None = None, **extra) -> dict:
     return {"items": [{"video": video_ref(frames, fps=16), "prompt": prompt}], **extra}
@@ -129,7 +130,9 @@ def test_weights_do_not_split_entries_but_prompts_do(gateway):
     plain = score(gateway, clip, weights={"signal.sharpness": 1.0})
     reweighted = score(gateway, clip, weights={"signal.exposure": 3.0, "signal.contrast": 1.0})
     assert reweighted["cached"] is True
-    assert reweighted["overall"] == pytest.approx(3 * plain["scores"]["signal.exposure"] + plain["scores"]["signal.contrast"])
+    assert reweighted["overall"] == pytest.approx(
+        3 * plain["scores"]["signal.exposure"] + plain["scores"]["signal.contrast"]
+    )
 
     # prompt-probe reads the prompt: a new prompt is a miss; signal ignores it: still a hit.
     assert score(gateway, clip, "a cat", models=["prompt-probe"])["cached"] is False

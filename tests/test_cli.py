@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from vrs_client import Client
 
 from tests import videos
 from tests.conftest import free_port
-from vrs_client import Client
 
 VRS = str(Path(sys.executable).with_name("vrs"))
 
@@ -42,8 +42,21 @@ EXPECTED_FILES = ["clean.mp4", "dark.MP4", "nested/blurred.webm"]
 def test_score_a_folder_against_a_server(scoring_gateway, folder, tmp_path):
     weights = "signal-rk.sharpness=2,signal-rk.exposure=1"
     out_json, out_csv = tmp_path / "scores.json", tmp_path / "scores.csv"
-    done = vrs(str(folder), "--server", scoring_gateway.url, "--model", "signal-rk", "--weights", weights,
-               "--batch-size", "2", "--json", str(out_json), "--csv", str(out_csv))
+    done = vrs(
+        str(folder),
+        "--server",
+        scoring_gateway.url,
+        "--model",
+        "signal-rk",
+        "--weights",
+        weights,
+        "--batch-size",
+        "2",
+        "--json",
+        str(out_json),
+        "--csv",
+        str(out_csv),
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(out_json.read_text())
     paths = [Path(r["path"]).relative_to(folder).as_posix() for r in report["results"]]
@@ -52,8 +65,11 @@ def test_score_a_folder_against_a_server(scoring_gateway, folder, tmp_path):
     assert report["models"] == [{"name": "signal-rk", "version": "1.0.0"}]
     # The same numbers the client gets for the same files.
     with Client(scoring_gateway.url) as client:
-        direct = client.score([folder / p for p in EXPECTED_FILES], models=["signal-rk"],
-                              weights={"signal-rk.sharpness": 2, "signal-rk.exposure": 1}).results
+        direct = client.score(
+            [folder / p for p in EXPECTED_FILES],
+            models=["signal-rk"],
+            weights={"signal-rk.sharpness": 2, "signal-rk.exposure": 1},
+        ).results
     for row, item in zip(report["results"], direct):
         assert row["scores"] == item.scores and row["overall"] == item.overall
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
@@ -135,8 +151,13 @@ def test_bad_argument_combinations_exit_2_with_one_line(folder, args, fragment):
 
 
 def test_local_honours_the_configured_models_and_backend(folder, tiny_dirs):
-    env = {"VRS_MODELS": '["signal", "clip-segmental"]', "VRS_MODEL_DIRS": json.dumps({"clip-segmental": str(tiny_dirs["clip"])})}
-    done = vrs(str(folder / "clean.mp4"), "--local", "--model", "clip-segmental", "--prompt", "a scene", "--json", "-", env=env)
+    env = {
+        "VRS_MODELS": '["signal", "clip-segmental"]',
+        "VRS_MODEL_DIRS": json.dumps({"clip-segmental": str(tiny_dirs["clip"])}),
+    }
+    done = vrs(
+        str(folder / "clean.mp4"), "--local", "--model", "clip-segmental", "--prompt", "a scene", "--json", "-", env=env
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert [m["name"] for m in report["models"]] == ["clip-segmental"]

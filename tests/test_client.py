@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
@@ -21,10 +21,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from tests.conftest import free_port, start_server
 from vrs_client import APIError, AsyncClient, Client, Retry
 from vrs_client.retry import retry_after_s
+
+from tests.conftest import free_port, start_server
 
 
 @dataclass
@@ -132,7 +132,7 @@ def test_read_timeout_is_raised():
 
 
 def test_retry_after_as_http_date_and_the_cap():
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     response = httpx.Response(429, headers={"Retry-After": later})
     assert 25 < retry_after_s(response) <= 30
     assert Retry(max_wait_s=10).delay(1, response) == 10

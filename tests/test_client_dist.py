@@ -117,6 +117,8 @@ def test_client_sources_are_python_3_9(path):
     zips = [
         n.lineno
         for n in ast.walk(tree)
-        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "zip" and any(k.arg == "strict" for k in n.keywords)
+        if isinstance(n, ast.Call)
+        and getattr(n.func, "id", None) == "zip"
+        and any(k.arg == "strict" for k in n.keywords)
     ]
     assert zips == [], f"{path}: zip(strict=...) is Python 3.10"

@@ -79,7 +79,14 @@ def test_temporal_consistency_on_hand_made_embeddings():
 def goal_clip_dir(tiny_clip, d):
     """A copy of the tiny CLIP directory with 4 segments and the goal/baseline prompts ``_reference`` uses."""
     shutil.copytree(tiny_clip, d)
-    config = {"frames": 16, "segments": 4, "lambda": 1.0, "goal_prompts": ["a cat surfing a wave"], "baseline_prompts": ["a video"], "alpha": 0.5}
+    config = {
+        "frames": 16,
+        "segments": 4,
+        "lambda": 1.0,
+        "goal_prompts": ["a cat surfing a wave"],
+        "baseline_prompts": ["a video"],
+        "alpha": 0.5,
+    }
     (d / "segmental_reward.json").write_text(json.dumps(config))
     return d
 
@@ -106,8 +113,13 @@ def _reference(clip_dir, frames: np.ndarray, text: str) -> list[float]:
     std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
     def resize(frame, wh, method):  # PIL on float channels: the references resize float tensors, not uint8
-        return np.stack([np.asarray(Image.fromarray(frame[..., c].astype(np.float32) / 255, mode="F").resize(wh, method))
-                         for c in range(3)], axis=-1)
+        return np.stack(
+            [
+                np.asarray(Image.fromarray(frame[..., c].astype(np.float32) / 255, mode="F").resize(wh, method))
+                for c in range(3)
+            ],
+            axis=-1,
+        )
 
     def instructvideo(frame):
         h, w = frame.shape[:2]
@@ -126,7 +138,9 @@ def _reference(clip_dir, frames: np.ndarray, text: str) -> list[float]:
 
     def txt(ps):
         with torch.inference_mode():
-            return F.normalize(model.get_text_features(**tok(ps, padding=True, return_tensors="pt")).pooler_output, dim=-1).numpy()
+            return F.normalize(
+                model.get_text_features(**tok(ps, padding=True, return_tensors="pt")).pooler_output, dim=-1
+            ).numpy()
 
     n, segments = len(frames), 4
     index = np.arange(segments) * (n // segments)
@@ -136,12 +150,17 @@ def _reference(clip_dir, frames: np.ndarray, text: str) -> list[float]:
     w = np.exp(-np.abs(index - n // 2))
     d = g - b
     p = 0.5 * np.outer(d, d) / d.dot(d) + 0.5 * np.eye(len(d))
-    return [float(np.mean(w * (x @ t))), float(np.mean(np.sum(x[1:] * x[:-1], -1))),
-            float(np.mean(1 - 0.5 * np.sum(((every - g) @ p) ** 2, -1)))]
+    return [
+        float(np.mean(w * (x @ t))),
+        float(np.mean(np.sum(x[1:] * x[:-1], -1))),
+        float(np.mean(1 - 0.5 * np.sum(((every - g) @ p) ** 2, -1))),
+    ]
 
 
 def test_clip_segmental_end_to_end(clip_dir):
-    settings = test_settings(models=["clip-segmental"], default_model="clip-segmental", model_dirs={"clip-segmental": clip_dir})
+    settings = test_settings(
+        models=["clip-segmental"], default_model="clip-segmental", model_dirs={"clip-segmental": clip_dir}
+    )
     running = start_server(create_app(settings))
     try:
         clean = videos.moving_scene(33, 240, 416)
@@ -169,7 +188,9 @@ def test_repeated_prompts_are_encoded_once(tiny_dirs):
     model = registry.load_model("clip-segmental", tiny_dirs["clip"])
     scorer = model.forward.__self__
     encoded = []
-    scorer.model.text_model.register_forward_hook(lambda module, args, kwargs_out: encoded.append(None), with_kwargs=False)
+    scorer.model.text_model.register_forward_hook(
+        lambda module, args, kwargs_out: encoded.append(None), with_kwargs=False
+    )
     frames = torch.from_numpy(np.stack([videos.moving_scene(8, 64, 64)[:8]] * 3))
     with torch.inference_mode():
         first = model.forward(frames, torch.tensor([8, 8, 8]), ["a cat", "a dog", "a cat"])
@@ -180,7 +201,11 @@ def test_repeated_prompts_are_encoded_once(tiny_dirs):
 
 def test_bad_clip_directory_stops_startup(tiny_dirs, tmp_path):
     with pytest.raises(registry.ModelLoadError, match=f"{tmp_path}.*no config.json"):
-        create_app(test_settings(models=["clip-segmental"], default_model="clip-segmental", model_dirs={"clip-segmental": tmp_path}))
+        create_app(
+            test_settings(
+                models=["clip-segmental"], default_model="clip-segmental", model_dirs={"clip-segmental": tmp_path}
+            )
+        )
     bad = tmp_path / "clip"
     shutil.copytree(tiny_dirs["clip"], bad)
     (bad / "segmental_reward.json").write_text('{"segments": 0}')

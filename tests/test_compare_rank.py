@@ -12,13 +12,13 @@ import random
 import httpx
 import numpy as np
 import pytest
+from vrs_client import AsyncClient, Client, Frames
 
 from models import signal
 from models.spec import Pairwise
 from service import pairwise, ranking
 from tests import videos
 from tests.conftest import SIGNAL_RK
-from vrs_client import AsyncClient, Client, Frames
 
 SIGNAL_DIMS = [f"signal.{d}" for d in signal.SPEC.dimension_names]
 RK_DIMS = [f"signal-rk.{d}" for d in signal.SPEC.dimension_names]
@@ -37,14 +37,19 @@ def test_compare_agrees_with_pointwise_scores(vrs, group_mp4):
     pointwise = vrs.score([a, b], models=models, weights=weights).results
     result = vrs.compare(a, b, models=models, weights=weights)
     assert result.weights == weights
-    assert [r.model_dump(exclude={"cached"}) for r in result.results] == [r.model_dump(exclude={"cached"}) for r in pointwise]
+    assert [r.model_dump(exclude={"cached"}) for r in result.results] == [
+        r.model_dump(exclude={"cached"}) for r in pointwise
+    ]
     assert all(r.cached for r in result.results)  # compare reused the pointwise scores
     for key in SIGNAL_DIMS + RK_DIMS:
         spec = SIGNAL_RK.spec.pairwise if key.startswith("signal-rk.") else signal.SPEC.pairwise
         expected = pairwise.prefer(pointwise[0].scores[key], pointwise[1].scores[key], spec)
         got = result.dimensions[key]
         assert (got.p_a_over_b, got.p_b_over_a, got.p_tie, got.winner) == (
-            expected.p_a_over_b, expected.p_b_over_a, expected.p_tie, expected.winner
+            expected.p_a_over_b,
+            expected.p_b_over_a,
+            expected.p_tie,
+            expected.winner,
         ), key
         assert got.pairwise == spec.model and got.theta == (5.0 if key in RK_DIMS else 1.0)
     # Two models with different pairwise specs: the overall falls back to Bradley-Terry.

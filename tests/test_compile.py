@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from vrs_client.videos import video_ref
 
 from models import contract, profiles
 from models import signal as signal_model
@@ -32,7 +33,6 @@ from service.preprocess import target_size
 from tests import videos
 from tests.conftest import start_server, test_settings
 from tests.tiny_checkpoints import BASE_ID
-from vrs_client.videos import video_ref
 
 ROOT = Path(__file__).parents[1]
 SIGNAL = builtin_models()["signal"]
@@ -70,7 +70,9 @@ def test_signal_plan_config_follows_the_contract_and_profiles_cover_every_allowe
     wanted = contract.gateway_contract(signal_model.SPEC, "tensorrt")
     assert [(i.name, list(i.dims)) for i in config.input] == [(t.name, list(t.dims)) for t in wanted.inputs]
     assert [i.name for i in config.input] == ["FRAMES", "NUM_FRAMES"]  # no strings in a plan
-    assert [model_config_pb2.DataType.Name(i.data_type) for i in config.input] == [PB_TYPES[t.dtype] for t in wanted.inputs]
+    assert [model_config_pb2.DataType.Name(i.data_type) for i in config.input] == [
+        PB_TYPES[t.dtype] for t in wanted.inputs
+    ]
     assert list(config.output[0].dims) == [len(signal_model.SPEC.dimensions)]
 
     shapes = tensorrt_profiles(SIGNAL, "signal", TritonOptions(max_batch_size=4))
@@ -102,12 +104,25 @@ def test_vision_profiles_cover_every_patch_grid_videoalign_allows():
 
 def test_clip_tensorrt_variant_is_an_ensemble_of_steps_and_plans(tiny_dirs, tmp_path: Path):
     clip = load_model("clip-segmental", tiny_dirs["clip"])
-    repo = write_tensorrt_repo(tmp_path, {"clip-segmental": clip}, TritonOptions(), {"clip-segmental": tiny_dirs["clip"]})
+    repo = write_tensorrt_repo(
+        tmp_path, {"clip-segmental": clip}, TritonOptions(), {"clip-segmental": tiny_dirs["clip"]}
+    )
     configs = {p.parent.name: parse(p.read_text()) for p in repo.glob("*/config.pbtxt")}
-    assert set(configs) == {"clip-segmental", "clip-segmental.pre", "clip-segmental.image", "clip-segmental.text", "clip-segmental.post"}
+    assert set(configs) == {
+        "clip-segmental",
+        "clip-segmental.pre",
+        "clip-segmental.image",
+        "clip-segmental.text",
+        "clip-segmental.post",
+    }
     ensemble = configs["clip-segmental"]
     assert ensemble.platform == "ensemble"
-    assert [i.name for i in ensemble.input] == ["FRAMES", "NUM_FRAMES", "INPUT_IDS", "ATTENTION_MASK"]  # tokens, no PROMPT
+    assert [i.name for i in ensemble.input] == [
+        "FRAMES",
+        "NUM_FRAMES",
+        "INPUT_IDS",
+        "ATTENTION_MASK",
+    ]  # tokens, no PROMPT
     assert [o.name for o in ensemble.output] == ["SCORES"]
     # Every step's inputs exist when it runs (an ensemble input or an earlier step's output), each
     # step's maps name exactly its model's inputs and outputs, and SCORES comes out at the end.
@@ -119,7 +134,10 @@ def test_clip_tensorrt_variant_is_an_ensemble_of_steps_and_plans(tiny_dirs, tmp_
         assert set(step.input_map.values()) <= available, step.model_name
         available |= set(step.output_map.values())
     assert "SCORES" in available
-    assert configs["clip-segmental.pre"].backend == "python" and configs["clip-segmental.pre"].parameters["step"].string_value == "clip-segmental.pre"
+    assert (
+        configs["clip-segmental.pre"].backend == "python"
+        and configs["clip-segmental.pre"].parameters["step"].string_value == "clip-segmental.pre"
+    )
     assert (repo / "clip-segmental.post" / "1" / "model.py").is_file()
     image, text = configs["clip-segmental.image"], configs["clip-segmental.text"]
     assert image.platform == text.platform == "tensorrt_plan"
@@ -148,18 +166,26 @@ def test_the_gateway_sends_a_plan_exactly_its_inputs(tiny_dirs, tmp_path: Path):
     from models.tokens import tokeniser
 
     clip = load_model("clip-segmental", tiny_dirs["clip"])
-    repo = write_tensorrt_repo(tmp_path, {"signal": SIGNAL, "clip-segmental": clip}, TritonOptions(), {"clip-segmental": tiny_dirs["clip"]})
-    batch = FrameBatch.assemble([videos.moving_scene(5, 64, 96), videos.moving_scene(3, 64, 96)], ["a cat surfing", "a dog"])
+    repo = write_tensorrt_repo(
+        tmp_path, {"signal": SIGNAL, "clip-segmental": clip}, TritonOptions(), {"clip-segmental": tiny_dirs["clip"]}
+    )
+    batch = FrameBatch.assemble(
+        [videos.moving_scene(5, 64, 96), videos.moving_scene(3, 64, 96)], ["a cat surfing", "a dog"]
+    )
     wires = {
         "signal": Wire(contract.gateway_contract(SIGNAL.spec, "tensorrt")),
-        "clip-segmental": Wire(contract.gateway_contract(clip.spec, "tensorrt"), tokeniser("clip-segmental", tiny_dirs["clip"])),
+        "clip-segmental": Wire(
+            contract.gateway_contract(clip.spec, "tensorrt"), tokeniser("clip-segmental", tiny_dirs["clip"])
+        ),
     }
     for name, wire in wires.items():
         config = parse((repo / name / "config.pbtxt").read_text())
         inputs = to_inputs(batch, wire)
         assert [i.name() for i in inputs] == [i.name for i in config.input]
         for sent, declared in zip(inputs, config.input):
-            assert "TYPE_" + sent.datatype() == model_config_pb2.DataType.Name(declared.data_type).replace("STRING", "BYTES")
+            assert "TYPE_" + sent.datatype() == model_config_pb2.DataType.Name(declared.data_type).replace(
+                "STRING", "BYTES"
+            )
             assert sent.shape()[0] == 2 and all(d == -1 or d == s for d, s in zip(declared.dims, sent.shape()[1:]))
         assert "PROMPT" not in [i.name() for i in inputs]
     arrays = input_arrays(batch, wires["clip-segmental"])
@@ -174,7 +200,9 @@ def test_the_gateway_sends_a_plan_exactly_its_inputs(tiny_dirs, tmp_path: Path):
 
 
 def vrs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_vrs_compile_export_then_engine_without_tensorrt_exits_2_naming_it(tmp_path: Path):
@@ -216,7 +244,10 @@ async def test_inductor_gateway_scores_equal_eager():
         compiled.stop()
     for answer in answers:
         assert answer.status_code == 200, answer.text
-    got = [[[r["scores"][f"signal.{d}"] for d in signal_model.SPEC.dimension_names] for r in a.json()["results"]] for a in answers]
+    got = [
+        [[r["scores"][f"signal.{d}"] for d in signal_model.SPEC.dimension_names] for r in a.json()["results"]]
+        for a in answers
+    ]
     np.testing.assert_allclose(got[1], got[0], atol=1e-5, rtol=0)
 
 

@@ -47,7 +47,11 @@ def workload() -> list[dict]:
 async def send(client: httpx.AsyncClient, job: dict) -> httpx.Response:
     models = ["signal", "prompt-probe"]
     if "files" in job:
-        form = {"prompt": job["prompt"], "model": models, "cache": "bypass"}  # some videos repeat; batching is under test
+        form = {
+            "prompt": job["prompt"],
+            "model": models,
+            "cache": "bypass",
+        }  # some videos repeat; batching is under test
         return await client.post("/v1/score", data=form, files=job["files"])
     body = {"models": models, "items": [{"video": job["json"], "prompt": job["prompt"]}], "cache": "bypass"}
     return await client.post("/v1/score", json=body)

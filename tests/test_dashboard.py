@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vrs_client.videos import video_ref
 
 from models.registry import builtin_models
 from models.triton_repo import TritonOptions, write_python_repo
@@ -25,7 +26,6 @@ from tests.conftest import RunningServer, start_server
 from tests.prometheus_server import PrometheusServer
 from tests.test_triton import start_triton, triton_gateway_app
 from tests.videos import unique_clip
-from vrs_client.videos import video_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "vrs-dashboard.json"
@@ -77,7 +77,9 @@ async def mixed_load(url: str, seconds: float) -> list[int]:
                 elif kind == 2:
                     r = await client.post("/v1/compare", json={"videos": [repeated, video_ref(unique_clip(), fps=16)]})
                 elif kind == 3:
-                    r = await client.post("/v1/rank", json={"videos": [video_ref(unique_clip(), fps=16) for _ in range(3)]})
+                    r = await client.post(
+                        "/v1/rank", json={"videos": [video_ref(unique_clip(), fps=16) for _ in range(3)]}
+                    )
                 else:
                     r = await client.post("/v1/score", json={"items": [{"video": {"data": "not base64!"}}]})
                 statuses.append(r.status_code)

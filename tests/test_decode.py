@@ -58,7 +58,10 @@ def test_one_decode_serves_several_specs_exactly_as_separate_decodes(monkeypatch
     data = videos.encode(videos.moving_scene(60, 240, 416), gop=8)
     specs = [
         signal.SPEC,
-        spec_with(FrameSampling(mode="fps", fps=2, min_frames=2, max_frames=32, multiple_of=2), Resolution(max_pixels=128 * 224, size_factor=28, filter="bicubic")),
+        spec_with(
+            FrameSampling(mode="fps", fps=2, min_frames=2, max_frames=32, multiple_of=2),
+            Resolution(max_pixels=128 * 224, size_factor=28, filter="bicubic"),
+        ),
         spec_with(FrameSampling(mode="segments", segments=5)),
     ]
     alone = [sample_frames(EncodedVideo(data), spec, LIMITS) for spec in specs]
@@ -134,7 +137,9 @@ def test_uint8_bilinear_resize_is_within_one_level_of_float32():
     """The fast uint8 kernel stands in for the float32 one (see preprocess.resize)."""
     frames = videos.moving_scene(4, 480, 480)
     fast = preprocess.resize(torch.from_numpy(frames), (256, 256), signal.SPEC.resolution).numpy()
-    slow = preprocess.resize(torch.from_numpy(frames), (256, 256), signal.SPEC.resolution.model_copy(update={"filter": "bicubic"})).numpy()
+    slow = preprocess.resize(
+        torch.from_numpy(frames), (256, 256), signal.SPEC.resolution.model_copy(update={"filter": "bicubic"})
+    ).numpy()
     float_bilinear = torch.nn.functional.interpolate(
         torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(256, 256), mode="bilinear", antialias=True
     )

@@ -24,13 +24,13 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from vrs_client.videos import video_ref
 
 from service.config import Settings
 from tests import videos
 from tests.conftest import RunningServer, free_port
 from tests.deploy_tools import debian_kubectl, validate_prometheus_operator
 from tests.prometheus_server import PrometheusServer
-from vrs_client.videos import video_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -102,7 +102,9 @@ def test_clip_towers_and_the_compiled_pipeline_equal_the_torch_forward(onnx_dir:
     counts = np.array([[8], [6]], dtype=np.int32)  # 4 segments of 2 frames, and of 1
     (step_pixels,) = pre({contract.FRAMES: frames.numpy()}).values()
     (step_images,) = image.run(None, {contract.PIXELS: step_pixels})
-    (compiled,) = post({contract.IMAGE_EMBEDS: step_images, contract.TEXT_EMBEDS: got_texts[:2], contract.NUM_FRAMES: counts}).values()
+    (compiled,) = post(
+        {contract.IMAGE_EMBEDS: step_images, contract.TEXT_EMBEDS: got_texts[:2], contract.NUM_FRAMES: counts}
+    ).values()
     with torch.inference_mode():
         eager = model.forward(frames, torch.from_numpy(counts).view(-1), PROMPTS[:2])
     assert compiled.shape == (2, len(model.spec.dimensions))

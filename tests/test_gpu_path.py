@@ -29,10 +29,12 @@ from tests.conftest import start_server, test_settings
 
 LIMITS = decode.Limits(10**9, 10**6, 10**6)
 # A videoalign-like spec: bicubic resize to multiples of 28, as the GPU path feeds VideoReward.
-BICUBIC = signal.SPEC.model_copy(update={
-    "sampling": FrameSampling(mode="fps", fps=2, min_frames=4, max_frames=64, multiple_of=2, rounding="nearest"),
-    "resolution": Resolution(max_pixels=448 * 448, min_pixels=128 * 28 * 28, size_factor=28, filter="bicubic"),
-})
+BICUBIC = signal.SPEC.model_copy(
+    update={
+        "sampling": FrameSampling(mode="fps", fps=2, min_frames=4, max_frames=64, multiple_of=2, rounding="nearest"),
+        "resolution": Resolution(max_pixels=448 * 448, min_pixels=128 * 28 * 28, size_factor=28, filter="bicubic"),
+    }
+)
 
 # Tolerances, in grey levels of 255, NV12 -> RGB in torch vs FFmpeg's converter on the same frames.
 # Measured: mean 1.15, max 3 (FFmpeg's fixed-point tables sit about one level below the exact
@@ -53,7 +55,9 @@ def test_nv12_to_rgb_matches_ffmpeg_on_the_same_frames(fmt):
     for frame in _frames(data):
         ffmpeg = frame.to_ndarray(format="rgb24").astype(int)
         nv12 = frame.reformat(format="nv12")
-        ours = colour.nv12_to_rgb(torch.from_dlpack(nv12.planes[0]), torch.from_dlpack(nv12.planes[1])).numpy().astype(int)
+        ours = (
+            colour.nv12_to_rgb(torch.from_dlpack(nv12.planes[0]), torch.from_dlpack(nv12.planes[1])).numpy().astype(int)
+        )
         diff = np.abs(ours - ffmpeg)
         assert diff.mean() <= MEAN_LEVELS and diff.max() <= MAX_LEVELS, (diff.mean(), diff.max())
         # The check can tell matrices apart: BT.709 on a BT.601 stream is far off.
@@ -133,7 +137,9 @@ def test_cache_keys_name_the_gpu_decode_path_only():
 def test_placement_resolution():
     assert resolve("cpu", "auto") == CPU
     assert resolve("cpu", "bfloat16") == Placement(torch.device("cpu"), torch.bfloat16)
-    assert resolve("auto", "auto").device == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    assert resolve("auto", "auto").device == (
+        torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    )
     with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
         resolve("gpu0")
     if not torch.cuda.is_available():
@@ -191,8 +197,11 @@ async def test_host_stage_of_the_next_batch_overlaps_the_device_stage():
 
 
 def test_models_and_readyz_say_where_each_model_runs():
-    running = start_server(__import__("service.api", fromlist=["create_app"]).create_app(
-        test_settings(models=["signal"], device="cpu", dtype="auto"), models=builtin_models()))
+    running = start_server(
+        __import__("service.api", fromlist=["create_app"]).create_app(
+            test_settings(models=["signal"], device="cpu", dtype="auto"), models=builtin_models()
+        )
+    )
     try:
         expected = {"signal": {"backend": "inprocess", "device": "cpu", "dtype": "float32", "decode": "cpu"}}
         assert httpx.get(f"{running.url}/v1/models").json()["placement"] == expected

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from loadtests.loadgen.core import Payload, percentile, run_open_loop, schedule
 from loadtests.loadgen.__main__ import main as loadgen_main
+from loadtests.loadgen.core import Payload, percentile, run_open_loop, schedule
 from tests.conftest import RunningServer, start_server
 
 SLEEP_S = 0.3
@@ -68,8 +68,13 @@ def tiny() -> Iterator[tuple[RunningServer, Counters]]:
     async def fail(request: Request) -> JSONResponse:
         return JSONResponse({"error": "no"}, status_code=503 if request.query_params.get("n") == "1" else 429)
 
-    app = Starlette(routes=[Route("/sleep", sleep, methods=["POST"]), Route("/gather", gather, methods=["POST"]),
-                            Route("/fail", fail, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/sleep", sleep, methods=["POST"]),
+            Route("/gather", gather, methods=["POST"]),
+            Route("/fail", fail, methods=["POST"]),
+        ]
+    )
     running = start_server(app)
     yield running, counters
     running.stop()
@@ -92,7 +97,9 @@ async def test_sends_rate_times_duration_and_latency_includes_the_server(tiny) -
     server, counters = tiny
     _reset(counters)
     rate, duration, warmup = 10.0, 2.0, 0.5
-    run = await run_open_loop(server.url, [Payload("/sleep", b"{}", videos=2)], rate=rate, duration_s=duration, warmup_s=warmup)
+    run = await run_open_loop(
+        server.url, [Payload("/sleep", b"{}", videos=2)], rate=rate, duration_s=duration, warmup_s=warmup
+    )
     summary = run.summary()
 
     assert abs(len(run.samples) - rate * duration) <= 1
@@ -146,8 +153,23 @@ async def test_connection_errors_are_counted() -> None:
 def test_command_line_writes_json(tiny, tmp_path) -> None:
     server, _ = tiny
     out = tmp_path / "run.json"
-    loadgen_main(["--url", server.url, "--workload", "cache-hit", "--rate", "4", "--duration", "1", "--warmup", "0",
-                  "--out", str(out), "--no-plot"])
+    loadgen_main(
+        [
+            "--url",
+            server.url,
+            "--workload",
+            "cache-hit",
+            "--rate",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+            "--no-plot",
+        ]
+    )
     record = json.loads(out.read_text())
     (run,) = record["runs"]
     assert record["workload"] == "cache-hit"

@@ -13,12 +13,12 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from vrs_client.videos import video_ref
 
 from models.registry import builtin_models
 from service.api import create_app
 from tests import videos
 from tests.conftest import free_port, start_server, test_settings
-from vrs_client.videos import video_ref
 
 
 def frames_body(frames: np.ndarray, **extra) -> dict:
@@ -116,7 +116,9 @@ def test_vrs_serve_writes_json_logs_with_the_request_id():
             assert process.poll() is None and time.monotonic() < deadline, "vrs serve did not start"
             time.sleep(0.2)
         body = frames_body(videos.moving_scene(9, 64, 64))
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/score", json=body, headers={"X-Request-ID": "trace-42"}, timeout=60)
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/score", json=body, headers={"X-Request-ID": "trace-42"}, timeout=60
+        )
         assert response.status_code == 200 and response.headers["x-request-id"] == "trace-42"
     finally:
         process.terminate()
@@ -127,7 +129,12 @@ def test_vrs_serve_writes_json_logs_with_the_request_id():
     access = [line for line in traced if line["name"] == "service.access"]
     assert len(access) == 1
     assert access[0] | {"duration_s": 0} == access[0] | {
-        "message": "request", "method": "POST", "path": "/v1/score", "status": 200, "models": "signal", "duration_s": 0,
+        "message": "request",
+        "method": "POST",
+        "path": "/v1/score",
+        "status": 200,
+        "models": "signal",
+        "duration_s": 0,
     }
     assert any(line["name"] == "service.cache" and "redis cache" in line["message"] for line in traced)
     assert all({"time", "level", "name", "message"} <= set(line) for line in lines)

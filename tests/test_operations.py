@@ -22,12 +22,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
+from vrs_client.videos import video_ref
 
 from service.api import create_app
 from tests import videos
 from tests.conftest import ORIGIN_HOST, RunningServer, free_port, start_server, test_settings
 from tests.deploy_tools import chromium
-from vrs_client.videos import video_ref
 
 VRS = Path(sys.executable).with_name("vrs")
 

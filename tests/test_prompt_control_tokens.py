@@ -19,8 +19,17 @@ from tests.conftest import start_server, test_settings
 from tests.test_videoalign import DIMS, LIMITS, TOLERANCE, Reference
 from tests.tiny_checkpoints import BASE_ID
 
-CONTROL = ["<|TA_reward|>", "<|VQ_reward|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
-           "<|vision_start|>", "<|image_pad|>", "<|startoftext|>"]
+CONTROL = [
+    "<|TA_reward|>",
+    "<|VQ_reward|>",
+    "<|video_pad|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|image_pad|>",
+    "<|startoftext|>",
+]
 LOOK_ALIKES = ["rate this <| TA_reward |> high", "a <|> b and |> c <|", "<|TA reward|> cat", "pipes || and <tags>"]
 
 

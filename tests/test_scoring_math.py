@@ -154,7 +154,9 @@ def test_weights_resolution_and_errors():
 
 
 def test_derived_dimensions_stay_out_of_the_default_weights():
-    derived = NORMED.model_copy(update={"name": "withsum", "dimensions": (*NORMED.dimensions, Dimension(name="sum", derived=True))})
+    derived = NORMED.model_copy(
+        update={"name": "withsum", "dimensions": (*NORMED.dimensions, Dimension(name="sum", derived=True))}
+    )
     default = scoring.resolve_weights(None, [derived])
     assert "withsum.sum" not in default and sum(default.values()) == pytest.approx(1.0)
     assert scoring.resolve_weights({"withsum.sum": 1.0}, [derived]) == {"withsum.sum": 1.0}  # still weighable by name

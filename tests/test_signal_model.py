@@ -85,7 +85,9 @@ def test_contrast_and_colourfulness_respond():
 def test_padding_does_not_change_scores():
     """An item scored alone equals the same item zero-padded in a batch with a longer one."""
     short = sample_frames(RawFrames(videos.moving_scene(9, 128, 128), 16.0), signal.SPEC, LIMITS).frames.numpy()
-    long = sample_frames(RawFrames(videos.flicker(videos.moving_scene(20, 128, 128)), 16.0), signal.SPEC, LIMITS).frames.numpy()
+    long = sample_frames(
+        RawFrames(videos.flicker(videos.moving_scene(20, 128, 128)), 16.0), signal.SPEC, LIMITS
+    ).frames.numpy()
     alone = signal.forward(torch.from_numpy(short[None]), torch.tensor([9]))
     batch = np.zeros((2, 20, *short.shape[1:]), dtype=np.uint8)
     batch[0, :9], batch[1] = short, long

@@ -36,29 +36,69 @@ pytestmark = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -n` (
 
 # Each target is refused by the policy; the comment says which rule.
 FORBIDDEN = [
-    "127.0.0.1", "127.1.2.3",  # loopback
-    "0.0.0.0", "0.1.2.3",  # "this network"
-    "10.0.0.1", "172.16.0.1", "172.31.255.254", "192.168.1.1",  # private
-    "169.254.169.254", "169.254.0.1",  # link-local (cloud metadata)
-    "100.64.0.1", "100.100.100.200", "100.127.255.254",  # shared address space (CGNAT)
-    "198.18.0.1", "198.19.255.254",  # benchmarking
-    "192.0.0.8", "192.0.2.10", "198.51.100.7", "203.0.113.9",  # IETF protocol assignments, documentation
+    "127.0.0.1",
+    "127.1.2.3",  # loopback
+    "0.0.0.0",
+    "0.1.2.3",  # "this network"
+    "10.0.0.1",
+    "172.16.0.1",
+    "172.31.255.254",
+    "192.168.1.1",  # private
+    "169.254.169.254",
+    "169.254.0.1",  # link-local (cloud metadata)
+    "100.64.0.1",
+    "100.100.100.200",
+    "100.127.255.254",  # shared address space (CGNAT)
+    "198.18.0.1",
+    "198.19.255.254",  # benchmarking
+    "192.0.0.8",
+    "192.0.2.10",
+    "198.51.100.7",
+    "203.0.113.9",  # IETF protocol assignments, documentation
     "192.88.99.1",  # deprecated 6to4 relay anycast
-    "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",  # multicast, reserved, broadcast
-    "[::1]", "[::]",  # loopback, unspecified
-    "[::ffff:127.0.0.1]", "[::ffff:10.0.0.1]", "[::ffff:169.254.169.254]", "[::ffff:100.64.0.1]",  # IPv4-mapped
-    "[::127.0.0.1]", "[::8.8.8.8]",  # IPv4-compatible (deprecated, in the reserved ::/8)
-    "[64:ff9b::127.0.0.1]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b::10.1.2.3]", "[64:ff9b::c612:1]",  # NAT64 to private
-    "[64:ff9b:1::a00:1]", "[64:ff9b:1:7f00:1::]",  # local-use NAT64
-    "[2002:7f00:1::1]", "[2002:a9fe:a9fe::1]", "[2002:c0a8:101::1]", "[2002:6440:1::1]",  # 6to4 around private IPv4
+    "224.0.0.1",
+    "239.255.255.250",
+    "240.0.0.1",
+    "255.255.255.255",  # multicast, reserved, broadcast
+    "[::1]",
+    "[::]",  # loopback, unspecified
+    "[::ffff:127.0.0.1]",
+    "[::ffff:10.0.0.1]",
+    "[::ffff:169.254.169.254]",
+    "[::ffff:100.64.0.1]",  # IPv4-mapped
+    "[::127.0.0.1]",
+    "[::8.8.8.8]",  # IPv4-compatible (deprecated, in the reserved ::/8)
+    "[64:ff9b::127.0.0.1]",
+    "[64:ff9b::a9fe:a9fe]",
+    "[64:ff9b::10.1.2.3]",
+    "[64:ff9b::c612:1]",  # NAT64 to private
+    "[64:ff9b:1::a00:1]",
+    "[64:ff9b:1:7f00:1::]",  # local-use NAT64
+    "[2002:7f00:1::1]",
+    "[2002:a9fe:a9fe::1]",
+    "[2002:c0a8:101::1]",
+    "[2002:6440:1::1]",  # 6to4 around private IPv4
     "[2001:0:808:808::80ff:fffe]",  # Teredo: server 8.8.8.8, client 127.0.0.1 (obfuscated)
     "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",  # Teredo, client 192.0.2.45 (documentation)
-    "[fc00::1]", "[fd12:3456::1]", "[fe80::1]", "[fec0::1]",  # unique-local, link-local, site-local
-    "[ff02::1]", "[2001:db8::1]", "[3fff::1]", "[100::1]", "[5f00::1]",  # multicast, documentation, discard, SRv6
+    "[fc00::1]",
+    "[fd12:3456::1]",
+    "[fe80::1]",
+    "[fec0::1]",  # unique-local, link-local, site-local
+    "[ff02::1]",
+    "[2001:db8::1]",
+    "[3fff::1]",
+    "[100::1]",
+    "[5f00::1]",  # multicast, documentation, discard, SRv6
 ]
 
 # Allowed by the policy: inside the namespace the connection itself fails.
-ALLOWED = ["93.184.216.34", "[2606:4700::1111]", "[64:ff9b::5db8:d822]", "[::ffff:93.184.216.34]", "[2002:5db8:d822::1]"]
+ALLOWED = [
+    "93.184.216.34",
+    "[2606:4700::1111]",
+    "[64:ff9b::5db8:d822]",
+    "[::ffff:93.184.216.34]",
+    "[2002:5db8:d822::1]",
+]
 
 # Not URLs the fetcher will send: 400 bad_url, never 500.
 BAD_URLS = [
@@ -110,7 +150,11 @@ def test_the_gateway_is_jailed(jailed_gateway):
 def test_battery_of_non_public_targets_is_refused_before_connecting(jailed_gateway):
     assert len(FORBIDDEN) >= 40
     answers = {host: _score_url(jailed_gateway, f"http://{host}:8080/clip.mp4") for host in FORBIDDEN}
-    wrong = {h: (r.status_code, r.text[:200]) for h, r in answers.items() if r.status_code != 400 or r.json()["error"]["code"] != "url_forbidden"}
+    wrong = {
+        h: (r.status_code, r.text[:200])
+        for h, r in answers.items()
+        if r.status_code != 400 or r.json()["error"]["code"] != "url_forbidden"
+    }
     assert not wrong, wrong
     for host, r in answers.items():
         assert r.json()["error"]["item"] == 0 and "non-public address" in r.json()["error"]["message"], host

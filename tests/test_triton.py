@@ -30,6 +30,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
+from vrs_client.videos import video_ref
 
 from models import signal as signal_model
 from models.registry import ModelLoadError, RewardModel, builtin_models, load_model, load_models, load_spec
@@ -52,7 +53,6 @@ from tests.test_clip_segmental import goal_clip_dir
 from tests.test_videoalign import Reference as VideoAlignReference
 from tests.tiny_checkpoints import BASE_ID
 from tests.videos import unique_clip
-from vrs_client.videos import video_ref
 
 SIGNAL = builtin_models()["signal"]
 K = len(signal_model.SPEC.dimensions)
@@ -199,7 +199,9 @@ def test_forward_must_be_importable():
 
     with pytest.raises(ValueError, match="not importable"):
         forward_path(RewardModel(spec=signal_model.SPEC, forward=nested))
-    assert forward_path(RewardModel(spec=signal_model.SPEC, forward=_local_forward)) == "tests.test_triton:_local_forward"
+    assert (
+        forward_path(RewardModel(spec=signal_model.SPEC, forward=_local_forward)) == "tests.test_triton:_local_forward"
+    )
 
 
 # --- through a real Triton ------------------------------------------------------------------
@@ -227,13 +229,16 @@ async def test_triton_scores_equal_in_process_scores(gateway, triton_gateway, tr
         bodies = [{"items": many, "models": ["signal"]}] + [{"items": [item], "models": ["signal"]} for item in singles]
         for body in bodies:
             local, remote = await asyncio.gather(
-                client.post(f"{gateway.url}/v1/score", json=body), client.post(f"{triton_gateway.url}/v1/score", json=body)
+                client.post(f"{gateway.url}/v1/score", json=body),
+                client.post(f"{triton_gateway.url}/v1/score", json=body),
             )
             assert local.status_code == 200, local.text
             assert remote.status_code == 200, remote.text
             for a, b in zip(local.json()["results"], remote.json()["results"], strict=True):
                 names = [f"signal.{d}" for d in signal_model.SPEC.dimension_names]
-                np.testing.assert_allclose([b["scores"][n] for n in names], [a["scores"][n] for n in names], atol=1e-5, rtol=0)
+                np.testing.assert_allclose(
+                    [b["scores"][n] for n in names], [a["scores"][n] for n in names], atol=1e-5, rtol=0
+                )
                 assert b["overall"] == pytest.approx(a["overall"], abs=1e-5)
     assert counted(triton, before, "inferences", len(items))["inferences"] == len(items)  # each item once
 
@@ -449,7 +454,7 @@ async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
     from tritonclient.utils import InferenceServerException
 
     from service.backends.base import FrameBatch
-    from service.backends.triton import to_service_error, to_inputs
+    from service.backends.triton import to_inputs, to_service_error
     from service.errors import Overloaded, Timeout
 
     options = TritonOptions(max_queue_delay_us=20_000, max_queue_size=2)
@@ -457,12 +462,16 @@ async def test_triton_queue_policy_errors_map_to_429_and_504(tmp_path: Path):
     batch = FrameBatch.assemble([videos.moving_scene(9, 64, 64)], [""])
     try:
         async with grpcaio.InferenceServerClient(server.grpc_url) as client:
-            flood = await asyncio.gather(*(client.infer("signal", to_inputs(batch)) for _ in range(16)), return_exceptions=True)
+            flood = await asyncio.gather(
+                *(client.infer("signal", to_inputs(batch)) for _ in range(16)), return_exceptions=True
+            )
             # A 1 us queue timeout (the config allows per-request overrides) expires while the batcher waits.
             late = await asyncio.gather(client.infer("signal", to_inputs(batch), timeout=1), return_exceptions=True)
     finally:
         server.stop()
-    full = [to_service_error(e, "signal", server.grpc_url, 60) for e in flood if isinstance(e, InferenceServerException)]
+    full = [
+        to_service_error(e, "signal", server.grpc_url, 60) for e in flood if isinstance(e, InferenceServerException)
+    ]
     assert full and all(isinstance(e, Overloaded) and e.status == 429 for e in full), flood
     assert len(full) < len(flood)  # the queue took some
     (expired,) = late
@@ -683,7 +692,8 @@ async def test_system_shared_memory_transport_scores_equal_grpc_bytes(triton_gat
             bodies = [{"items": workload()}, {"items": workload()[:2]}]  # two batches: regions are reused
             for body in bodies:
                 plain, shared = await asyncio.gather(
-                    client.post(f"{triton_gateway.url}/v1/score", json=body), client.post(f"{shm_gateway.url}/v1/score", json=body)
+                    client.post(f"{triton_gateway.url}/v1/score", json=body),
+                    client.post(f"{shm_gateway.url}/v1/score", json=body),
                 )
                 assert plain.status_code == shared.status_code == 200, (plain.text, shared.text)
                 for a, b in zip(plain.json()["results"], shared.json()["results"], strict=True):

@@ -40,7 +40,7 @@ def _legacy_to_current(key: str) -> str:
     if key.startswith("visual."):
         return "model." + key
     if key.startswith("model."):
-        return "model.language_model." + key[len("model."):]
+        return "model.language_model." + key[len("model.") :]
     return key
 
 
@@ -75,7 +75,9 @@ class Reference:
 
         cfg = json.loads((ckpt / "model_config.json").read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(base, padding_side="right")
-        self.tokenizer.add_special_tokens({"additional_special_tokens": ["<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"]})
+        self.tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"]}
+        )
         self.special = self.tokenizer.convert_tokens_to_ids(["<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>"])
         model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
         model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
@@ -92,7 +94,9 @@ class Reference:
             lora = cfg["peft_lora_config"]
             adapter = {_legacy_to_current(k): v for k, v in load_file(str(step / "adapter_model.safetensors")).items()}
             targets = sorted({k.split(".lora_")[0].split(".")[-1] for k in adapter})
-            model = get_peft_model(model, LoraConfig(r=lora["lora_r"], lora_alpha=lora["lora_alpha"], target_modules=targets))
+            model = get_peft_model(
+                model, LoraConfig(r=lora["lora_r"], lora_alpha=lora["lora_alpha"], target_modules=targets)
+            )
             result = set_peft_model_state_dict(model, {"base_model.model." + k: v for k, v in adapter.items()})
             assert not result.unexpected_keys
         self.model = model.eval()
@@ -107,7 +111,9 @@ class Reference:
             patches, grid = processor_patches(clip)
             pixels.append(torch.from_numpy(patches))
             grids.append(grid)
-            chat = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.rubric(text_prompt)}]}]
+            chat = [
+                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.rubric(text_prompt)}]}
+            ]
             text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
             texts.append(text.replace("<|video_pad|>", "<|video_pad|>" * (int(np.prod(grid)) // 4)))
         batch = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
@@ -176,7 +182,9 @@ def test_full_state_dict_layout_equals_reference(tiny_dirs, videos_va):
     for i, c in enumerate(clips):
         frames[i, : len(c)] = c
     with torch.inference_mode():
-        got = normalised(model.spec, model.forward(torch.from_numpy(frames), torch.tensor([4, 12]), ["a cat", "a car"]).numpy())
+        got = normalised(
+            model.spec, model.forward(torch.from_numpy(frames), torch.tensor([4, 12]), ["a cat", "a car"]).numpy()
+        )
     reference = Reference(tiny_dirs["videoalign-full"], tiny_dirs["base"])
     expected = np.concatenate([reference([c], [p]) for c, p in zip(clips, ["a cat", "a car"])])
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
@@ -188,7 +196,11 @@ def test_models_endpoint_lists_videoalign(gateway_va):
     va = models["videoalign"]
     assert [d["name"] for d in va["dimensions"]] == DIMS
     assert va["needs_prompt"] is True and va["pairwise"] == {"model": "rao-kupper", "theta": 5.0}
-    assert va["sampling"] | {} == va["sampling"] and va["sampling"]["fps"] == 2.0 and va["sampling"]["rounding"] == "nearest"
+    assert (
+        va["sampling"] | {} == va["sampling"]
+        and va["sampling"]["fps"] == 2.0
+        and va["sampling"]["rounding"] == "nearest"
+    )
     assert va["resolution"]["max_pixels"] == 448 * 448 and va["resolution"]["size_factor"] == 28
     vq, overall = va["dimensions"][0], va["dimensions"][3]
     assert (vq["mean"], vq["std"], vq["derived"]) == (3.6757, 2.2476, False)  # the checkpoint's inference_config
@@ -199,8 +211,12 @@ def test_raw_scores_normalise_in_the_service_and_overall_is_not_counted_twice(ga
     """The forward returns raw VQ/MQ/TA; ``normalise`` applies the spec's mean/std; Overall (derived,
     VideoAlign's sum of the normalised three) stays out of the default weights."""
     items = [{"video": {"data": base64.b64encode(v).decode()}, "prompt": "a cat"} for v in videos_va[:2]]
-    raw, norm = (httpx.post(f"{gateway_va.url}/v1/score", json={"items": items, "models": ["videoalign"], "normalise": n},
-                            timeout=120).json() for n in (False, True))
+    raw, norm = (
+        httpx.post(
+            f"{gateway_va.url}/v1/score", json={"items": items, "models": ["videoalign"], "normalise": n}, timeout=120
+        ).json()
+        for n in (False, True)
+    )
     stats = {"VQ": (3.6757, 2.2476), "MQ": (1.1646, 1.3811), "TA": (2.8105, 2.5121)}
     third = 1 / 3
     assert raw["weights"] == norm["weights"] == {"videoalign.VQ": third, "videoalign.MQ": third, "videoalign.TA": third}
@@ -240,7 +256,7 @@ def test_rubric_prompt_structure():
     text = prompt.rubric("a cat surfing")
     positions = [text.index(t) for t in prompt.REWARD_TOKENS]
     assert positions == sorted(positions) and all(text.count(t) == 1 for t in prompt.REWARD_TOKENS)
-    assert all(text[p + len(t):].startswith("\nEND\n") for p, t in zip(positions, prompt.REWARD_TOKENS))
+    assert all(text[p + len(t) :].startswith("\nEND\n") for p, t in zip(positions, prompt.REWARD_TOKENS))
     assert "Textual prompt - a cat surfing\nPlease provide the ratings of Text Alignment: <|TA_reward|>" in text
 
 
@@ -285,18 +301,37 @@ def _broken(tiny_dirs, tmp_path: Path, how: str) -> tuple[Path, str]:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["missing_dir", "no_config", "bad_json", "no_step", "no_weights", "corrupt_weights", "no_head", "no_embeddings", "wrong_shape"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "missing_dir",
+        "no_config",
+        "bad_json",
+        "no_step",
+        "no_weights",
+        "corrupt_weights",
+        "no_head",
+        "no_embeddings",
+        "wrong_shape",
+    ],
+)
 def test_bad_checkpoint_stops_startup_naming_the_path(tiny_dirs, tmp_path, how):
     path, problem = _broken(tiny_dirs, tmp_path, how)
-    settings = test_settings(models=["videoalign"], default_model="videoalign",
-                             model_dirs={"videoalign": tmp_path / "VideoReward"}, base_model_dirs={BASE_ID: tiny_dirs["base"]})
+    settings = test_settings(
+        models=["videoalign"],
+        default_model="videoalign",
+        model_dirs={"videoalign": tmp_path / "VideoReward"},
+        base_model_dirs={BASE_ID: tiny_dirs["base"]},
+    )
     with pytest.raises(registry.ModelLoadError) as info:
         create_app(settings)
     assert str(path) in str(info.value) and problem in str(info.value)
 
 
 def test_missing_base_model_and_missing_directory_setting(tiny_dirs):
-    settings = test_settings(models=["videoalign"], default_model="videoalign", model_dirs={"videoalign": tiny_dirs["videoalign"]})
+    settings = test_settings(
+        models=["videoalign"], default_model="videoalign", model_dirs={"videoalign": tiny_dirs["videoalign"]}
+    )
     with pytest.raises(registry.ModelLoadError, match="Qwen/Qwen2-VL-2B-Instruct.*VRS_BASE_MODEL_DIRS"):
         create_app(settings)
     with pytest.raises(registry.ModelLoadError, match="videoalign: no checkpoint directory configured"):

@@ -104,7 +104,12 @@ def test_sampling_and_resize_match_qwen_vl_utils(tmp_path: Path, qwen_vp, total,
     data = videos.encode(videos.moving_scene(total, height, width), "mp4", fps=fps)
     path = tmp_path / "clip.mp4"
     path.write_bytes(data)
-    ele = {"type": "video", "video": f"file://{path}", "max_pixels": SPEC.resolution.max_pixels, "fps": SPEC.sampling.fps}
+    ele = {
+        "type": "video",
+        "video": f"file://{path}",
+        "max_pixels": SPEC.resolution.max_pixels,
+        "fps": SPEC.sampling.fps,
+    }
 
     ours = sample_frames(EncodedVideo(data), SPEC, Limits(10**9, 10**6, 10**6))
     theirs = qwen_vp.fetch_video(dict(ele))  # float [n, 3, h, w]

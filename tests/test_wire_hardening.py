@@ -60,8 +60,12 @@ def test_non_finite_numbers_are_refused(http, refs):
 
 @pytest.mark.parametrize(
     "fields, field",
-    [({"top_k": "2"}, "top_k"), ({"advantage_eps": "0.1"}, "advantage_eps"), ({"normalise": "true"}, "normalise"),
-     ({"top_k": 2.0}, "top_k")],
+    [
+        ({"top_k": "2"}, "top_k"),
+        ({"advantage_eps": "0.1"}, "advantage_eps"),
+        ({"normalise": "true"}, "normalise"),
+        ({"top_k": 2.0}, "top_k"),
+    ],
 )
 def test_types_are_strict(http, refs, fields, field):
     error = assert_error(http.post("/v1/rank", json={"videos": refs[:2]} | fields), 422, "invalid_request", None, "")
@@ -69,7 +73,11 @@ def test_types_are_strict(http, refs, fields, field):
 
 
 def test_huge_finite_weights_are_refused_naming_the_weight(http, refs):
-    for endpoint, body in [("score", {"items": [{"video": refs[0]}]}), ("compare", {"videos": refs[:2]}), ("rank", {"videos": refs[:3]})]:
+    for endpoint, body in [
+        ("score", {"items": [{"video": refs[0]}]}),
+        ("compare", {"videos": refs[:2]}),
+        ("rank", {"videos": refs[:3]}),
+    ]:
         r = http.post(f"/v1/{endpoint}", json=body | {"weights": {"signal.sharpness": 1.0, "signal.exposure": 1e300}})
         assert_error(r, 400, "bad_weights", None, "weights: 'signal.exposure' must be a number in [0, 1e+06]")
 
@@ -85,13 +93,15 @@ def test_echoed_names_are_cut(http, refs):
 
 
 def test_every_bad_item_of_the_ingest_stage_is_listed(http, refs):
-    body = {"items": [
-        {"video": {"data": "not base64!"}},
-        {"video": refs[0]},
-        {"video": {"url": "http://0177.0.0.1/a.mp4"}},
-        {"video": {"frames": "%%%", "fps": 8}},
-        {"video": {"url": "gopher://x/"}},
-    ]}
+    body = {
+        "items": [
+            {"video": {"data": "not base64!"}},
+            {"video": refs[0]},
+            {"video": {"url": "http://0177.0.0.1/a.mp4"}},
+            {"video": {"frames": "%%%", "fps": 8}},
+            {"video": {"url": "gopher://x/"}},
+        ]
+    }
     error = assert_error(http.post("/v1/score", json=body), 400, "bad_base64", 0, "data is not valid base64")
     assert [(o["item"], o["code"]) for o in error["others"]] == [(2, "bad_url"), (3, "bad_base64"), (4, "bad_url")]
 
@@ -107,7 +117,9 @@ EDGE_SCORES = [
 @pytest.mark.parametrize("options", EDGE_SCORES)
 def test_responses_match_the_openapi_schema(http, refs, openapi, options):
     same = [refs[0], refs[0]]  # equal videos: ties in compare and rank, zero advantages
-    assert_matches_schema(openapi, http.post("/v1/score", json={"items": [{"video": r} for r in refs]} | options), "ScoreResponse")
+    assert_matches_schema(
+        openapi, http.post("/v1/score", json={"items": [{"video": r} for r in refs]} | options), "ScoreResponse"
+    )
     for videos_ in (refs[:2], same):
         assert_matches_schema(openapi, http.post("/v1/compare", json={"videos": videos_} | options), "CompareResponse")
         rank = {"videos": videos_ + refs[2:], "top_k": 1, "advantage_eps": 0.0}
@@ -140,7 +152,9 @@ def test_non_finite_model_output_is_an_error_not_a_null(refs):
     from service.api import create_app
     from tests.conftest import start_server, test_settings
 
-    spec = signal.SPEC.model_copy(update={"name": "nan-probe", "needs_prompt": True, "dimensions": (Dimension(name="n"),)})
+    spec = signal.SPEC.model_copy(
+        update={"name": "nan-probe", "needs_prompt": True, "dimensions": (Dimension(name="n"),)}
+    )
     models = builtin_models() | {"nan-probe": RewardModel(spec=spec, forward=_nan_for_some_prompts)}
     running = start_server(create_app(test_settings(models=["signal", "nan-probe"]), models=models))
     try:

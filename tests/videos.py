@@ -15,7 +15,6 @@ from fractions import Fraction
 import av
 import numpy as np
 
-
 _stamps = itertools.count(1)
 
 
@@ -102,7 +101,9 @@ def encode(
         if gop:
             stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "veryfast"} | ({"keyint": str(gop), "min-keyint": str(gop)} if gop else {})
+            stream.options = {"crf": str(crf), "preset": "veryfast"} | (
+                {"keyint": str(gop), "min-keyint": str(gop)} if gop else {}
+            )
         elif codec == "libvpx-vp9":
             stream.options = {"crf": str(crf + 12), "b:v": "0", "deadline": "realtime", "cpu-used": "8"}
         for frame in frames:

@@ -35,21 +35,34 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for rate in args.rate:
         run = asyncio.run(
-            run_open_loop(args.url, workload.payloads, rate=rate, duration_s=args.duration,
-                          warmup_s=args.warmup, timeout_s=args.timeout)
+            run_open_loop(
+                args.url,
+                workload.payloads,
+                rate=rate,
+                duration_s=args.duration,
+                warmup_s=args.warmup,
+                timeout_s=args.timeout,
+            )
         )
         s = run.summary()
         lat = s["latency_ms"]
-        print(f"{workload.name} @ {rate:g} req/s: ok {s['ok']}/{s['measured']}, errors {s['errors'] or 0}, "
-              f"achieved {s['achieved_rps']:.3g} req/s ({s['achieved_videos_per_s']:.3g} videos/s), "
-              f"p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, p99 {lat['p99']:.0f} ms", flush=True)
+        print(
+            f"{workload.name} @ {rate:g} req/s: ok {s['ok']}/{s['measured']}, errors {s['errors'] or 0}, "
+            f"achieved {s['achieved_rps']:.3g} req/s ({s['achieved_videos_per_s']:.3g} videos/s), "
+            f"p50 {lat['p50']:.0f} ms, p90 {lat['p90']:.0f} ms, p99 {lat['p99']:.0f} ms",
+            flush=True,
+        )
         runs.append(run)
 
     out = args.out or ROOT / "loadtests" / "results" / f"{workload.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"workload": workload.name, "description": workload.description, "load_average": os.getloadavg(),
-              "command": " ".join([Path(sys.executable).name, "-m", "loadtests.loadgen", *(argv or sys.argv[1:])]),
-              "runs": [r.to_json() for r in runs]}
+    record = {
+        "workload": workload.name,
+        "description": workload.description,
+        "load_average": os.getloadavg(),
+        "command": " ".join([Path(sys.executable).name, "-m", "loadtests.loadgen", *(argv or sys.argv[1:])]),
+        "runs": [r.to_json() for r in runs],
+    }
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
     if not args.no_plot:

@@ -79,8 +79,10 @@ class RunResult:
             "achieved_rps": achieved,
             "achieved_videos_per_s": achieved * (sum(s.videos for s in ok) / len(ok)) if ok else 0.0,
             "latency_ms": {f"p{q}": 1000 * percentile(latencies, q) for q in (50, 90, 99)}
-            | {"mean": 1000 * sum(latencies) / len(latencies) if latencies else math.nan,
-               "max": 1000 * latencies[-1] if latencies else math.nan},
+            | {
+                "mean": 1000 * sum(latencies) / len(latencies) if latencies else math.nan,
+                "max": 1000 * latencies[-1] if latencies else math.nan,
+            },
             "send_lag_ms": {"p99": 1000 * percentile(lags, 99), "max": 1000 * lags[-1] if lags else math.nan},
             "max_in_flight": self.max_in_flight,
         }
@@ -147,7 +149,9 @@ async def run_open_loop(
             finally:
                 in_flight -= 1
             done = time.perf_counter() - t0
-            result.samples.append(Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s, retry_after))
+            result.samples.append(
+                Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s, retry_after)
+            )
 
         tasks = []
         for index, offset in enumerate(offsets):

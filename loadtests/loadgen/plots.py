@@ -24,7 +24,9 @@ def plot_rates(runs: Sequence[RunResult], title: str, out: Path) -> None:
     rates = [r.rate for r in runs]
     for q in ("p50", "p90", "p99"):
         left.plot(rates, [r.summary()["latency_ms"][q] / 1000 for r in runs], marker="o", label=q)
-    left.set(xlabel="offered rate (req/s)", ylabel="latency from scheduled start (s)", title="percentiles vs offered rate")
+    left.set(
+        xlabel="offered rate (req/s)", ylabel="latency from scheduled start (s)", title="percentiles vs offered rate"
+    )
     left.legend()
     for run in runs:
         ok = [s for s in run.samples if s.status == "200"]

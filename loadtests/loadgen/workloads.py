@@ -71,7 +71,9 @@ def best_of_n(ns: tuple[int, ...] = (4, 8, 16)) -> Workload:
     for n in ns:
         refs = [_ref(_scene(SHAPES["wan"], v), "mp4") for v in range(n)]
         payloads.append(_json("/v1/rank", {"videos": refs, "prompt": "a candidate", "top_k": 1, "cache": "bypass"}, n))
-    return Workload("best-of-n", f"/v1/rank, N in {list(ns)} candidates 33x240x416 mp4, top_k 1, cache bypass", payloads)
+    return Workload(
+        "best-of-n", f"/v1/rank, N in {list(ns)} candidates 33x240x416 mp4, top_k 1, cache bypass", payloads
+    )
 
 
 def pointwise_mixed() -> Workload:

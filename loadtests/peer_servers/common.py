@@ -47,7 +47,9 @@ def sources(body: dict) -> list[ingest.EncodedVideo | ingest.RawFrames]:
     out = []
     for ref in refs:
         if "data" in ref:
-            out.append(ingest.EncodedVideo(ingest.decode_base64(ref["data"], max_bytes=_settings.max_video_bytes, what="data")))
+            out.append(
+                ingest.EncodedVideo(ingest.decode_base64(ref["data"], max_bytes=_settings.max_video_bytes, what="data"))
+            )
         else:
             raw = ingest.decode_base64(ref["frames"], max_bytes=_settings.max_video_bytes, what="frames")
             out.append(ingest.parse_npy(raw, float(ref["fps"])))

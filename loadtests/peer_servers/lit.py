@@ -56,10 +56,14 @@ class SignalAPI(ls.LitAPI):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", default="/predict", help="LitServe serves one path per API; peers.py sends every body there")
+    parser.add_argument(
+        "--path", default="/predict", help="LitServe serves one path per API; peers.py sends every body there"
+    )
     args = parser.parse_args()
     api = SignalAPI(max_batch_size=common.MAX_BATCH, batch_timeout=common.MAX_WAIT_S, api_path=args.path)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=REQUEST_TIMEOUT_S, healthcheck_path="/healthz")
+    server = ls.LitServer(
+        api, accelerator="cpu", workers_per_device=1, timeout=REQUEST_TIMEOUT_S, healthcheck_path="/healthz"
+    )
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning", generate_client_file=False)
 
 

@@ -55,8 +55,11 @@ def read_config(directory: Path) -> SegmentalConfig:
     try:
         raw = json.loads(path.read_text())
         config = SegmentalConfig(
-            frames=int(raw.get("frames", 16)), segments=int(raw.get("segments", 4)), lam=float(raw.get("lambda", 1.0)),
-            goal_prompts=tuple(raw.get("goal_prompts", ())), baseline_prompts=tuple(raw.get("baseline_prompts", ())),
+            frames=int(raw.get("frames", 16)),
+            segments=int(raw.get("segments", 4)),
+            lam=float(raw.get("lambda", 1.0)),
+            goal_prompts=tuple(raw.get("goal_prompts", ())),
+            baseline_prompts=tuple(raw.get("baseline_prompts", ())),
             alpha=float(raw.get("alpha", 1.0)),
         )
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
@@ -71,14 +74,24 @@ def read_config(directory: Path) -> SegmentalConfig:
 def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSpec:
     dims = [
         Dimension(
-            name="segmental", range=(-1.0, 1.0),
+            name="segmental",
+            range=(-1.0, 1.0),
             description=f"InstructVideo: mean_s exp(-{config.lam:g}|i_s - F//2|) cos(frame i_s, prompt), i_s = s*(F//S), "
             f"S={config.segments} of the F<={config.frames} frames",
         ),
-        Dimension(name="temporal_consistency", range=(-1.0, 1.0), description="mean cosine similarity of consecutive segment-frame embeddings"),
+        Dimension(
+            name="temporal_consistency",
+            range=(-1.0, 1.0),
+            description="mean cosine similarity of consecutive segment-frame embeddings",
+        ),
     ]
     if config.goal_prompts:
-        dims.append(Dimension(name="goal_baseline", description=f"VLM-RM 1 - 0.5|(x-g)P|^2, alpha={config.alpha:g}, mean over the F frames"))
+        dims.append(
+            Dimension(
+                name="goal_baseline",
+                description=f"VLM-RM 1 - 0.5|(x-g)P|^2, alpha={config.alpha:g}, mean over the F frames",
+            )
+        )
     return ModelSpec(
         name="clip-segmental",
         version=version,
@@ -87,7 +100,9 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
         # The clip the reward model sees: F frames uniformly over the video (fewer, down to S, if it is shorter).
         sampling=FrameSampling(mode="count", count=config.frames, min_frames=config.segments, max_frames=config.frames),
         # Frames arrive with the short side near 2x the model's input; the forward does each reference's resize.
-        resolution=Resolution(max_pixels=(2 * image_size) ** 2 * 16 // 9, min_pixels=image_size**2, size_factor=2, filter="bicubic"),
+        resolution=Resolution(
+            max_pixels=(2 * image_size) ** 2 * 16 // 9, min_pixels=image_size**2, size_factor=2, filter="bicubic"
+        ),
         needs_prompt=True,
         prompt_forbidden=r"<\|[A-Za-z0-9_]+\|>",  # CLIP's <|startoftext|> / <|endoftext|>: an early end-of-text
         batching=Batching(max_batch_size=16, max_wait_ms=5.0),
@@ -97,7 +112,9 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
 Resize = Literal["instructvideo", "vlmrm"]
 
 
-def crop_pixels(frames: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor, resize: Resize) -> torch.Tensor:
+def crop_pixels(
+    frames: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor, resize: Resize
+) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, s, s], the image tower's input (also the compiled variant's
     pre step). Pixels to [0, 1], then each reference's resize: ``instructvideo``: short side to s,
     bilinear (torchvision ``Resize(224)``), then a centre crop (its 256x256 clips came out square;
@@ -141,7 +158,9 @@ class ClipSegmental:
         limit = self.model.config.text_config.max_position_embeddings
         return todo, dict(self.tokenizer(todo, padding=True, truncation=True, max_length=limit, return_tensors="pt"))
 
-    def text_embeddings(self, prompts: Sequence[str], tokenized: tuple[list[str], dict | None] | None = None) -> torch.Tensor:
+    def text_embeddings(
+        self, prompts: Sequence[str], tokenized: tuple[list[str], dict | None] | None = None
+    ) -> torch.Tensor:
         """Normalised text embeddings [N, D]; each distinct prompt is encoded once (LRU by prompt).
         ``tokenized`` is ``tokenize(prompts)`` done earlier (on another thread, by ``pre``)."""
         todo, tokens = tokenized if tokenized is not None else self.tokenize(prompts)
@@ -181,7 +200,9 @@ class ClipSegmental:
             everything = torch.cat([frames[b, :n] for b, n in enumerate(counts)])
             all_images = self.image_embeddings(everything, "vlmrm").split(counts)
         texts = self.text_embeddings(prompts, tokenized)
-        rows = [self.scores(segment_images[b], picks[b], counts[b], texts[b], all_images[b]) for b in range(len(counts))]
+        rows = [
+            self.scores(segment_images[b], picks[b], counts[b], texts[b], all_images[b]) for b in range(len(counts))
+        ]
         return torch.stack(rows).float()
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -189,7 +210,12 @@ class ClipSegmental:
         return self.core(self.pre(frames, num_frames, prompts))
 
     def scores(
-        self, segments: torch.Tensor, picks: list[int], count: int, text: torch.Tensor, frames: torch.Tensor | None = None
+        self,
+        segments: torch.Tensor,
+        picks: list[int],
+        count: int,
+        text: torch.Tensor,
+        frames: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The reward row [K] of one video: ``segments`` [S, D] are the embeddings of its frames ``picks``
         (InstructVideo resize) out of ``count``, ``text`` [D] its prompt's, ``frames`` [F, D] every frame's
@@ -232,7 +258,9 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
         model = model.to(placement.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
-        raise CheckpointError(f"{directory}: cannot load CLIPModel or its tokenizer ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{directory}: cannot load CLIPModel or its tokenizer ({type(exc).__name__}: {exc})"
+        ) from exc
     mean, std = OPENAI_MEAN, OPENAI_STD
     processor = directory / "preprocessor_config.json"
     if processor.is_file():
@@ -242,7 +270,14 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{processor}: malformed ({exc})") from exc
     image_size = int(model.config.vision_config.image_size)
-    scorer = ClipSegmental(model, tokenizer, config, image_size, torch.tensor(mean, device=placement.device), torch.tensor(std, device=placement.device))
+    scorer = ClipSegmental(
+        model,
+        tokenizer,
+        config,
+        image_size,
+        torch.tensor(mean, device=placement.device),
+        torch.tensor(std, device=placement.device),
+    )
     if config.goal_prompts:
         with torch.inference_mode():
             goal = scorer.text_embeddings(list(config.goal_prompts)).mean(0)

@@ -62,7 +62,11 @@ def read_config(directory: Path) -> VideoRewardConfig:
             raise CheckpointError(f"{path}: data_config.prompt_template_type must be 'detailed_special'")
         if not model.get("use_special_tokens", True) or model.get("reward_token", "special") != "special":
             raise CheckpointError(f"{path}: model_config must use the special reward tokens")
-        norm = {d: (float(inference[f"{d}_mean"]), float(inference[f"{d}_std"])) for d in ("VQ", "MQ", "TA")} if inference else {}
+        norm = (
+            {d: (float(inference[f"{d}_mean"]), float(inference[f"{d}_std"])) for d in ("VQ", "MQ", "TA")}
+            if inference
+            else {}
+        )
         return VideoRewardConfig(
             base=str(model["model_name_or_path"]),
             fps=float(data.get("fps", 2.0)),
@@ -87,7 +91,7 @@ def base_dir(directory: Path, config: VideoRewardConfig, base_dirs: dict[str, Pa
             return Path(candidate)
     raise CheckpointError(
         f"{directory / 'model_config.json'}: base model {config.base!r} not found as a local directory with "
-        f"config.json (set VRS_BASE_MODEL_DIRS='{{\"{config.base}\": \"/path/to/it\"}}')"
+        f'config.json (set VRS_BASE_MODEL_DIRS=\'{{"{config.base}": "/path/to/it"}}\')'
     )
 
 
@@ -117,7 +121,11 @@ def state_dicts(step_dir: Path, config: VideoRewardConfig) -> tuple[dict[str, to
     """(plain weights, LoRA weights), keys in the current layout."""
     from safetensors.torch import load_file
 
-    full, adapter, non_lora = step_dir / "model.pth", step_dir / "adapter_model.safetensors", step_dir / "non_lora_state_dict.pth"
+    full, adapter, non_lora = (
+        step_dir / "model.pth",
+        step_dir / "adapter_model.safetensors",
+        step_dir / "non_lora_state_dict.pth",
+    )
     try:
         if full.is_file():
             plain = torch.load(full, map_location="cpu", weights_only=True)
@@ -126,7 +134,9 @@ def state_dicts(step_dir: Path, config: VideoRewardConfig) -> tuple[dict[str, to
             plain = torch.load(non_lora, map_location="cpu", weights_only=True)
             lora = load_file(str(adapter))
         else:
-            raise CheckpointError(f"{step_dir}: needs model.pth, or adapter_model.safetensors and non_lora_state_dict.pth")
+            raise CheckpointError(
+                f"{step_dir}: needs model.pth, or adapter_model.safetensors and non_lora_state_dict.pth"
+            )
     except CheckpointError:
         raise
     except Exception as exc:  # torch.load / safetensors raise several types on corrupt files
@@ -159,12 +169,16 @@ def _split(state: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tenso
             continue
         current = _current_key(key)
         if current in plain:
-            raise CheckpointError(f"{where}: two weights for {current!r} (one of them PEFT-wrapped); cannot tell which was trained")
+            raise CheckpointError(
+                f"{where}: two weights for {current!r} (one of them PEFT-wrapped); cannot tell which was trained"
+            )
         plain[current] = value
     return plain
 
 
-def merge_lora(params: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], config: VideoRewardConfig, where: Path) -> None:
+def merge_lora(
+    params: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], config: VideoRewardConfig, where: Path
+) -> None:
     """Fold LoRA pairs into the weights ``params`` (name -> parameter): W += s * B @ A (Linear),
     W += s * (B @ A)^T (Embedding), s = alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT's scaling).
     Keys are ``<module>.lora_A.weight`` (adapter files) or ``<module>.lora_A.default.weight`` (a PEFT
@@ -186,5 +200,7 @@ def merge_lora(params: dict[str, torch.Tensor], lora: dict[str, torch.Tensor], c
             else:
                 delta = (ab["embedding_B"].float() @ ab["embedding_A"].float()).T
             if delta.shape != target.shape:
-                raise CheckpointError(f"{where}: LoRA for {module!r} has shape {tuple(delta.shape)}, weight {tuple(target.shape)}")
+                raise CheckpointError(
+                    f"{where}: LoRA for {module!r} has shape {tuple(delta.shape)}, weight {tuple(target.shape)}"
+                )
             target += (scale * delta).to(target.dtype)

@@ -33,7 +33,9 @@ def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
 
     def raw(d: str, what: str) -> Dimension:
         mean, std = norm_stats(config)[d]
-        return Dimension(name=d, mean=mean, std=std, description=f"{what}: the head's raw output (normalise: (raw - mean) / std)")
+        return Dimension(
+            name=d, mean=mean, std=std, description=f"{what}: the head's raw output (normalise: (raw - mean) / std)"
+        )
 
     return ModelSpec(
         name="videoalign",
@@ -44,17 +46,27 @@ def make_spec(config: checkpoint.VideoRewardConfig, version: str) -> ModelSpec:
             raw("MQ", "motion quality"),
             raw("TA", "text alignment"),
             Dimension(
-                name="Overall", mean=0.0, std=1.0, derived=True,
+                name="Overall",
+                mean=0.0,
+                std=1.0,
+                derived=True,
                 description="VideoAlign's Overall: the sum of the normalised VQ, MQ and TA, whether or not normalise is asked",
             ),
         ),
         sampling=FrameSampling(
-            mode="fps", fps=config.fps, min_frames=FPS_MIN_FRAMES, max_frames=FPS_MAX_FRAMES,
-            multiple_of=FRAME_FACTOR, rounding="nearest",
+            mode="fps",
+            fps=config.fps,
+            min_frames=FPS_MIN_FRAMES,
+            max_frames=FPS_MAX_FRAMES,
+            multiple_of=FRAME_FACTOR,
+            rounding="nearest",
         ),
         resolution=Resolution(
-            max_pixels=config.max_frame_pixels, min_pixels=VIDEO_MIN_PIXELS, size_factor=IMAGE_FACTOR,
-            filter="bicubic", antialias=True,
+            max_pixels=config.max_frame_pixels,
+            min_pixels=VIDEO_MIN_PIXELS,
+            size_factor=IMAGE_FACTOR,
+            filter="bicubic",
+            antialias=True,
         ),
         needs_prompt=True,
         prompt_forbidden=prompt.CONTROL_TOKEN,
@@ -72,7 +84,9 @@ def norm_stats(config: checkpoint.VideoRewardConfig) -> dict[str, tuple[float, f
     return {d: config.norm.get(d, PUBLISHED_NORM[d]) for d in ("VQ", "MQ", "TA")}
 
 
-def video_patches(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def video_patches(
+    frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """uint8 [n, H, W, 3] -> (float32 [t*h*w, 3*temporal*patch*patch], (t, h, w) in patches), as
     Qwen2VLImageProcessor does for a video: normalise, repeat the last frame to a multiple of
     ``temporal``, then order patches by time, merge-window row/col, position in the window."""
@@ -100,7 +114,7 @@ class VideoReward:
     mean: torch.Tensor  # [3]
     std: torch.Tensor  # [3]
 
-    def pre(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> "_Prepared":
+    def pre(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> _Prepared:
         """Host work, no device compute: per-item patch grids, the tokenised rubric prompts, right-padded
         ids and mask (pinned on CUDA so the copy in ``core`` is asynchronous)."""
         merge = self.model.config.vision_config.spatial_merge_size
@@ -125,7 +139,7 @@ class VideoReward:
             input_ids, mask = input_ids.pin_memory(), mask.pin_memory()
         return _Prepared(frames, counts, grids, input_ids, mask, torch.tensor(at))
 
-    def core(self, x: "_Prepared") -> torch.Tensor:
+    def core(self, x: _Prepared) -> torch.Tensor:
         """Device work: patches, vision tower, language model, reward head -> float32 [B, 4]."""
         device, dtype = self.head.weight.device, self.head.weight.dtype
         merge = self.model.config.vision_config.spatial_merge_size
@@ -140,7 +154,9 @@ class VideoReward:
         embeds = embeds.masked_scatter(video_mask, torch.cat(video).to(embeds.dtype))
         b, length = input_ids.shape
         positions = torch.arange(length, device=device).view(1, 1, -1).expand(3, b, -1)
-        hidden = qwen.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = qwen.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).last_hidden_state
         at = x.reward_at.to(device, non_blocking=True)  # [B, 3]
         tokens = hidden[torch.arange(b, device=device)[:, None], at]  # [B, 3 tokens, hidden]
         raw = self.head(tokens).diagonal(dim1=1, dim2=2).float()  # output k at token k
@@ -193,7 +209,9 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
     except Exception as exc:
-        raise CheckpointError(f"{base}: cannot load the base Qwen2-VL model or tokenizer ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{base}: cannot load the base Qwen2-VL model or tokenizer ({type(exc).__name__}: {exc})"
+        ) from exc
     # As at training: the reward tokens are added special tokens and the embeddings grow to match.
     tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -203,7 +221,9 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     head = torch.nn.Linear(model.config.text_config.hidden_size, 3, bias=False)
     head_weight = plain.pop("rm_head.weight")
     if tuple(head_weight.shape) != tuple(head.weight.shape):
-        raise CheckpointError(f"{step}: rm_head.weight has shape {tuple(head_weight.shape)}, expected {tuple(head.weight.shape)}")
+        raise CheckpointError(
+            f"{step}: rm_head.weight has shape {tuple(head_weight.shape)}, expected {tuple(head.weight.shape)}"
+        )
     with torch.no_grad():
         head.weight.copy_(head_weight.float())
     plain.pop("lm_head.weight", None)  # scoring reads the head, never the LM's logits

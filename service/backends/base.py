@@ -22,7 +22,7 @@ class FrameBatch:
     @classmethod
     def assemble(
         cls, clips: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
-    ) -> "FrameBatch":
+    ) -> FrameBatch:
         """Stack clips of equal H, W (any T) into one zero-padded batch on ``device``.
 
         Every batch is built here (the engine, Triton's python model, the benchmarks). Each clip is
@@ -41,7 +41,7 @@ class FrameBatch:
     @classmethod
     def by_size(
         cls, clips: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
-    ) -> list[tuple[list[int], "FrameBatch"]]:
+    ) -> list[tuple[list[int], FrameBatch]]:
         """One batch per frame size (H, W), in first-seen order: (positions of its clips, batch)."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, clip in enumerate(clips):

@@ -293,4 +293,3 @@ def to_service_error(exc: InferenceServerException, model: str, url: str, timeou
     if status == "StatusCode.NOT_FOUND" or "unknown model" in lowered or "not ready" in lowered:
         return BackendUnavailable(f"model {model!r} is not loaded on Triton at {url}: {message}")
     return RuntimeError(f"Triton error for model {model!r}: {status} {message}")
-

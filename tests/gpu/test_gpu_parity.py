@@ -99,13 +99,23 @@ def test_gateway_on_cuda_scores_like_the_cpu_gateway(tiny_dirs):
     from tests.conftest import start_server, test_settings
 
     data = videos.encode(videos.unique_clip(33, 480, 640))
-    body = {"items": [{"video": {"data": __import__("base64").b64encode(data).decode()}, "prompt": "a cat"}],
-            "models": ["videoalign"], "cache": "bypass"}
+    body = {
+        "items": [{"video": {"data": __import__("base64").b64encode(data).decode()}, "prompt": "a cat"}],
+        "models": ["videoalign"],
+        "cache": "bypass",
+    }
     scores = {}
     for device in ("cpu", "cuda"):
-        settings = test_settings(models=["videoalign"], default_model="videoalign", device=device, dtype="float32",
-                                 decode="nvdec", nvdec_min_pixels=0, model_dirs={"videoalign": tiny_dirs["videoalign"]},
-                                 base_model_dirs={BASE_ID: tiny_dirs["base"]})
+        settings = test_settings(
+            models=["videoalign"],
+            default_model="videoalign",
+            device=device,
+            dtype="float32",
+            decode="nvdec",
+            nvdec_min_pixels=0,
+            model_dirs={"videoalign": tiny_dirs["videoalign"]},
+            base_model_dirs={BASE_ID: tiny_dirs["base"]},
+        )
         running = start_server(create_app(settings))
         try:
             placement = httpx.get(f"{running.url}/v1/models").json()["placement"]["videoalign"]

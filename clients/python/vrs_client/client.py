@@ -61,7 +61,7 @@ class APIError(Exception):
         self.others = list(others)
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> "APIError":
+    def from_response(cls, response: httpx.Response) -> APIError:
         try:
             error = response.json()["error"]
             others = [o["item"] for o in error.get("others") or () if o.get("item") is not None]
@@ -80,7 +80,7 @@ class GroupAdvantages:
     response: RankResponse
 
     @classmethod
-    def from_rank(cls, response: RankResponse) -> "GroupAdvantages":
+    def from_rank(cls, response: RankResponse) -> GroupAdvantages:
         results = response.results
         return cls(
             advantages=np.array([r.advantage for r in results]),
@@ -213,7 +213,7 @@ class Client(_Base):
         super().__init__(base_url, **kw)
         self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -275,7 +275,7 @@ class AsyncClient(_Base):
         super().__init__(base_url, **kw)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

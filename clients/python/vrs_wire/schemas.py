@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from vrs_wire.spec import ModelSpec
 
-
 SOURCES = ("url", "data", "frames", "file", "sha256")
 NPY_MEDIA_TYPE = "application/x-npy"
 """Content type of a multipart part holding raw frames as a .npy file (uint8 [T, H, W, 3])."""
@@ -42,7 +41,7 @@ class VideoRef(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "VideoRef":
+    def _one_source(self) -> VideoRef:
         given = [k for k in SOURCES if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(SOURCES)} (got {given or 'none'})")
@@ -80,7 +79,8 @@ class ScoringOptions(BaseModel):
         description="Report `(score - mean) / std` per dimension with the model's statistics (400 if it has none).",
     )
     cache: Literal["use", "refresh", "bypass"] = Field(
-        default="use", description="`use`: serve cached scores; `refresh`: recompute and store; `bypass`: skip the cache."
+        default="use",
+        description="`use`: serve cached scores; `refresh`: recompute and store; `bypass`: skip the cache.",
     )
 
     @field_validator("preset")
@@ -103,7 +103,9 @@ class GroupRequest(ScoringOptions):
 
     videos: list[VideoRef]
     prompt: Optional[str] = Field(default=None, description="The prompt every video was generated from.")
-    prompts: Optional[list[str]] = Field(default=None, description="Instead of `prompt`: one prompt per video, in order.")
+    prompts: Optional[list[str]] = Field(
+        default=None, description="Instead of `prompt`: one prompt per video, in order."
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -128,7 +130,9 @@ class CompareRequest(GroupRequest):
 
 class RankRequest(GroupRequest):
     videos: list[VideoRef] = Field(min_length=2, description="The group: best-of-N candidates or GRPO rollouts.")
-    top_k: Optional[int] = Field(default=None, ge=1, description="Length of `ranking` (1..number of videos); default all.")
+    top_k: Optional[int] = Field(
+        default=None, ge=1, description="Length of `ranking` (1..number of videos); default all."
+    )
     advantage_eps: float = Field(default=1e-4, ge=0, description="`eps` in `(r - mean) / (std + eps)`.")
     advantage_std: Literal["sample", "population"] = Field(
         default="sample", description="`sample`: std over n - 1 (torch, TRL); `population`: over n (numpy, Flow-GRPO)."
@@ -200,7 +204,7 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     item: Optional[int] = None
-    others: Optional[list["ErrorDetail"]] = None
+    others: Optional[list[ErrorDetail]] = None
 
 
 class ErrorResponse(BaseModel):

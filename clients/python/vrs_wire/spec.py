@@ -52,7 +52,7 @@ class FrameSampling(_Frozen):
     rounding: Literal["floor", "nearest"] = "floor"
 
     @model_validator(mode="after")
-    def _check(self) -> "FrameSampling":
+    def _check(self) -> FrameSampling:
         needed = {"fps": self.fps, "count": self.count, "segments": self.segments}[self.mode]
         if needed is None or needed <= 0:
             raise ValueError(f"sampling mode {self.mode!r} needs a positive {self.mode}")
