@@ -42,7 +42,7 @@ def examples(text: str) -> list[Example]:
     out = []
     for match in FENCE.finditer(text):
         indent, lang, body = match.groups()
-        if lang not in ("sh", "python"):
+        if lang not in ("sh", "bash", "python"):
             continue
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = SKIP.search(before)
@@ -56,8 +56,9 @@ EXAMPLES = examples(README.read_text())
 
 def test_the_extractor_finds_the_examples():
     runnable = [e for e in EXAMPLES if e.skip is None]
-    assert len(runnable) >= 7 and {e.lang for e in runnable} == {"sh", "python"}
-    assert len([e for e in EXAMPLES if e.skip]) <= 14  # the skipped set stays small: say why in the marker
+    assert len(runnable) >= 7 and {e.lang for e in runnable} >= {"sh", "python"}
+    # The skipped set stays small (installs, benchmarks, GPU, containers, clusters): say why in the marker.
+    assert len([e for e in EXAMPLES if e.skip]) <= 20
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def workdir(tmp_path_factory) -> Path:
 
 def _runnable(example: Example, url: str) -> str:
     code = example.code.replace("http://127.0.0.1:8000", url).replace(".venv/bin/", f"{Path(sys.executable).parent}/")
-    if example.lang == "sh":
+    if example.lang in ("sh", "bash"):
         code = code.replace("curl -s ", "curl -sS --fail-with-body ")
         session = [line[2:] for line in code.splitlines() if line.startswith("$ ")]
         if session:
@@ -87,7 +88,9 @@ def test_readme_example_runs(example: Example, readme_server, workdir):
     if example.skip:
         pytest.skip(example.skip)
     code = _runnable(example, readme_server.url)
-    command = ["bash", "-euo", "pipefail", "-c", code] if example.lang == "sh" else [sys.executable, "-c", code]
+    command = (
+        ["bash", "-euo", "pipefail", "-c", code] if example.lang in ("sh", "bash") else [sys.executable, "-c", code]
+    )
     env = os.environ | {
         "PYTHONPATH": str(ROOT),
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
