@@ -240,3 +240,14 @@ kill -TERM $gateway; wait $gateway
     assert len(colours) > 50 and pixels.std() > 10  # text, the coloured method badges: not a blank page
     # the green of POST badges (#49cc90) is on the page
     assert np.any(np.all(np.abs(pixels.astype(int) - (0x49, 0xCC, 0x90)) < 8, axis=-1))
+
+
+def test_the_client_sends_its_api_key(keyed_gateway: RunningServer):
+    from vrs_client import APIError, Client
+
+    clip = videos.unique_clip()
+    with Client(keyed_gateway.url, api_key=KEYS[1]) as client:
+        assert client.score([clip], fps=16).results[0].scores
+    with Client(keyed_gateway.url, api_key="not-a-key") as client, pytest.raises(APIError) as refused:
+        client.score([clip], fps=16)
+    assert refused.value.status == 401

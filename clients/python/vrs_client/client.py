@@ -178,9 +178,11 @@ class _Base:
         on_retry: Optional[OnRetry] = None,
         transport: Transport = "multipart",
         reuse: bool = False,
+        api_key: Optional[str] = None,
     ) -> None:
         """``transport``: how videos travel (binary ``multipart``, or base64 ``json``). ``reuse``: send
-        digests first, uploading only when the server no longer has the scores (``not_cached``)."""
+        digests first, uploading only when the server no longer has the scores (``not_cached``).
+        ``api_key``: sent as ``Authorization: Bearer`` (for a gateway with ``VRS_API_KEYS``)."""
         if transport not in ("multipart", "json"):
             raise ValueError(f"transport must be 'multipart' or 'json', not {transport!r}")
         self.base_url = base_url.rstrip("/")
@@ -189,6 +191,7 @@ class _Base:
         self.on_retry = on_retry
         self.transport: Transport = transport
         self.reuse = reuse
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _forms(self) -> list[Form]:
         """The bodies to try in turn: digests first when reusing, then the videos themselves."""
@@ -211,7 +214,7 @@ class Client(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
         super().__init__(base_url, **kw)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
 
     def __enter__(self) -> Client:
         return self
@@ -273,7 +276,7 @@ class AsyncClient(_Base):
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", **kw: Any) -> None:
         super().__init__(base_url, **kw)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, headers=self.headers)
 
     async def __aenter__(self) -> AsyncClient:
         return self
