@@ -100,9 +100,10 @@ CLIP_L14_VISION = dict(
 CLIP_L14_PROJECTION = 768
 
 
-def _bpe(special: list[str], corpus: list[str], vocab_size: int, **tokens):
+def bpe_tokenizer(special: list[str], corpus: list[str], vocab_size: int):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus``, with ``special`` tokens first
+    (the real tokenizers cannot be downloaded here; the tests' tiny checkpoints use this too)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -113,7 +114,13 @@ def _bpe(special: list[str], corpus: list[str], vocab_size: int, **tokens):
             vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **tokens)
+    return tok
+
+
+def _bpe(special: list[str], corpus: list[str], vocab_size: int, **tokens):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer(special, corpus, vocab_size), **tokens)
 
 
 def _corpus() -> list[str]:

@@ -11,7 +11,8 @@ The drain time is estimated from measured costs, not from counts, in two steps:
    batch size) divided by how many batches the backend runs at once (``concurrency``); and an
    EWMA of seconds per video decode divided by the decode workers. Every video passes both
    stages and the stages run side by side, so work = max(sum_m videos * cost_m, videos * decode).
-2. A calibration factor, measured: seconds of busy wall time (some admitted work in flight)
+2. A calibration factor, measured: seconds of busy wall time (some admitted work with a nonzero
+   estimate in flight)
    per second of work completed, over windows of ``window_s`` busy seconds. It folds in what
    the stage costs do not see: HTTP and JSON parsing, hashing, contention on shared cores,
    requests refused meanwhile. Wait = backlog work * calibration.
@@ -116,8 +117,8 @@ class Admission:
         """Account busy time since the last admit/release and ``done_s`` of work just completed;
         close a calibration window when it holds ``window_s`` of busy time."""
         now = self._clock()
-        if self.pending_videos > 0:
-            self._window_busy += now - self._last_event
+        if self._backlog_work > 0:  # busy with estimated work: requests admitted before any cost
+            self._window_busy += now - self._last_event  # was measured count 0 and would inflate the ratio
         self._last_event = now
         self._window_done += done_s
         if self._window_busy >= self.window_s and self._window_done > 0:

@@ -58,25 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from models import export
-    from models.registry import ModelLoadError, builtin_models, load_models
-    from service.config import Settings
-    from service.triton_command import _pairs
+    from service.triton_command import requested_models
 
-    settings = Settings()
-    names = args.models or settings.models
-    dirs = settings.model_dirs | _pairs(args.model_dir, "--model-dir")
-    bases = settings.base_model_dirs | _pairs(args.base_model_dir, "--base-model-dir")
-    try:
-        available = builtin_models() | load_models(names, dirs, bases)
-    except ModelLoadError as exc:
-        print(f"vrs compile export: {exc}", file=sys.stderr)
-        return 1
-    unknown = [n for n in names if n not in available]
-    if unknown:
-        print(f"vrs compile export: unknown models {unknown}; available: {sorted(available)}", file=sys.stderr)
-        return 1
-    for name in names:
-        for done in export.export(available[name], args.out, args.max_batch_size):
+    models, _, _, _ = requested_models(args, "vrs compile export")
+    for model in models.values():
+        for done in export.export(model, args.out, args.max_batch_size):
             print(f"{done.part.name}: {done.path} ({len(done.profiles)} profile(s))", flush=True)
     return 0
 

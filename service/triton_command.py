@@ -6,8 +6,13 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.triton_repo import TritonOptions
+
+if TYPE_CHECKING:
+    from models.registry import RewardModel
+    from service.config import Settings
 
 
 def add_parser(sub) -> None:
@@ -58,13 +63,13 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     return out
 
 
-def write_repo(args: argparse.Namespace) -> Path:
-    """Write the repository for the requested models. Checkpoint-backed models are loaded here once,
-    with the gateway's loader and settings, for their specs and so that a bad directory stops the
-    command naming the path before Triton starts; Triton's python model loads them again."""
-    from models.placement import resolve
+def requested_models(
+    args: argparse.Namespace, command: str
+) -> tuple[dict[str, RewardModel], Settings, dict[str, Path], dict[str, Path]]:
+    """The models ``--models`` (else ``VRS_MODELS``) names, loaded with the gateway's loader and
+    settings plus ``--model-dir`` / ``--base-model-dir``, in that order; the settings; the checkpoint
+    and base-model directories. A bad directory or an unknown name exits naming it (``command`` prefixes the message)."""
     from models.registry import ModelLoadError, builtin_models, load_models
-    from models.triton_repo import write_python_repo
     from service.config import Settings
 
     settings = Settings()
@@ -74,10 +79,21 @@ def write_repo(args: argparse.Namespace) -> Path:
     try:
         available = builtin_models() | load_models(names, model_dirs, base_dirs)
     except ModelLoadError as exc:
-        raise SystemExit(f"vrs triton: {exc}") from exc
+        raise SystemExit(f"{command}: {exc}") from exc
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise SystemExit(f"unknown models {unknown}; available: {sorted(available)}")
+        raise SystemExit(f"{command}: unknown models {unknown}; available: {sorted(available)}")
+    return {n: available[n] for n in names}, settings, model_dirs, base_dirs
+
+
+def write_repo(args: argparse.Namespace) -> Path:
+    """Write the repository for the requested models. Checkpoint-backed models are loaded here once,
+    with the gateway's loader and settings, for their specs and so that a bad directory stops the
+    command naming the path before Triton starts; Triton's python model loads them again."""
+    from models.placement import resolve
+    from models.triton_repo import write_python_repo
+
+    chosen, settings, model_dirs, base_dirs = requested_models(args, "vrs triton")
     options = TritonOptions(
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
@@ -88,7 +104,6 @@ def write_repo(args: argparse.Namespace) -> Path:
         dtype=settings.dtype,
         compile=settings.compile if settings.compile == "inductor" else "none",
     )
-    chosen = {n: available[n] for n in names}
     if getattr(args, "variant", "python") == "tensorrt":
         from models.triton_repo import write_tensorrt_repo
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.judges import unifiedreward, videoscore2, yesno
-from tests.tiny_checkpoints import QWEN_SPECIAL, _bpe_tokenizer, _save
+from models.random_checkpoints import QWEN_SPECIAL, bpe_tokenizer
+from tests.tiny_checkpoints import _save
 
 # Qwen2-VL-Instruct's chat template (add_vision_id off): a default system turn, image and video pads.
 CHAT_TEMPLATE = (
@@ -43,7 +44,7 @@ def qwen2vl_judge(directory: Path, seed: int = 5, arch: str = "qwen2_vl") -> Pat
         "Alignment Score (1-5): 3.5 Physics Score (1-5): 2 Style Score (1-5): 4",
     ] + ["Yes No Yes No"] * 50
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(QWEN_SPECIAL, corpus, 700),
+        tokenizer_object=bpe_tokenizer(QWEN_SPECIAL, corpus, 700),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=CHAT_TEMPLATE,

@@ -61,6 +61,21 @@ def test_wait_is_the_slower_stage_of_measured_costs_over_concurrency():
     assert a.work_seconds({}, 100) == pytest.approx(28.0)  # decode-bound
 
 
+def test_work_admitted_before_any_cost_was_measured_does_not_skew_the_calibration():
+    """A first request, admitted while its model was unmeasured (estimated 0 s), runs long (start-up);
+    its busy time has no estimated work to set against, so it must not count: otherwise a window of
+    long busy time over almost no estimated work makes the factor huge and sheds everything after."""
+    now = [0.0]
+    a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
+    with a.admit(["m"], 1):  # unmeasured: 0 s of estimated work, 30 s of wall time
+        now[0] += 30.0
+        a.observe_batch("m", 0.01, 1)
+    for _ in range(400):  # measured now: each video of 0.01 s takes 0.01 s
+        with a.admit(["m"], 1):
+            now[0] += 0.01
+    assert a.calibration.value == pytest.approx(1.0)
+
+
 def test_calibration_scales_stage_costs_to_the_measured_drain_rate():
     """Stage costs miss HTTP parsing, hashing and contention: busy wall time per second of estimated
     work completed corrects them."""

@@ -16,18 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.random_checkpoints import BASE_ID, QWEN_SPECIAL, bpe_tokenizer
 from models.videoalign import prompt
 
-QWEN_SPECIAL = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 # Qwen2-VL-Instruct's chat template (the parts used for one user turn with a video and text).
 QWEN_CHAT_TEMPLATE = (
     "{% set video_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -39,26 +30,13 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def _bpe_tokenizer(special: list[str], corpus: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    return tok
-
-
 def qwen2vl_base(directory: Path, seed: int = 0) -> Path:
     """A tiny Qwen2-VL (hidden 32, 1 text layer, 1 vision block) saved with save_pretrained."""
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     corpus = [prompt.rubric("a cat surfing a wave at sunset"), "a dog runs on the beach", "a red car in the rain"]
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_bpe_tokenizer(QWEN_SPECIAL, corpus, 400),
+        tokenizer_object=bpe_tokenizer(QWEN_SPECIAL, corpus, 400),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=QWEN_CHAT_TEMPLATE,
@@ -99,6 +77,23 @@ def qwen2vl_base(directory: Path, seed: int = 0) -> Path:
     return _save(Qwen2VLForConditionalGeneration, config, fast, directory, seed)
 
 
+def _reward_model(base: Path, seed: int):
+    """What VideoAlign's training starts from, with random "trained" weights drawn from ``seed``: the
+    tokenizer with the reward tokens added, Qwen2-VL with its embeddings resized and the reward
+    tokens' rows drawn, and an ``rm_head`` weight [3, hidden]."""
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    model.resize_token_embeddings(len(tokenizer))
+    hidden = model.config.text_config.hidden_size
+    with torch.no_grad():
+        model.get_input_embeddings().weight[-3:] = torch.randn(3, hidden)  # the trained reward-token embeddings
+    return tokenizer, model, torch.randn(3, hidden) * 0.3
+
+
 def videoreward(
     directory: Path,
     base: Path,
@@ -111,17 +106,8 @@ def videoreward(
     embeddings resized, LoRA on the language model's linears, a bias-free rm_head), random weights."""
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save_file
-    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer))
-    hidden = model.config.text_config.hidden_size
-    with torch.no_grad():
-        model.get_input_embeddings().weight[-3:] = torch.randn(3, hidden)  # the trained reward-token embeddings
-    rm_head = torch.randn(3, hidden) * 0.3
+    tokenizer, model, rm_head = _reward_model(base, seed)
     norm = (
         inference_config
         if inference_config is not None
@@ -213,7 +199,7 @@ def clip(directory: Path, seed: int = 2) -> Path:
     ]
     from tokenizers.processors import TemplateProcessing
 
-    bpe = _bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300)
+    bpe = bpe_tokenizer(["<|startoftext|>", "<|endoftext|>"], corpus, 300)
     # As CLIP's tokenizer: every sequence starts and ends with its marks (CLIP pools at the first <|endoftext|>).
     bpe.post_processor = TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
@@ -261,7 +247,6 @@ def _save(model_class, config, tokenizer, directory: Path, seed: int) -> Path:
 
 
 # Session fixtures (tests/conftest.py imports them, so each is built once per session).
-BASE_ID = "Qwen/Qwen2-VL-2B-Instruct"
 
 
 @pytest.fixture(scope="session")
@@ -292,19 +277,12 @@ def videoreward_as_trained(
     ``model.pth`` (its ``final_model.pth``). The same trained weights, LoRA merged, go to ``merged`` in
     the plain full layout, which is what loading either must equal."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenizer.add_tokens(list(prompt.REWARD_TOKENS), special_tokens=True)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer))
+    tokenizer, model, rm_head = _reward_model(base, seed)
     hidden = model.config.text_config.hidden_size
-    with torch.no_grad():
-        model.get_input_embeddings().weight[-3:] = torch.randn(3, hidden)
     model.rm_head = torch.nn.Linear(hidden, 3, bias=False)
     with torch.no_grad():
-        model.rm_head.weight.copy_(torch.randn(3, hidden) * 0.3)
+        model.rm_head.weight.copy_(rm_head)
     skip = (exclude or []) + ["visual"]
     targets = [
         name
