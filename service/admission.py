@@ -11,12 +11,16 @@ The drain time is estimated from measured costs, not from counts, in two steps:
    batch size) divided by how many batches the backend runs at once (``concurrency``); and an
    EWMA of seconds per video decode divided by the decode workers. Every video passes both
    stages and the stages run side by side, so work = max(sum_m videos * cost_m, videos * decode).
-2. A calibration factor, measured: seconds of busy wall time (some admitted work with a nonzero
-   estimate in flight)
-   per second of work completed, over windows of ``window_s`` busy seconds. It folds in what
-   the stage costs do not see: HTTP and JSON parsing, hashing, contention on shared cores,
-   requests refused meanwhile. Wait = backlog work * calibration.
+2. A calibration factor, measured: seconds of busy wall time per second of estimated work
+   completed, over windows of ``window_s`` busy seconds. *Busy* means some admitted request is
+   in a compute stage (hashing, decoding, or waiting on a model batch: ``Ticket.working``) while the
+   backlog has a nonzero estimate; time a request spends waiting on the network, Redis or
+   another request's result is not busy, so it cannot inflate the factor. The factor folds in
+   what the stage costs do not see: HTTP and JSON parsing, contention on shared cores. It is
+   clamped to [``MIN_CALIBRATION``, ``MAX_CALIBRATION``]. Wait = backlog work * calibration.
 
+The backlog is always priced at the current cost estimates (not those at admission), so work
+admitted before its model was measured counts once it has been.
 Until a model has been measured its work counts as 0 (only ``max_pending`` bounds it).
 ``max_pending`` stays a hard cap on admitted (video, model) pairs. Pure bookkeeping with an
 injectable clock; not thread-safe (call it from the event loop).
@@ -27,10 +31,13 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from service.errors import Overloaded, TooLarge
+
+MIN_CALIBRATION = 0.25  # stage costs overstate the drain rate at most 4x (parallelism they miss)
+MAX_CALIBRATION = 10.0  # and understate it at most 10x: a bound on what one odd window can do
 
 
 class Ewma:
@@ -71,7 +78,7 @@ class Admission:
         self.calibration = Ewma(alpha)  # busy wall seconds per second of estimated work completed
         self.window_s = window_s
         self._clock = clock
-        self._backlog_work = 0.0  # estimated seconds of the admitted requests (as estimated at admission)
+        self._working = 0  # admitted requests now in a compute stage
         self._last_event = clock()
         self._window_busy = 0.0
         self._window_done = 0.0
@@ -89,11 +96,13 @@ class Admission:
     def observe_batch(self, model: str, seconds: float, size: int) -> None:
         """A backend call of ``size`` videos of ``model`` took ``seconds`` (wall time)."""
         if size > 0 and seconds >= 0:
+            self._tick()  # the time up to now is judged by the estimates it ran under
             self.model_cost.setdefault(model, Ewma(self.alpha)).add(seconds / size)
 
     def observe_decode(self, seconds: float) -> None:
         """Decoding and sampling one video (for all the models it needed) took ``seconds``."""
         if seconds >= 0:
+            self._tick()
             self.decode_cost.add(seconds)
 
     # --- estimates ----------------------------------------------------------------------------
@@ -109,21 +118,36 @@ class Admission:
         decode = videos * (self.decode_cost.value or 0.0) / self.decode_workers
         return max(backend, decode)
 
+    def backlog_s(self) -> float:
+        """Stage work of everything admitted and not yet answered, at the current estimates."""
+        return self.work_seconds(self.pending, self.pending_videos)
+
     def estimated_wait_s(self) -> float:
         """How long work admitted now would queue behind the backlog."""
-        return self._backlog_work * (self.calibration.value or 1.0)
+        return self.backlog_s() * (self.calibration.value or 1.0)
 
     def _tick(self, done_s: float = 0.0) -> None:
-        """Account busy time since the last admit/release and ``done_s`` of work just completed;
-        close a calibration window when it holds ``window_s`` of busy time."""
+        """Account busy time since the last event and ``done_s`` of work just completed; when work
+        completes, close the calibration window if it holds ``window_s`` of busy time."""
         now = self._clock()
-        if self._backlog_work > 0:  # busy with estimated work: requests admitted before any cost
-            self._window_busy += now - self._last_event  # was measured count 0 and would inflate the ratio
+        if self._working and self.backlog_s() > 0:  # time on work not yet priced (an unmeasured
+            self._window_busy += now - self._last_event  # model's first batch) would inflate the ratio
         self._last_event = now
         self._window_done += done_s
-        if self._window_busy >= self.window_s and self._window_done > 0:
-            self.calibration.add(self._window_busy / self._window_done)
+        if done_s > 0 and self._window_busy >= self.window_s:
+            ratio = self._window_busy / self._window_done
+            self.calibration.add(min(MAX_CALIBRATION, max(MIN_CALIBRATION, ratio)))
             self._window_busy = self._window_done = 0.0
+
+    @contextmanager
+    def _stage(self) -> Iterator[None]:
+        self._tick()
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._tick()
+            self._working -= 1
 
     def retry_after_s(self, extra_s: float = 0.0) -> float:
         """When the backlog (plus ``extra_s`` of new work) will be back under the budget; >= 1 s."""
@@ -144,9 +168,11 @@ class Admission:
             raise Overloaded(message, retry_after_s=self.retry_after_s())
 
     @contextmanager
-    def admit(self, models: list[str], videos: int):
+    def admit(self, models: list[str], videos: int) -> Iterator[Ticket]:
         """Hold ``videos`` x ``models`` in the backlog for the duration of the ``with`` block,
-        or raise ``Overloaded`` (``TooLarge`` if the request alone exceeds ``max_pending``)."""
+        or raise ``Overloaded`` (``TooLarge`` if the request alone exceeds ``max_pending``).
+        The request marks its compute with ``ticket.working()``; a request that never did any
+        (all cache hits) completes no work in the calibration."""
         pairs = videos * len(models)
         if pairs > self.max_pending:
             raise TooLarge(f"{videos} items x {len(models)} models exceed max_pending={self.max_pending}")
@@ -165,18 +191,32 @@ class Admission:
         for m in models:
             self.pending[m] += videos
         self.pending_videos += videos
-        self._backlog_work += own
+        ticket = Ticket(self)
         try:
-            yield
+            yield ticket
         finally:
-            self._tick(done_s=own)
+            done = self.work_seconds(Counter({m: videos for m in models}), videos) if ticket.worked else 0.0
+            self._tick(done_s=done)
             for m in models:
                 self.pending[m] -= videos
             self.pending_videos -= videos
-            self._backlog_work = max(0.0, self._backlog_work - own) if self.pending_videos else 0.0
 
     def _busy_message(self, wait: float) -> str:
         return (
             f"the queue holds about {wait:.1f} s of work, over the {self.queue_budget_s:g} s budget; "
             "try again after Retry-After"
         )
+
+
+class Ticket:
+    """An admitted request's handle: ``with ticket.working():`` around its compute stages."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.worked = False
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        self.worked = True
+        with self._admission._stage():
+            yield

@@ -19,7 +19,7 @@ import torch
 from models.registry import RewardModel
 from models.spec import ModelSpec
 from service import cache, decode, ingest, nvdec
-from service.admission import Admission
+from service.admission import Admission, Ticket
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -51,12 +51,13 @@ Video = ingest.EncodedVideo | ingest.RawFrames | ingest.Digest
 @dataclass(frozen=True)
 class _Call:
     """One ``Engine.score`` call as it goes: its items and models, their videos after ingest, and the
-    cache key of every (item, model) pair."""
+    cache key of every (item, model) pair, and its admission ticket."""
 
     items: list[ScoreInput]
     specs: list[ModelSpec]
     videos: list[Video]
     keys: dict[Pair, str]
+    ticket: Ticket
 
     @property
     def pairs(self) -> list[Pair]:
@@ -169,15 +170,18 @@ class Engine:
                         item=i,
                         code="bad_prompt",
                     )
-        with self.admission.admit([spec.name for spec in specs], len(items)):
+        with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    return await self._score(items, specs, cache)
+                    return await self._score(items, specs, cache, ticket)
             except TimeoutError as exc:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
 
-    async def _score(self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode) -> list[ItemResult]:
-        """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed."""
+    async def _score(
+        self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode, ticket: Ticket
+    ) -> list[ItemResult]:
+        """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed.
+        Hashing and computing run under ``ticket.working()`` (what admission counts as busy)."""
         with self.metrics.stage("ingest"):
             videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
         digests = [i for i, v in enumerate(videos) if isinstance(v, ingest.Digest)]
@@ -187,7 +191,9 @@ class Engine:
                 item=digests[0],
                 code="bad_input",
             )
-        call = _Call(items, specs, videos, await self._keys(videos, items, specs))
+        with ticket.working():
+            keys = await self._keys(videos, items, specs)
+        call = _Call(items, specs, videos, keys, ticket)
         if mode == "bypass":
             return _results(call, await self._compute(call, call.pairs), cached=set())
 
@@ -232,6 +238,11 @@ class Engine:
             needs[i].append(m)
         if not needs:
             return {}
+        with call.ticket.working():
+            return await self._decode_and_run(call, needs)
+
+    async def _decode_and_run(self, call: _Call, needs: dict[int, list[int]]) -> dict[Pair, np.ndarray]:
+        """``needs``: item -> the indices of the models it needs."""
 
         async def prepare(i: int) -> list[decode.Clip]:
             try:

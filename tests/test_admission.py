@@ -18,7 +18,7 @@ import torch
 from models import signal
 from models.registry import RewardModel, builtin_models
 from models.spec import Dimension
-from service.admission import Admission
+from service.admission import MAX_CALIBRATION, Admission
 from service.api import create_app
 from service.errors import Overloaded, TooLarge
 from tests import videos
@@ -67,13 +67,60 @@ def test_work_admitted_before_any_cost_was_measured_does_not_skew_the_calibratio
     long busy time over almost no estimated work makes the factor huge and sheds everything after."""
     now = [0.0]
     a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
-    with a.admit(["m"], 1):  # unmeasured: 0 s of estimated work, 30 s of wall time
+    with a.admit(["m"], 1) as ticket, ticket.working():  # unmeasured: 0 s of estimated work, 30 s of wall time
         now[0] += 30.0
         a.observe_batch("m", 0.01, 1)
     for _ in range(400):  # measured now: each video of 0.01 s takes 0.01 s
-        with a.admit(["m"], 1):
+        with a.admit(["m"], 1) as ticket, ticket.working():
             now[0] += 0.01
-    assert a.calibration.value == pytest.approx(1.0)
+    assert a.calibration.value == pytest.approx(1.0, rel=0.01)
+
+
+def test_time_waiting_outside_the_compute_stages_is_not_busy_time():
+    """A request that waits on the network, Redis or another replica's result (outside
+    ``ticket.working()``) holds little work for a long time. Counting that as busy made one 5 s
+    wait over 1 ms of work a calibration of thousands, and an idle gateway shed the next burst
+    (what CI saw: 429 with "about 90.2 s of work" for 40 small requests)."""
+    now = [0.0]
+    a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
+    a.observe_batch("m", 0.001, 1)
+    with a.admit(["m"], 1) as stalled:  # waits 5 s on I/O, then computes its 1 ms
+        now[0] += 5.0
+        with stalled.working():
+            now[0] += 0.001
+    for _ in range(1500):  # then ordinary traffic (3 s): each video's 1 ms takes 2 ms of busy time
+        with a.admit(["m"], 1) as ticket, ticket.working():
+            now[0] += 0.002
+    assert a.calibration.value == pytest.approx(2.0, rel=0.05)
+    with a.admit(["m"], 40):  # a burst of 40 videos: about 80 ms to drain, nowhere near the budget
+        assert a.estimated_wait_s() == pytest.approx(0.08, rel=0.05)
+
+
+def test_one_odd_window_moves_the_calibration_a_bounded_step():
+    """A stage stalled far beyond its estimate (a hung backend call) is one window of a huge ratio;
+    the factor is clamped, so afterwards the gateway over-estimates at most MAX_CALIBRATION-fold."""
+    now = [0.0]
+    a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, alpha=1.0, clock=lambda: now[0])
+    a.observe_batch("m", 0.001, 1)
+    with a.admit(["m"], 1) as ticket, ticket.working():
+        now[0] += 30.0  # 30 s of busy time for 1 ms of estimated work
+    assert a.calibration.value == MAX_CALIBRATION
+
+
+def test_cache_hits_complete_no_work():
+    """Requests answered from the cache never enter a compute stage; their estimated work must not
+    count as done, or a mostly-cached load would deflate the factor below the compute's real cost."""
+    now = [0.0]
+    a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
+    a.observe_batch("m", 0.01, 1)
+    for i in range(400):
+        if i % 2:
+            with a.admit(["m"], 1) as ticket, ticket.working():  # computed: 10 ms takes 30 ms
+                now[0] += 0.03
+        else:
+            with a.admit(["m"], 1):  # a cache hit
+                now[0] += 0.001
+    assert a.calibration.value == pytest.approx(3.0, rel=0.05)
 
 
 def test_calibration_scales_stage_costs_to_the_measured_drain_rate():
@@ -83,7 +130,7 @@ def test_calibration_scales_stage_costs_to_the_measured_drain_rate():
     a = Admission(queue_budget_s=5.0, max_pending=100, window_s=2.0, clock=lambda: now[0])
     a.observe_batch("m", 0.5, 1)  # 0.5 s per video on the backend
     for _ in range(2):  # two videos of 0.5 s of estimated work took 3 s of busy time: 3x
-        with a.admit(["m"], 1):
+        with a.admit(["m"], 1) as ticket, ticket.working():
             now[0] += 1.5
     assert a.calibration.value == pytest.approx(3.0)
     with a.admit(["m"], 3):  # 1.5 s of stage work, 4.5 s once calibrated
