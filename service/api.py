@@ -40,7 +40,7 @@ _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 502, 503, 504)}
 
 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if hasattr(exc, "retry_after_s") else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -115,11 +116,11 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         ok, reason = await engine.ready()
         if not ok:
             return JSONResponse({"error": {"code": "not_ready", "message": reason, "item": None}}, status_code=503)
-        return {"status": "ready", "models": sorted(engine.models), "placement": _placement(settings, engine)}
+        return {"status": "ready", "models": sorted(engine.specs), "placement": _placement(settings, engine)}
 
-    @app.get("/v1/models", response_model=ModelsResponse, summary="Specs of the loaded models")
+    @app.get("/v1/models", response_model=ModelsResponse, summary="Specs of the loaded models and judges")
     async def list_models() -> ModelsResponse:
-        return ModelsResponse(models=[m.spec for m in engine.models.values()], placement=_placement(settings, engine))
+        return ModelsResponse(models=list(engine.specs.values()), placement=_placement(settings, engine))
 
     @app.post(
         "/v1/score",
@@ -183,7 +184,8 @@ def _labelled(request: Request, response):
 
 def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
     """Where each model runs: backend, device and dtype (weight-free models compute in float32 on
-    the backend's device); behind Triton the device is Triton's (see its model config)."""
+    the backend's device); behind Triton the device is Triton's (see its model config). A judge:
+    its upstream's host:port or ``in-process``, and the model name it asks."""
     out = {}
     for name, model in engine.models.items():
         if settings.backend == "triton":
@@ -196,7 +198,7 @@ def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
                 else model.placement.describe()
             )
             out[name] = {"backend": "inprocess", **where, "decode": engine.decode_policy.pixels_id}
-    return out
+    return out | {name: engine.judges.describe(name) for name in engine.judges.names}
 
 
 def _request_body(schema: str) -> dict:

@@ -1,4 +1,4 @@
-"""The composition root: settings -> models -> backend -> engine, in one place.
+"""The composition root: settings -> models, judges -> backends -> engine, in one place.
 
 ``vrs serve`` (through ``service.api.create_app``), ``vrs score --local`` and the tests all build
 their engine here, so a configured checkpoint or backend means the same thing everywhere.
@@ -12,10 +12,12 @@ from service.backends.base import Backend
 from service.backends.inprocess import InProcessBackend
 from service.config import Settings
 from service.engine import Engine
+from service.judge_backend import JudgeBackend
 
 
 def build_engine(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> Engine:
-    """The engine for ``settings`` (default: from ``VRS_*``), serving ``settings.models``.
+    """The engine for ``settings`` (default: from ``VRS_*``), serving ``settings.models`` and the
+    judges of ``settings.judges`` (a judge named in both is served once, as a judge).
 
     ``models`` replaces the model catalogue (tests add their own models); by default it is the
     built-ins plus the configured checkpoints, and a bad checkpoint stops start-up here. With the
@@ -28,11 +30,15 @@ def build_engine(settings: Settings | None = None, models: dict[str, RewardModel
         models = builtin_models() | load_models(
             settings.models, settings.model_dirs, settings.base_model_dirs, weights=in_process, placement=placement
         )
-    missing = [name for name in settings.models if name not in models]
+    missing = [name for name in settings.models if name not in models and name not in settings.judges]
     if missing:
-        raise ValueError(f"configured models not available: {missing}; available: {sorted(models)}")
-    loaded = {name: models[name] for name in settings.models}
-    return Engine(settings, loaded, build_backend(settings, loaded))
+        raise ValueError(
+            f"configured models not available: {missing}; available: {sorted(models)} "
+            "(a judge needs its upstream in VRS_JUDGES)"
+        )
+    loaded = {name: models[name] for name in settings.models if name not in settings.judges}
+    judges = JudgeBackend.from_config(settings.judges, placement)  # in-process judges load on ``placement``
+    return Engine(settings, loaded, build_backend(settings, loaded), judges)
 
 
 def build_backend(settings: Settings, models: dict[str, RewardModel]) -> Backend:

@@ -5,9 +5,42 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class JudgeUpstream(BaseModel):
+    """Where a judge's model runs: an OpenAI-compatible server (``url``) or a local checkpoint (``directory``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server, e.g. http://gpu:8001")
+    directory: Path | None = Field(default=None, description="A Qwen2-VL / Qwen2.5-VL checkpoint run in process.")
+    model: str | None = Field(default=None, description="Served model name, if not the judge's default.")
+    api_key: SecretStr | None = None
+    max_concurrency: int = Field(default=8, ge=1, description="Requests in flight to this server at once.")
+    max_attempts: int = Field(default=5, ge=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+    pairwise: bool = Field(
+        default=False, description="/v1/compare asks the model with both videos (judges with a pairwise mode)."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Override of the judge's max_tokens.")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, description="Override of the judge's top_logprobs (at most vLLM's --max-logprobs)."
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> JudgeUpstream:
+        if (self.url is None) == (self.directory is None):
+            raise ValueError("a judge upstream needs exactly one of url or directory")
+        return self
+
+    @property
+    def where(self) -> str:
+        """The upstream's host:port, or ``in-process``."""
+        return urlsplit(self.url).netloc if self.url is not None else "in-process"
 
 
 class Settings(BaseSettings):
@@ -102,6 +135,13 @@ class Settings(BaseSettings):
     model_dirs: dict[str, Path] = Field(default={}, description='e.g. {"videoalign": "/ckpt/VideoReward"}')
     base_model_dirs: dict[str, Path] = Field(
         default={}, description='e.g. {"Qwen/Qwen2-VL-2B-Instruct": "/ckpt/Qwen2-VL-2B-Instruct"}'
+    )
+
+    # Generative judges (service/judge_backend.py; README "Generative judges"): judge name -> where
+    # its model runs. Every judge named here is served, next to VRS_MODELS.
+    judges: dict[str, JudgeUpstream] = Field(
+        default={},
+        description='e.g. {"videoscore2": {"url": "http://gpu:8001"}, "yes-no": {"directory": "/ckpt/cosmos"}}',
     )
 
     # Triton backend (service/backends/triton.py; README "Triton backend").

@@ -1,4 +1,12 @@
-"""The scoring engine: ingest -> cache -> decode/sample -> micro-batch -> backend. Usable without HTTP."""
+"""The scoring engine: ingest -> cache -> decode/sample -> scorer. Usable without HTTP.
+
+Every served model has a *scorer* (``submit(job) -> float32 [K]``): a regression model's is its
+``MicroBatcher`` in front of the tensor backend; a judge's is a ``JudgeScorer`` that asks the
+judge's upstream directly (service/judge_backend.py). Everything before the scorer (ingest, cache
+keys and lookups, decoding and sampling per the model's spec, admission) is the same for both.
+A judge with its pairwise mode configured is scored on both videos at once when ``score`` is
+called with ``pairwise=True`` (``/v1/compare``): its scorer's ``compare(a, b)``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +34,7 @@ from service.config import Settings
 from service.errors import BadInput, NotCached, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
 from service.ingest import ScoreInput
+from service.judge_backend import JudgeBackend, JudgeScorer
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,7 @@ class _Call:
     videos: list[Video]
     keys: dict[Pair, str]
     ticket: Ticket
+    together: frozenset[int] = frozenset()  # models that score the call's two items at once (pairwise judges)
 
     @property
     def pairs(self) -> list[Pair]:
@@ -68,19 +78,41 @@ class _Call:
 class _Job:
     frames: torch.Tensor  # uint8 [T, H, W, 3], host or device
     prompt: str
+    fps: float | None = None  # of the sampled frames
+
+
+class Scorer(Protocol):
+    async def submit(self, job: _Job) -> np.ndarray: ...
 
 
 class Engine:
     """Scores videos with the configured models on the configured backend."""
 
-    def __init__(self, settings: Settings, models: dict[str, RewardModel], backend: Backend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: dict[str, RewardModel],
+        backend: Backend,
+        judges: JudgeBackend | None = None,
+    ) -> None:
         self.settings = settings
-        self.models = models
+        self.models = models  # regression models, on ``backend``
         self.backend = backend
+        self.judges = judges or JudgeBackend({})
+        clash = sorted(set(models) & set(self.judges.names))
+        if clash:
+            raise ValueError(f"{clash} configured both as models and as judges")
+        self.specs: dict[str, ModelSpec] = {n: m.spec for n, m in models.items()} | {
+            n: self.judges.model_spec(n) for n in self.judges.names
+        }
+        self.pairwise_specs = {
+            n: self.judges.model_spec(n, pairwise=True) for n in self.judges.names if self.judges.pairwise(n)
+        }
         self.cache = cache.ScoreCache(settings)
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.decode_policy = nvdec.DecodePolicy(settings.decode, backend.device, settings.nvdec_min_pixels)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
+        self.scorers: dict[str, Scorer] = {}  # every served model's: the batchers and the judges' scorers
         self.stats: Counter[str] = Counter()  # videos_decoded, frames_decoded, inferences
         self.metrics = Metrics()
         self.metrics.watch_stats(self.stats, self.cache.stats)
@@ -89,7 +121,8 @@ class Engine:
         self.admission = Admission(
             queue_budget_s=settings.queue_budget_s,
             max_pending=settings.max_pending,
-            concurrency=backend.max_concurrent_batches,
+            concurrency={n: backend.max_concurrent_batches for n in models}
+            | {n: self.judges.concurrency(n) for n in self.judges.names},
             decode_workers=settings.decode_workers,
         )
         self.metrics.watch_admission(
@@ -122,36 +155,48 @@ class Engine:
             self.metrics.watch_queue(name, lambda b=batcher: b.queue_depth)
             batcher.start()
             self.batchers[name] = batcher
+        judges = {n: JudgeScorer(n, self.judges, partial(self._observe_judge, n)) for n in self.judges.names}
+        self.scorers = {**self.batchers, **judges}
 
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
+        self.scorers = {}
         await self.backend.close()
+        await self.judges.aclose()
         await self.cache.close()
         if self._fetcher is not None:
             await self._fetcher.aclose()
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def spec(self, name: str) -> ModelSpec:
-        if name not in self.models:
+    def spec(self, name: str, pairwise: bool = False) -> ModelSpec:
+        """A served model's spec; ``pairwise``: its pairwise mode's, for a judge configured with one."""
+        if name not in self.specs:
             raise BadInput(
-                f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.models))}", code="unknown_model"
+                f"unknown model {shown(name)}; loaded: {', '.join(sorted(self.specs))}", code="unknown_model"
             )
-        return self.models[name].spec
+        return self.pairwise_specs.get(name, self.specs[name]) if pairwise else self.specs[name]
 
     async def ready(self) -> tuple[bool, str]:
-        if not self.batchers:
+        if not self.scorers:
             return False, "engine not started"
         return await self.backend.ready()
 
     async def score(
-        self, items: list[ScoreInput], model_names: list[str], cache: CacheMode = "use"
+        self, items: list[ScoreInput], model_names: list[str], cache: CacheMode = "use", pairwise: bool = False
     ) -> list[ItemResult]:
-        """Raw scores per item and model. Any bad item fails the whole call."""
-        specs = [self.spec(name) for name in model_names]
+        """Raw scores per item and model. Any bad item fails the whole call. ``pairwise`` (two
+        items, A then B): judges with a pairwise mode compare them together, and give each its
+        relative scores."""
+        specs = [self.spec(name, pairwise) for name in model_names]
+        together = frozenset(m for m, name in enumerate(model_names) if pairwise and name in self.pairwise_specs)
         if not items:
             raise BadInput("no items to score", code="no_items")
+        if together and (len(items) != 2 or items[0].prompt != items[1].prompt):
+            raise BadInput(
+                f"model {model_names[min(together)]!r} compares two videos against one prompt", code="bad_input"
+            )
         if len(items) > self.settings.max_items:
             raise TooLarge(f"{len(items)} items in one request; the limit is {self.settings.max_items}")
         for i, item in enumerate(items):
@@ -173,12 +218,12 @@ class Engine:
         with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    return await self._score(items, specs, cache, ticket)
+                    return await self._score(items, specs, together, cache, ticket)
             except TimeoutError as exc:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
 
     async def _score(
-        self, items: list[ScoreInput], specs: list[ModelSpec], mode: CacheMode, ticket: Ticket
+        self, items: list[ScoreInput], specs: list[ModelSpec], together: frozenset[int], mode: CacheMode, ticket: Ticket
     ) -> list[ItemResult]:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed.
         Hashing and computing run under ``ticket.working()`` (what admission counts as busy)."""
@@ -192,8 +237,8 @@ class Engine:
                 code="bad_input",
             )
         with ticket.working():
-            keys = await self._keys(videos, items, specs)
-        call = _Call(items, specs, videos, keys, ticket)
+            keys = await self._keys(videos, items, specs, together)
+        call = _Call(items, specs, videos, keys, ticket, together)
         if mode == "bypass":
             return _results(call, await self._compute(call, call.pairs), cached=set())
 
@@ -211,18 +256,14 @@ class Engine:
             claimed = set(flight.mine)
             mine = [p for key, p in first.items() if key in claimed]
 
-            async def lead() -> dict[Pair, np.ndarray]:
-                computed = await self._compute(call, mine)
+            async def publish(computed: dict[Pair, np.ndarray]) -> None:
                 await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in computed.items()})
-                return computed
 
-            computed, found = await asyncio.gather(lead(), flight.others())
+            computed, found = await asyncio.gather(self._compute(call, mine, publish), flight.others())
             theirs = [p for key, p in first.items() if key not in claimed]
             from_others = _decode_found(found, theirs, call)
             if leftover := [p for p in theirs if p not in from_others]:  # their leader failed or was slow
-                extra = await self._compute(call, leftover)
-                await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in extra.items()})
-                computed |= extra
+                computed |= await self._compute(call, leftover, publish)
         finally:
             await flight.release()
         by_key = {call.keys[p]: v for p, v in (computed | from_others).items()}
@@ -231,17 +272,20 @@ class Engine:
         cached = set(known) | {p for p in missing if call.keys[p] in elsewhere}
         return _results(call, scores, cached)
 
-    async def _compute(self, call: _Call, pairs: list[Pair]) -> dict[Pair, np.ndarray]:
-        """Decode each item once for all the models it still needs, then run those models."""
+    async def _compute(self, call: _Call, pairs: list[Pair], store=None) -> dict[Pair, np.ndarray]:
+        """Decode each item once for all the models it still needs, then run those models. What
+        was computed is handed to ``store`` (the cache) before the items' errors are raised, all
+        or nothing: a request failing on one item does not lose the others' work."""
+        pairs = sorted(set(pairs) | {(1 - i, m) for i, m in pairs if m in call.together})  # both sides of a pair
         needs: dict[int, list[int]] = defaultdict(list)
         for i, m in pairs:
             needs[i].append(m)
         if not needs:
             return {}
         with call.ticket.working():
-            return await self._decode_and_run(call, needs)
+            return await self._decode_and_run(call, needs, store)
 
-    async def _decode_and_run(self, call: _Call, needs: dict[int, list[int]]) -> dict[Pair, np.ndarray]:
+    async def _decode_and_run(self, call: _Call, needs: dict[int, list[int]], store) -> dict[Pair, np.ndarray]:
         """``needs``: item -> the indices of the models it needs."""
 
         async def prepare(i: int) -> list[decode.Clip]:
@@ -259,15 +303,35 @@ class Engine:
         clips = await _all_or_nothing(prepare(i) for i in needs)
         self.stats["videos_decoded"] += len(clips)
         self.stats["frames_decoded"] += sum(len(clip.indices) for item_clips in clips for clip in item_clips)
-        jobs = [(i, m, clip) for i, item_clips in zip(needs, clips) for m, clip in zip(needs[i], item_clips)]
-        self.stats["inferences"] += len(jobs)
-        values = await asyncio.gather(
-            *(
-                self.batchers[call.specs[m].name].submit(_Job(clip.frames, call.items[i].prompt or ""))
-                for i, m, clip in jobs
-            )
-        )
-        return {(i, m): value for (i, m, _), value in zip(jobs, values)}
+        jobs = {
+            (i, m): _Job(clip.frames, call.items[i].prompt or "", _sampled_fps(clip))
+            for i, item_clips in zip(needs, clips)
+            for m, clip in zip(needs[i], item_clips)
+        }
+        units = [self._one(call, i, m, job) for (i, m), job in jobs.items() if m not in call.together]
+        units += [self._two(call, m, jobs[0, m], jobs[1, m]) for m in sorted({m for _, m in jobs} & call.together)]
+        self.stats["inferences"] += len(units)
+        outcomes = await asyncio.gather(*units, return_exceptions=True)
+        computed = {p: v for out in outcomes if isinstance(out, dict) for p, v in out.items()}
+        if store is not None and computed:
+            await store(computed)
+        _raise_all([out for out in outcomes if isinstance(out, BaseException)])
+        return computed
+
+    async def _one(self, call: _Call, i: int, m: int, job: _Job) -> dict[Pair, np.ndarray]:
+        try:
+            return {(i, m): await self.scorers[call.specs[m].name].submit(job)}
+        except ServiceError as exc:
+            raise exc.for_item(i)
+
+    async def _two(self, call: _Call, m: int, a: _Job, b: _Job) -> dict[Pair, np.ndarray]:
+        """A pairwise judge on items 0 and 1 together (its failure concerns the pair: no item)."""
+        score_a, score_b = await self.scorers[call.specs[m].name].compare(a, b)
+        return {(0, m): score_a, (1, m): score_b}
+
+    def _observe_judge(self, model: str, seconds: float, videos: int) -> None:
+        self.metrics.stage_seconds.labels("inference", model).observe(seconds)
+        self.admission.observe_batch(model, seconds, videos)
 
     def _observe_batch(self, model: str, waits: list[float]) -> None:
         self.metrics.batch_size.labels(model).observe(len(waits))
@@ -281,12 +345,20 @@ class Engine:
         except ServiceError as exc:
             raise exc.for_item(index)
 
-    async def _keys(self, videos: list[Video], items: list[ScoreInput], specs: list[ModelSpec]) -> dict[Pair, str]:
-        """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop."""
+    async def _keys(
+        self, videos: list[Video], items: list[ScoreInput], specs: list[ModelSpec], together: frozenset[int]
+    ) -> dict[Pair, str]:
+        """Cache keys; content digests (sha256 of up to hundreds of MB) are computed off the event loop.
+        A pairwise judge's result for one side depends on both videos and on which is A: its key
+        holds both digests and the side."""
         digests = await asyncio.gather(*(_in_pool(self._decode_pool, cache.content_digest, v) for v in videos))
         pixels = self.decode_policy.pixels_id
+
+        def content(i: int, m: int) -> str:
+            return f"{digests[0]}+{digests[1]}:{'ab'[i]}" if m in together else digests[i]
+
         return {
-            (i, m): cache.cache_key(digests[i], spec, items[i].prompt, pixels)
+            (i, m): cache.cache_key(content(i, m), spec, items[i].prompt, pixels)
             for i in range(len(items))
             for m, spec in enumerate(specs)
         }
@@ -342,14 +414,24 @@ def _results(call: _Call, scores: dict[Pair, np.ndarray], cached: set[Pair]) -> 
 async def _all_or_nothing(awaitables) -> list:
     """Await all; if any failed, raise the first bad-input error with the other bad items attached."""
     results = await asyncio.gather(*awaitables, return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
+    _raise_all([r for r in results if isinstance(r, BaseException)])
+    return results
+
+
+def _raise_all(errors: list[BaseException]) -> None:
+    """Raise the first error with the others attached (an unexpected one first: it is a bug)."""
     if errors:
         bad = [e for e in errors if isinstance(e, ServiceError)]
         if len(bad) < len(errors):
             raise next(e for e in errors if not isinstance(e, ServiceError))
         bad[0].others = bad[1:]
         raise bad[0]
-    return results
+
+
+def _sampled_fps(clip: decode.Clip) -> float | None:
+    """Frame rate of the sampled frames (what a video judge is told): frames over the source's duration."""
+    duration = clip.total_frames / clip.fps if clip.fps else 0.0
+    return len(clip.indices) / duration if duration > 0 else None
 
 
 def _in_pool(pool: ThreadPoolExecutor, fn, *args):

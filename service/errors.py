@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from models.judges import spec as judges
+
 MAX_MESSAGE = 1000  # characters of a message sent back; a client's megabyte of text is not echoed
 
 
@@ -64,6 +66,35 @@ class Overloaded(ServiceError):
 
 class BackendUnavailable(ServiceError):
     status, code = 503, "backend_unavailable"
+
+
+class UpstreamUnavailable(ServiceError):
+    """A judge's upstream is down, overloaded or timing out (after the client's retries)."""
+
+    status, code = 503, "upstream_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamRejected(ServiceError):
+    """A judge's upstream refused the request or answered something else than a chat completion."""
+
+    status, code = 502, "upstream_rejected"
+
+
+def judge_failure(model: str, exc: judges.JudgeError) -> ServiceError:
+    """A judge's failure on one item as the error the client gets: an answer the parser cannot read
+    is the item's (422 ``judge_answer``, with the raw text), an upstream failure is the service's."""
+    if isinstance(exc, judges.JudgeAnswerError):
+        return Unprocessable(
+            f"judge {model!r} answered in a form it cannot read ({exc.reason}); raw answer: {shown(exc.raw_text, 400)}",
+            code="judge_answer",
+        )
+    if isinstance(exc, judges.UpstreamUnavailable):
+        return UpstreamUnavailable(f"judge {model!r}: {exc}", retry_after_s=exc.retry_after_s)
+    return UpstreamRejected(f"judge {model!r}: {exc}")
 
 
 class Timeout(ServiceError):

@@ -1,74 +1,108 @@
-"""The judges a gateway serves, each with the runner that asks its model: the one object the
-engine is to call for a judge (instead of the micro-batcher and the tensor backend).
+"""The judges a gateway serves (``VRS_JUDGES``), each with the runner that asks its model: what
+the engine calls for a judge instead of the micro-batcher and the tensor backend.
 
-``JudgeBackend.from_config({"videoscore2": JudgeUpstream(url="http://gpu:8001"), ...})`` builds
-each judge from the table (``models.judges.JUDGES``) with its upstream model name, and one runner
-per upstream: an ``OpenAIChatRunner`` per URL (shared by judges on the same server, so the
-concurrency bound is per server) or a ``TransformersRunner`` per checkpoint directory.
+``JudgeBackend.from_config({"videoscore2": JudgeUpstream(url="http://gpu:8001/v1"), ...})`` builds
+each judge from the table (``models.judges.JUDGES``) with its upstream model name and generation
+overrides, and one runner per upstream: an ``OpenAIChatRunner`` per URL (shared by judges on the
+same server, so the concurrency bound is per server) or a ``TransformersRunner`` per checkpoint
+directory (loaded on the configured placement).
+
+To the rest of the gateway a judge is a model: ``model_spec(name)`` is its ``ModelSpec`` (its
+dimensions with their ranges, the frame policy the decoder applies, and a version that carries
+``JudgeSpec.fingerprint()``, so every cache key changes with the prompt template, the generation
+parameters or the upstream model name). With ``pairwise`` configured, ``model_spec(name,
+pairwise=True)`` is the spec of its pairwise mode, which ``/v1/compare`` uses.
 
 ``score`` answers every item, each with a ``JudgeOutput`` or the ``JudgeError`` that item met
-(an unreadable answer, an upstream down), so one bad item never fails the others.
-Not yet wired into ``service.engine`` (issue 16, next step).
+(an unreadable answer, an upstream down), so one bad item never fails the others; ``compare``
+asks the pairwise mode with both videos. ``JudgeScorer`` puts one judge behind the engine's
+scorer interface (``submit(job) -> float32 [K]``), with the failures as the gateway's errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from models.judges import JUDGES
 from models.judges.runner import Runner, judge, judge_pair
 from models.judges.spec import Judge, JudgeError, JudgeOutput, JudgeSpec, PairOutput
+from models.placement import CPU, Placement
+from models.spec import Batching, FrameSampling, ModelSpec, Pairwise
+from service.config import JudgeUpstream
+from service.errors import judge_failure
 from service.judge_client import OpenAIChatRunner
 
+__all__ = ["JudgeBackend", "JudgeItem", "JudgeScorer", "JudgeUpstream", "model_spec"]
 
-class JudgeUpstream(BaseModel):
-    """Where a judge's model runs: an OpenAI-compatible server (``url``) or a local checkpoint (``directory``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    url: str | None = None
-    directory: Path | None = None
-    model: str | None = Field(default=None, description="Served model name, if not the judge's default.")
-    api_key: SecretStr | None = None
-    max_concurrency: int = Field(default=8, ge=1)
-    max_attempts: int = Field(default=5, ge=1)
-    timeout_s: float = Field(default=300.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_place(self) -> JudgeUpstream:
-        if (self.url is None) == (self.directory is None):
-            raise ValueError("a judge upstream needs exactly one of url or directory")
-        return self
+# Qwen-VL chat control tokens (<|im_start|>, <|vision_start|>, ...): a prompt holding one would be
+# read as chat structure by the model's tokenizer, not as text.
+CONTROL_TOKEN = r"<\|[A-Za-z0-9_]+\|>"
 
 
 @dataclasses.dataclass
 class JudgeItem:
     frames: np.ndarray  # uint8 [T, H, W, 3], sampled and resized per the judge's spec
     prompt: str = ""
-    fps: float | None = None
+    fps: float | None = None  # of the sampled frames (a video judge's timing)
+
+
+def model_spec(spec: JudgeSpec, pairwise: bool = False) -> ModelSpec:
+    """The judge as the gateway's model contract. ``pairwise``: its pairwise mode (its own
+    dimensions, ``pairwise_frames`` per video, and ``Pairwise(model="judge")``: the model's
+    relative scores are the preference)."""
+    version = f"{spec.version}+{spec.fingerprint()[:16]}"
+    common = dict(
+        name=spec.name,
+        description=spec.description,
+        resolution=spec.resolution,
+        needs_prompt=spec.needs_prompt,
+        prompt_forbidden=CONTROL_TOKEN,
+        batching=Batching(max_batch_size=1, max_wait_ms=0),  # no micro-batching: the upstream batches
+    )
+    if not pairwise:
+        return ModelSpec(**common, version=version, dimensions=spec.dimensions, sampling=spec.sampling)
+    if not spec.has_pairwise:
+        raise ValueError(f"{spec.name} has no pairwise mode")
+    n = spec.pairwise_frames
+    return ModelSpec(
+        **common,
+        version=f"{version}.pairwise",
+        dimensions=spec.pairwise_dimensions,
+        sampling=FrameSampling(mode="count", count=n, max_frames=n),
+        pairwise=Pairwise(model="judge"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Served:
+    judge: Judge
+    runner: Runner
+    upstream: JudgeUpstream
+    placement: Placement
+
+    @property
+    def spec(self) -> JudgeSpec:
+        return self.judge.spec
 
 
 class JudgeBackend:
-    def __init__(self, judges: dict[str, tuple[Judge, Runner]]) -> None:
+    def __init__(self, judges: dict[str, _Served]) -> None:
         self._judges = judges
 
     @classmethod
-    def from_config(cls, upstreams: dict[str, JudgeUpstream]) -> JudgeBackend:
+    def from_config(cls, upstreams: dict[str, JudgeUpstream], placement: Placement = CPU) -> JudgeBackend:
         unknown = sorted(set(upstreams) - set(JUDGES))
         if unknown:
             raise ValueError(f"unknown judges {unknown}; known: {sorted(JUDGES)}")
         runners: dict[object, Runner] = {}
         judges = {}
         for name, where in upstreams.items():
-            j = JUDGES[name]
-            if where.model is not None:
-                j = dataclasses.replace(j, spec=j.spec.model_copy(update={"upstream_model": where.model}))
+            j = _configured(JUDGES[name], where)
             key = where.url or where.directory
             if key not in runners:
                 if where.url is not None:
@@ -82,8 +116,10 @@ class JudgeBackend:
                 else:
                     from models.judges.transformers_runner import TransformersRunner  # torch + transformers
 
-                    runners[key] = TransformersRunner.load(where.directory)
-            judges[name] = (j, runners[key])
+                    runners[key] = TransformersRunner.load(
+                        where.directory, dtype=placement.dtype, device=str(placement.device)
+                    )
+            judges[name] = _Served(j, runners[key], where, placement)
         return cls(judges)
 
     @property
@@ -91,12 +127,33 @@ class JudgeBackend:
         return list(self._judges)
 
     def spec(self, name: str) -> JudgeSpec:
-        return self._judges[name][0].spec
+        return self._judges[name].spec
+
+    def model_spec(self, name: str, pairwise: bool = False) -> ModelSpec:
+        return model_spec(self.spec(name), pairwise)
+
+    def pairwise(self, name: str) -> bool:
+        """Whether ``/v1/compare`` asks this judge with both videos."""
+        return self._judges[name].upstream.pairwise
+
+    def concurrency(self, name: str) -> int:
+        """Requests the judge's runner serves at once (the admission estimate divides by it)."""
+        served = self._judges[name]
+        return served.upstream.max_concurrency if served.upstream.url is not None else 1
+
+    def describe(self, name: str) -> dict[str, str]:
+        """Where the judge runs, for ``/v1/models`` and ``/readyz``."""
+        served = self._judges[name]
+        where = {"backend": "judge", "upstream": served.upstream.where, "model": served.spec.upstream_model}
+        if served.upstream.directory is not None:
+            where |= served.placement.describe()
+        return where | {"pairwise": str(served.upstream.pairwise).lower()}
 
     async def score(self, name: str, items: Sequence[JudgeItem]) -> list[JudgeOutput | JudgeError]:
-        j, runner = self._judges[name]
+        served = self._judges[name]
         results = await asyncio.gather(
-            *(judge(runner, j, it.frames, it.prompt, it.fps) for it in items), return_exceptions=True
+            *(judge(served.runner, served.judge, it.frames, it.prompt, it.fps) for it in items),
+            return_exceptions=True,
         )
         for r in results:  # judge failures are per item; anything else is a bug and propagates
             if isinstance(r, BaseException) and not isinstance(r, JudgeError):
@@ -104,12 +161,67 @@ class JudgeBackend:
         return results
 
     async def compare(self, name: str, a: JudgeItem, b: JudgeItem) -> PairOutput:
-        j, runner = self._judges[name]
-        return await judge_pair(runner, j, a.frames, b.frames, a.prompt)
+        """The pairwise mode on A and B (A is "Video 1"), against A's prompt."""
+        served = self._judges[name]
+        return await judge_pair(served.runner, served.judge, a.frames, b.frames, a.prompt)
 
     async def aclose(self) -> None:
         closed = set()
-        for _, runner in self._judges.values():
-            if id(runner) not in closed and isinstance(runner, OpenAIChatRunner):
-                closed.add(id(runner))
-                await runner.aclose()
+        for served in self._judges.values():
+            if id(served.runner) not in closed and isinstance(served.runner, OpenAIChatRunner):
+                closed.add(id(served.runner))
+                await served.runner.aclose()
+
+
+def _configured(j: Judge, where: JudgeUpstream) -> Judge:
+    """The table's judge with the upstream's model name and generation overrides."""
+    if where.pairwise and not j.spec.has_pairwise:
+        raise ValueError(f"{j.spec.name}: pairwise is configured but the judge has no pairwise mode")
+    update: dict = {}
+    if where.model is not None:
+        update["upstream_model"] = where.model
+    overrides = {"max_tokens": where.max_tokens, "top_logprobs": where.top_logprobs}
+    generation = {k: v for k, v in overrides.items() if v is not None}
+    if generation:
+        update["generation"] = j.spec.generation.model_copy(update=generation)
+    return dataclasses.replace(j, spec=j.spec.model_copy(update=update)) if update else j
+
+
+class JudgeScorer:
+    """One judge as the engine's scorer: ``submit(job) -> float32 [K]`` (its dimensions in spec
+    order) and, for the pairwise mode, ``compare(a, b) -> (A's, B's)``. A job is anything with
+    ``frames`` (uint8 [T, H, W, 3] tensor, sampled per the judge's spec), ``prompt`` and ``fps``.
+    No micro-batching: each video is one request to the runner, which bounds the requests in
+    flight. A judge's failure is raised as the gateway's error (``errors.judge_failure``);
+    ``observe(seconds, videos)`` gets every call's wall time (admission's cost estimate)."""
+
+    def __init__(self, name: str, backend: JudgeBackend, observe: Callable[[float, int], None]) -> None:
+        self.name = name
+        self.backend = backend
+        self.observe = observe
+        self.dimensions = backend.spec(name).dimension_names
+        pair = backend.spec(name).pairwise_dimensions
+        self.pair_dimensions = [d.name for d in pair] if pair else []
+
+    async def submit(self, job) -> np.ndarray:
+        started = time.perf_counter()
+        (result,) = await self.backend.score(self.name, [_item(job)])
+        self.observe(time.perf_counter() - started, 1)
+        if isinstance(result, JudgeError):
+            raise judge_failure(self.name, result)
+        return np.array([result.scores[d] for d in self.dimensions], dtype=np.float32)
+
+    async def compare(self, a, b) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        try:
+            out = await self.backend.compare(self.name, _item(a), _item(b))
+        except JudgeError as exc:
+            raise judge_failure(self.name, exc) from exc
+        finally:
+            self.observe(time.perf_counter() - started, 2)
+        shares = [out.scores[d] for d in self.pair_dimensions]
+        return np.array([a for a, _ in shares], dtype=np.float32), np.array([b for _, b in shares], dtype=np.float32)
+
+
+def _item(job) -> JudgeItem:
+    return JudgeItem(frames=job.frames.cpu().numpy(), prompt=job.prompt, fps=job.fps)

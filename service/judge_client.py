@@ -1,6 +1,7 @@
 """A judge runner over an OpenAI-compatible chat-completions server (vLLM, SGLang, ...).
 
-``OpenAIChatRunner(base_url).generate(ChatRequest)`` posts ``/v1/chat/completions`` with
+``OpenAIChatRunner(base_url).generate(ChatRequest)`` posts ``/v1/chat/completions`` (``base_url``
+with or without the ``/v1`` the OpenAI SDK puts there) with
 
 - the system text (if any) and one user message: the frames, then the text. Images go as
   ``image_url`` parts with ``data:image/jpeg;base64,...`` URLs; a video goes as one
@@ -12,8 +13,9 @@
 
 Failures are typed (``models.judges.spec``): connection errors, timeouts, 429 and 5xx are retried
 with exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date, capped
-at ``max_backoff_s``), and end as ``UpstreamUnavailable`` after ``max_attempts``; other 4xx and
-answers that are not chat completions end at once as ``UpstreamRejected``. At most
+at ``max_backoff_s``), and end as ``UpstreamUnavailable`` after ``max_attempts`` (carrying the
+last ``Retry-After``, if any); other 4xx and answers that are not chat completions end at once as
+``UpstreamRejected``. At most
 ``max_concurrency`` requests are in flight to the upstream at a time (the upstream batches
 continuously, so there is no micro-batching here); a request waiting out a backoff holds no slot.
 """
@@ -128,7 +130,7 @@ class OpenAIChatRunner:
     ) -> None:
         if max_concurrency < 1 or max_attempts < 1:
             raise ValueError("max_concurrency and max_attempts must be >= 1")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")  # the OpenAI SDK's base URL ends in /v1
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -179,14 +181,20 @@ class OpenAIChatRunner:
                     raise UpstreamRejected(
                         f"{where}: HTTP {status}: {response.text[:500]}", status=status, attempts=attempt
                     )
-                failure = UpstreamUnavailable(
-                    f"{where}: HTTP {status}: {response.text[:200]}", status=status, attempts=attempt
-                )
                 hinted = retry_after_s(response)
+                failure = UpstreamUnavailable(
+                    f"{where}: HTTP {status}: {response.text[:200]}",
+                    status=status,
+                    attempts=attempt,
+                    retry_after_s=hinted,
+                )
                 delay = min(hinted, self.max_backoff_s) if hinted is not None else self._backoff(attempt)
             if attempt < self.max_attempts:
                 await asyncio.sleep(delay)
         assert failure is not None
         raise UpstreamUnavailable(
-            f"{failure} (gave up after {self.max_attempts} attempts)", status=failure.status, attempts=self.max_attempts
+            f"{failure} (gave up after {self.max_attempts} attempts)",
+            status=failure.status,
+            attempts=self.max_attempts,
+            retry_after_s=failure.retry_after_s,
         )

@@ -1,8 +1,9 @@
 """The scoring operations (score, compare, rank) on wire types, without HTTP.
 
-Each one scores its videos pointwise through ``Engine.score`` (so the score cache applies to
-compare and rank as well), then applies the pure math in ``scoring``, ``pairwise`` and
-``ranking``. The HTTP routes and ``vrs score --local`` both call these.
+Each one scores its videos through ``Engine.score`` (so the score cache applies to compare and
+rank as well), pointwise except for judges whose pairwise mode is configured, which compare's two
+videos together; then applies the pure math in ``scoring``, ``pairwise`` and ``ranking``. The HTTP
+routes and ``vrs score --local`` both call these.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Plan:
     specs: list[ModelSpec]
     weights: dict[str, float]
     normalise: bool
+    pairwise: bool = False  # pairwise judges score A and B together (compare)
 
     def header(self) -> dict:
         """The response fields every operation shares."""
@@ -50,18 +52,20 @@ class _Scored:
     item: ItemScore
 
 
-def plan(engine: Engine, options: ScoringOptions) -> Plan:
-    """Resolve models (explicit, else those the weights name, else the default), weights and normalisation."""
+def plan(engine: Engine, options: ScoringOptions, pairwise: bool = False) -> Plan:
+    """Resolve models (explicit, else those the weights name, else the default), weights and
+    normalisation. ``pairwise`` (compare): a judge with its pairwise mode configured brings that
+    mode's spec (its relative dimensions)."""
     weights, field = options.weights, "weights"
     if options.preset is not None:
         weights = scoring.preset_weights(options.preset, engine.settings.weight_presets)
         field = f"preset {shown(options.preset)}"
     names = options.models or (scoring.models_named(weights) if weights else []) or [engine.settings.default_model]
-    specs = [engine.spec(name) for name in dict.fromkeys(names)]
+    specs = [engine.spec(name, pairwise) for name in dict.fromkeys(names)]
     resolved = scoring.resolve_weights(weights, specs, field)
     if options.normalise:
         scoring.check_normalisable(specs)
-    return Plan(specs, resolved, options.normalise)
+    return Plan(specs, resolved, options.normalise, pairwise)
 
 
 async def score(engine: Engine, body: ScoreRequest, inputs: list[ScoreInput]) -> ScoreResponse:
@@ -72,8 +76,9 @@ async def score(engine: Engine, body: ScoreRequest, inputs: list[ScoreInput]) ->
 
 
 async def compare(engine: Engine, body: CompareRequest, inputs: list[ScoreInput]) -> CompareResponse:
-    """Pairwise: P(A>B), P(B>A), P(tie) and the winner, per dimension and for the overall."""
-    p = plan(engine, body)
+    """Pairwise: P(A>B), P(B>A), P(tie) and the winner, per dimension and for the overall. A judge
+    with its pairwise mode configured compares A and B itself: its scores are A's and B's shares."""
+    p = plan(engine, body, pairwise=True)
     _check_shared_prompt(body, p)
     a, b = await _score(engine, p, inputs, body.cache)
     reward_a, reward_b = scoring.oriented(a.raw, p.specs), scoring.oriented(b.raw, p.specs)
@@ -119,7 +124,7 @@ async def rank(engine: Engine, body: RankRequest, inputs: list[ScoreInput]) -> R
 
 async def _score(engine: Engine, p: Plan, inputs: list[ScoreInput], cache) -> list[_Scored]:
     """Raw scores from the engine -> shown scores (normalised if asked) and the weighted overall."""
-    results = await engine.score(inputs, [s.name for s in p.specs], cache=cache)
+    results = await engine.score(inputs, [s.name for s in p.specs], cache=cache, pairwise=p.pairwise)
     scored, bad = [], []
     for i, result in enumerate(results):
         raw = scoring.flatten(result.scores, p.specs)

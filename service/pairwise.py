@@ -5,6 +5,9 @@
   ``P(A>B) = pA / (pA + theta pB) = sigmoid(rA - rB - ln theta)``, symmetrically for B, and
   ``P(tie) = 1 - P(A>B) - P(B>A) = (theta^2 - 1) P(A>B) P(B>A)``. Equal rewards give
   ``P(tie) = (theta - 1)/(theta + 1)`` and ``1/(theta + 1)`` to each side. ``theta = 1`` is Bradley-Terry.
+- Judge: a judge that compared the two videos itself gave relative scores (A's and B's shares of
+  1); ``P(A>B) = rA / (rA + rB)``, no ties. Rewards that are not shares (a weighted overall of
+  shares) are renormalised the same way.
 
 The winner is the most probable outcome; when the top probability is shared (equal rewards
 under Bradley-Terry), the winner is ``tie``.
@@ -48,6 +51,10 @@ def theta(spec: Pairwise) -> float:
 
 def prefer(reward_a: float, reward_b: float, spec: Pairwise) -> Preference:
     """P(A>B), P(B>A), P(tie) and the winner for two rewards (higher is better)."""
+    if spec.model == "judge":
+        total = reward_a + reward_b
+        p_a = reward_a / total if total > 0 else 0.5
+        return Preference(p_a, 1.0 - p_a, 0.0, _winner(p_a, 1.0 - p_a, 0.0))
     theta_ = theta(spec)
     shift = math.log(theta_)
     p_a = sigmoid(reward_a - reward_b - shift)

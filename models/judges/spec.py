@@ -178,10 +178,13 @@ class JudgeAnswerError(JudgeError):
 class UpstreamError(JudgeError):
     """The model behind a judge could not be asked."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, attempts: int = 1, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.retry_after_s = retry_after_s  # the upstream's last Retry-After, if it sent one
 
 
 class UpstreamUnavailable(UpstreamError):

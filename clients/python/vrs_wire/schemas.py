@@ -172,7 +172,9 @@ class Preference(BaseModel):
     p_b_over_a: float
     p_tie: float
     winner: Literal["a", "b", "tie"] = Field(description="Most probable outcome; `tie` when the top is shared.")
-    pairwise: Literal["bradley-terry", "rao-kupper"] = Field(description="The pairwise model used.")
+    pairwise: Literal["bradley-terry", "rao-kupper", "judge"] = Field(
+        description="The pairwise model used; `judge`: the judge's own relative scores of A and B."
+    )
     theta: float = Field(description="Its tie parameter (1 for Bradley-Terry).")
 
 

@@ -73,9 +73,10 @@ class Resolution(_Frozen):
 
 
 class Pairwise(_Frozen):
-    """How two rewards turn into preference probabilities."""
+    """How two rewards turn into preference probabilities. ``judge``: the model compares the two
+    videos itself and its per-dimension scores are relative (A's and B's shares, summing to 1)."""
 
-    model: Literal["bradley-terry", "rao-kupper"] = "bradley-terry"
+    model: Literal["bradley-terry", "rao-kupper", "judge"] = "bradley-terry"
     theta: float = Field(default=1.0, ge=1.0, description="Rao-Kupper tie parameter; 1 means no ties.")
 
 
