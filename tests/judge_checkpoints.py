@@ -1,11 +1,14 @@
 """A tiny judge checkpoint: a Hugging Face Qwen2-VL directory (random weights) whose tokenizer
 knows the judges' prompts, has "Yes", "No" and the digits as single tokens, and carries a
 Qwen2-VL chat template with system messages, images and videos. Built by the tests; no downloads.
+``taught`` fine-tunes one until it answers a given request with a given text (a judge's format).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import torch
 
 from models.judges import unifiedreward, videoscore2, yesno
 from models.random_checkpoints import QWEN_SPECIAL, bpe_tokenizer
@@ -105,3 +108,39 @@ def qwen2vl_judge(directory: Path, seed: int = 5, arch: str = "qwen2_vl") -> Pat
         vision_end_token_id=ids["<|vision_end|>"],
     )
     return _save(model_class, config, fast, directory, seed)
+
+
+def taught(directory: Path, source: Path, request, answer: str, max_steps: int = 300) -> Path:
+    """``source`` fine-tuned until its greedy answer to ``request`` (a ``ChatRequest``) is exactly
+    ``answer``, saved to ``directory``. A random model writes noise, so this is how the tests get
+    a real model that writes a judge's format (for one known input) and reach the success paths."""
+    from models.judges.transformers_runner import TransformersRunner
+
+    runner = TransformersRunner.load(source)
+    model, tokenizer = runner.model, runner.tokenizer
+    inputs = runner._inputs(request)
+    target = torch.tensor(tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id])
+    start = inputs["input_ids"].shape[1]
+    ids = torch.cat([inputs["input_ids"], target[None]], 1)
+    types = torch.cat([inputs["mm_token_type_ids"], torch.zeros((1, len(target)), dtype=torch.int)], 1)
+    batch = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
+    torch.manual_seed(0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(max_steps):
+        logits = model(**batch).logits[0, start - 1 : -1]
+        margin = logits.gather(1, target[:, None]) - logits.scatter(1, target[:, None], -1e9).amax(1, keepdim=True)
+        if margin.min() > 2.0:  # every answer token wins greedy decoding by a clear margin
+            break
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    said = runner.generate_sync(request).text
+    if said != answer:
+        raise RuntimeError(f"the tiny judge did not learn its answer: {said!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
