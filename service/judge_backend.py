@@ -61,7 +61,7 @@ def model_spec(spec: JudgeSpec, pairwise: bool = False) -> ModelSpec:
         description=spec.description,
         resolution=spec.resolution,
         needs_prompt=spec.needs_prompt,
-        prompt_forbidden=CONTROL_TOKEN,
+        prompt_forbidden=CONTROL_TOKEN if spec.needs_prompt else None,
         batching=Batching(max_batch_size=1, max_wait_ms=0),  # no micro-batching: the upstream batches
     )
     if not pairwise:
