@@ -30,7 +30,7 @@ import numpy as np
 
 from models.judges import JUDGES
 from models.judges.runner import Runner, judge, judge_pair
-from models.judges.spec import Judge, JudgeError, JudgeOutput, JudgeSpec, PairOutput
+from models.judges.spec import Judge, JudgeError, JudgeOutput, JudgeSpec, PairOutput, UpstreamError
 from models.placement import CPU, Placement
 from models.spec import Batching, FrameSampling, ModelSpec, Pairwise
 from service.config import JudgeUpstream
@@ -191,9 +191,11 @@ class JudgeScorer:
     """One judge as the engine's scorer: ``submit(job) -> float32 [K]`` (its dimensions in spec
     order) and, for the pairwise mode, ``compare(a, b) -> (A's, B's)``. A job is anything with
     ``frames`` (uint8 [T, H, W, 3] tensor, sampled per the judge's spec), ``prompt`` and ``fps``.
-    No micro-batching: each video is one request to the runner, which bounds the requests in
-    flight. A judge's failure is raised as the gateway's error (``errors.judge_failure``);
-    ``observe(seconds, videos)`` gets every call's wall time (admission's cost estimate)."""
+    No micro-batching: each video is one request to the runner; at most ``concurrency(name)``
+    are in flight, so the time a request takes inside its slot is the model's, and answered
+    requests report it to ``observe(seconds, videos)`` (admission's cost estimate; a request the
+    upstream never answered measures nothing). A judge's failure is raised as the gateway's
+    error (``errors.judge_failure``)."""
 
     def __init__(self, name: str, backend: JudgeBackend, observe: Callable[[float, int], None]) -> None:
         self.name = name
@@ -202,25 +204,34 @@ class JudgeScorer:
         self.dimensions = backend.spec(name).dimension_names
         pair = backend.spec(name).pairwise_dimensions
         self.pair_dimensions = [d.name for d in pair] if pair else []
+        self._slots = asyncio.Semaphore(backend.concurrency(name))
 
     async def submit(self, job) -> np.ndarray:
-        started = time.perf_counter()
-        (result,) = await self.backend.score(self.name, [_item(job)])
-        self.observe(time.perf_counter() - started, 1)
+        item = _item(job)
+        async with self._slots:
+            started = time.perf_counter()
+            (result,) = await self.backend.score(self.name, [item])
+            self._observe(result, time.perf_counter() - started, 1)
         if isinstance(result, JudgeError):
             raise judge_failure(self.name, result)
         return np.array([result.scores[d] for d in self.dimensions], dtype=np.float32)
 
     async def compare(self, a, b) -> tuple[np.ndarray, np.ndarray]:
-        started = time.perf_counter()
-        try:
-            out = await self.backend.compare(self.name, _item(a), _item(b))
-        except JudgeError as exc:
-            raise judge_failure(self.name, exc) from exc
-        finally:
-            self.observe(time.perf_counter() - started, 2)
+        first, second = _item(a), _item(b)
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                out = await self.backend.compare(self.name, first, second)
+            except JudgeError as exc:
+                self._observe(exc, time.perf_counter() - started, 2)
+                raise judge_failure(self.name, exc) from exc
+            self._observe(out, time.perf_counter() - started, 2)
         shares = [out.scores[d] for d in self.pair_dimensions]
         return np.array([a for a, _ in shares], dtype=np.float32), np.array([b for _, b in shares], dtype=np.float32)
+
+    def _observe(self, outcome: object, seconds: float, videos: int) -> None:
+        if not isinstance(outcome, UpstreamError):  # answered (readable or not): the model worked
+            self.observe(seconds, videos)
 
 
 def _item(job) -> JudgeItem:

@@ -396,6 +396,7 @@ def test_an_upstream_that_is_down_is_503(failing, group_mp4):
     error = response.json()["error"]
     assert error["code"] == "upstream_unavailable" and error["item"] == 0 and "ConnectError" in error["message"]
     assert "retry-after" not in response.headers  # the upstream said nothing about when
+    assert "unifiedreward" not in failing.app.state.engine.admission.model_cost  # no answer, no cost measured
 
 
 def test_an_overloaded_upstream_is_503_with_its_retry_after(remote, upstream, group_mp4):
