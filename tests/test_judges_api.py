@@ -194,6 +194,14 @@ async def test_vrs_judges_is_read_from_the_environment(monkeypatch):
         assert engine.admission.concurrency("videoscore2") == 16
     finally:
         await engine.judges.aclose()
+    monkeypatch.setenv("VRS_MODELS", '["signal", "videoscore2"]')  # named in both: served once, as a judge
+    engine = build_engine(Settings())
+    assert list(engine.specs) == ["signal", "videoscore2"] and list(engine.models) == ["signal"]
+    await engine.judges.aclose()
+    monkeypatch.setenv("VRS_JUDGES", "{}")
+    with pytest.raises(ValueError, match="VRS_JUDGES"):  # a judge model with nowhere to run
+        build_engine(Settings())
+    monkeypatch.delenv("VRS_MODELS")
     monkeypatch.setenv("VRS_JUDGES", '{"gpt-judge": {"url": "http://gpu-host:8001"}}')
     with pytest.raises(ValueError, match="unknown judges"):
         build_engine(Settings())
@@ -325,6 +333,13 @@ async def test_pairwise_judge_compares_both_videos_in_one_answer(local, pair_mp4
     again = post(local, "/v1/compare", body).json()
     assert [r["cached"] for r in again["results"]] == [True, True] and engine.stats["inferences"] == inferences
     assert again["dimensions"] == result["dimensions"]
+
+    alone = post(local, "/v1/compare", {**body, "models": ["unifiedreward"], "weights": None}).json()
+    overall_a, overall_b = (r["overall"] for r in alone["results"])  # equal weights: the mean share
+    assert overall_a == pytest.approx((0.7 + 0.4 + 0.5) / 3) and overall_b == pytest.approx((0.3 + 0.6 + 0.5) / 3)
+    assert alone["overall"]["pairwise"] == "judge"  # every model compared A and B itself: A's share
+    assert alone["overall"]["p_a_over_b"] == pytest.approx(overall_a / (overall_a + overall_b))
+    assert alone["overall"]["winner"] == "a" and engine.stats["inferences"] == inferences
 
 
 def test_pairwise_judge_over_http_sends_both_videos(remote, upstream, pair_mp4):
