@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     app.state.engine = engine
     app.state.drain = lifecycle.Drain(settings.shutdown_grace_s)  # `vrs serve` starts it on SIGTERM
+    app.state.header_timeout_s = settings.header_timeout_s  # read by service/header_timeout.uvicorn_config
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_request_bytes,
