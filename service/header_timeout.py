@@ -15,8 +15,9 @@ Contract, per connection, with ``timeout_s`` (``VRS_HEADER_TIMEOUT_S``):
 - When it runs out after part of a head arrived, the server answers ``408`` (``header_timeout``,
   the gateway's JSON error body) with ``Connection: close`` and closes the connection. When
   nothing arrived it closes the connection without an answer, as the keep-alive timeout does.
-- While an earlier request on the connection is still being answered (pipelining; the server has
-  stopped reading), the clock does not cut the connection: the check is put off by ``timeout_s``.
+- A head that arrives while an earlier request on the connection is still being answered
+  (pipelining) waits on the server, not the client: the clock does not cut the connection then,
+  and restarts when that answer is complete.
 
 The number of connections is not bounded here: uvicorn's ``limit_concurrency`` does not refuse
 connections, it answers 503 to complete requests once that many connections are open, so slow
@@ -60,6 +61,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._head_started = False
         super().on_headers_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_timer is not None:  # a pipelined head waited on this answer
+            self._arm()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
@@ -78,7 +84,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
-            self._arm()  # this connection is waiting on the server, not the other way round
+            self._arm()  # waiting on the server's answer, not on the client; re-armed when it is complete
             return
         if self._head_started:
             log.info("%s: request head not complete after %g s; answering 408 and closing", self.client, self.timeout_s)

@@ -6,11 +6,15 @@ arrive after a prompt head are unaffected.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from service.api import create_app
 from tests.conftest import start_server, test_settings
@@ -132,6 +136,32 @@ def test_keep_alive_idle_between_requests_is_governed_by_keep_alive_timeout(gate
         sock.close()
 
 
+def test_a_later_request_trickled_on_a_kept_alive_connection_gets_408(gateway):
+    """The clock starts again at the first byte of each later request on a kept-alive connection."""
+    sock = socket.create_connection(_address(gateway.url))
+    received = b""
+    try:
+        sock.settimeout(30)
+        assert _request(sock).startswith(b"HTTP/1.1 200")
+        sock.settimeout(0.3)
+        for i in range(100):  # 30 s at most
+            try:
+                sock.send(SLOW_HEAD[i : i + 1])
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        else:
+            pytest.fail("the trickled second request's connection is still open after 30 s")
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 408") and b"header_timeout" in received, received[:300]
+
+
 def test_a_prompt_head_with_a_slower_body_is_not_cut(gateway):
     """The header clock stops when the head is complete: a body sent over twice the header timeout
     (well within the body rate) is read and answered."""
@@ -149,6 +179,37 @@ def test_a_prompt_head_with_a_slower_body_is_not_cut(gateway):
     finally:
         sock.close()
     assert response.startswith(b"HTTP/1.1 422"), response[:300]  # no items: a schema error, not a timeout
+
+
+def test_a_pipelined_head_waits_on_the_answer_before_it():
+    """A head sent behind a slow request (pipelining) is not cut while that request is answered
+    (2.7 header timeouts); its clock restarts when the answer is complete, so the client then has
+    a whole header timeout to finish it (it takes half of one)."""
+    timeout_s = 2.0
+
+    async def slow(request):
+        await asyncio.sleep(2.7 * timeout_s)
+        return PlainTextResponse("slow")
+
+    async def fast(request):
+        return PlainTextResponse("fast")
+
+    app = Starlette(routes=[Route("/slow", slow), Route("/fast", fast)])
+    app.state.header_timeout_s = timeout_s
+    running = start_server(app)
+    sock = socket.create_connection(_address(running.url))
+    sock.settimeout(30)
+    try:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\n")
+        first = _response(sock)
+        time.sleep(timeout_s / 2)
+        sock.sendall(b"Host: x\r\n\r\n")
+        second = _response(sock)
+    finally:
+        sock.close()
+        running.stop()
+    assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"slow"), first
+    assert second.startswith(b"HTTP/1.1 200") and second.endswith(b"fast"), second
 
 
 def test_vrs_serve_closes_trickled_heads():
