@@ -213,7 +213,7 @@ def gateway_groups_per_s(
 
     from service.api import create_app
     from service.config import Settings
-    from service.header_timeout import uvicorn_config
+    from service.head_limits import uvicorn_config
 
     settings = Settings(
         models=["videoalign"],

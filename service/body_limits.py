@@ -16,7 +16,7 @@
   grace of ``read_timeout_s`` (deadline = start + read_timeout_s + received / min_rate). Past
   the deadline the request gets 408 ``body_timeout`` with ``Connection: close``, so the
   connection is closed. The clock starts when the request's headers are complete (how long
-  those may take is below ASGI: ``service/header_timeout.py``).
+  those may take is below ASGI: ``service/head_limits.py``).
 
 Failures are raised as ``ServiceError`` from ``receive`` when the route is reading the body,
 so the app's one error handler answers them; before the route runs they are answered here.

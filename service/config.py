@@ -27,10 +27,12 @@ class Settings(BaseSettings):
     )
 
     # Input limits, checked before anything large is allocated.
+    # Request heads (service/head_limits.py): slower or larger gets 408 / 431 and a closed connection.
     header_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="A request's line and headers must arrive within this; else 408 and close (service/header_timeout.py).",
+        default=10.0, gt=0, description="A request's line and headers must arrive within this."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, gt=0, description="A request's line and headers may not exceed this."
     )
     max_request_bytes: int = 512 * 1024**2
     max_inflight_body_bytes: int = 1024**3  # request bodies read or processed at once; more gets 429

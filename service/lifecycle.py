@@ -25,7 +25,7 @@ from types import FrameType
 
 import uvicorn
 
-from service.header_timeout import uvicorn_config
+from service.head_limits import uvicorn_config
 
 log = logging.getLogger(__name__)
 

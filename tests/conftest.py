@@ -22,7 +22,7 @@ from models.registry import RewardModel, builtin_models
 from models.spec import Dimension, Pairwise
 from service.api import create_app
 from service.config import Settings
-from service.header_timeout import uvicorn_config
+from service.head_limits import uvicorn_config
 from tests import videos
 from tests.tiny_checkpoints import tiny_dirs  # noqa: F401 (session fixture, built once for all modules)
 
@@ -47,7 +47,7 @@ class RunningServer:
 
 def start_server(app, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20) -> RunningServer:
     """Run an ASGI app under a real uvicorn in a thread, configured as ``vrs serve`` configures it
-    (``service.header_timeout.uvicorn_config``); return once it accepts requests."""
+    (``service.head_limits.uvicorn_config``); return once it accepts requests."""
     port = port or free_port(host)
     server = uvicorn.Server(uvicorn_config(app, host, port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

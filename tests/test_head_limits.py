@@ -1,7 +1,7 @@
-"""Slowloris on request heads (service/header_timeout.py), against real uvicorn gateways over raw sockets:
-connections that trickle their request line and headers, or send nothing, are closed once the header
-timeout runs out, while normal clients, keep-alive connections idle between requests, and bodies that
-arrive after a prompt head are unaffected.
+"""Request heads (service/head_limits.py), against real uvicorn gateways over raw sockets: connections
+that trickle their request line and headers (slowloris), or send nothing, are closed once the header
+timeout runs out, and endless heads once they pass the size limit, while normal clients, keep-alive
+connections idle between requests, and bodies that arrive after a prompt head are unaffected.
 """
 
 from __future__ import annotations
@@ -17,16 +17,20 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from service.api import create_app
+from service.head_limits import HeadLimits
 from tests.conftest import start_server, test_settings
 from tests.test_body_limits import ServeProcess
 
 HEADER_TIMEOUT_S = 1.0
+MAX_HEADER_BYTES = 16 * 1024
 SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 500  # never finished
 
 
 @pytest.fixture(scope="module")
 def gateway():
-    running = start_server(create_app(test_settings(header_timeout_s=HEADER_TIMEOUT_S)))
+    running = start_server(
+        create_app(test_settings(header_timeout_s=HEADER_TIMEOUT_S, max_header_bytes=MAX_HEADER_BYTES))
+    )
     yield running
     running.stop()
 
@@ -162,6 +166,71 @@ def test_a_later_request_trickled_on_a_kept_alive_connection_gets_408(gateway):
     assert received.startswith(b"HTTP/1.1 408") and b"header_timeout" in received, received[:300]
 
 
+def _endless_head(url: str) -> tuple[bytes, int]:
+    """Send a request head with one header that never ends, as fast as the server reads it, until
+    the server closes (or 64 MiB); return what it answered and how many bytes were sent."""
+    sock = socket.create_connection(_address(url))
+    sock.settimeout(30)
+    sent = 0
+    received = b""
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            while sent < 64 * 1024**2:
+                sock.sendall(b"a" * 4096)
+                sent += 4096
+        except OSError:  # reset, or broken pipe: the server has closed
+            pass
+        while True:  # what the server wrote before closing is still queued here
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        sock.close()
+    return received, sent
+
+
+def test_an_endless_head_gets_431_and_is_closed():
+    """A header streamed as fast as the client can send it is cut at the size limit (here with a
+    header timeout of a minute, so the timeout does not end it first)."""
+
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", ok)])
+    app.state.head_limits = HeadLimits(timeout_s=60, max_bytes=MAX_HEADER_BYTES)
+    running = start_server(app)
+    try:
+        received, sent = _endless_head(running.url)
+    finally:
+        running.stop()
+    assert received.startswith(b"HTTP/1.1 431"), received[:300]
+    assert b'"code": "header_too_large"' in received and b"connection: close" in received.lower()
+    assert sent < 64 * 1024**2
+
+
+def test_a_head_under_the_size_limit_is_served(gateway):
+    """Headers adding up to just under the limit, sent in small pieces, are served."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    head += b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 900) for i in range((MAX_HEADER_BYTES - 1000) // 912))
+    head += b"\r\n"
+    assert MAX_HEADER_BYTES - 2000 < len(head) < MAX_HEADER_BYTES
+    sock = socket.create_connection(_address(gateway.url))
+    sock.settimeout(30)
+    try:
+        for i in range(0, len(head), 1000):
+            sock.sendall(head[i : i + 1000])
+            time.sleep(0.01)  # separate reads on the server
+        response = _response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:300]
+
+
 def test_a_prompt_head_with_a_slower_body_is_not_cut(gateway):
     """The header clock stops when the head is complete: a body sent over twice the header timeout
     (well within the body rate) is read and answered."""
@@ -195,7 +264,7 @@ def test_a_pipelined_head_waits_on_the_answer_before_it():
         return PlainTextResponse("fast")
 
     app = Starlette(routes=[Route("/slow", slow), Route("/fast", fast)])
-    app.state.header_timeout_s = timeout_s
+    app.state.head_limits = HeadLimits(timeout_s=timeout_s)
     running = start_server(app)
     sock = socket.create_connection(_address(running.url))
     sock.settimeout(30)
@@ -212,11 +281,13 @@ def test_a_pipelined_head_waits_on_the_answer_before_it():
     assert second.startswith(b"HTTP/1.1 200") and second.endswith(b"fast"), second
 
 
-def test_vrs_serve_closes_trickled_heads():
-    """``vrs serve`` runs the same protocol, with ``VRS_HEADER_TIMEOUT_S``."""
-    server = ServeProcess(header_timeout_s=str(HEADER_TIMEOUT_S))
+def test_vrs_serve_limits_heads():
+    """``vrs serve`` runs the same protocol, with ``VRS_HEADER_TIMEOUT_S`` and ``VRS_MAX_HEADER_BYTES``."""
+    server = ServeProcess(header_timeout_s=str(HEADER_TIMEOUT_S), max_header_bytes=str(MAX_HEADER_BYTES))
     try:
         results = _trickle(server.url, 3, SLOW_HEAD, during=lambda: None)
+        big, _ = _endless_head(server.url)
     finally:
         server.stop()
     assert all(r is not None and r.startswith(b"HTTP/1.1 408") for r in results), results
+    assert big.startswith(b"HTTP/1.1 431"), big[:300]
