@@ -213,6 +213,7 @@ def gateway_groups_per_s(
 
     from service.api import create_app
     from service.config import Settings
+    from service.head_limits import uvicorn_config
 
     settings = Settings(
         models=["videoalign"],
@@ -227,7 +228,7 @@ def gateway_groups_per_s(
         **settings_overrides,
     )
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -33,6 +33,7 @@ from service.config import Settings
 from service.docs import serve_docs
 from service.engine import Engine
 from service.errors import BadInput, InvalidRequest, ServiceError, UnsupportedMedia, shown
+from service.head_limits import HeadLimits
 from service.ingest import ScoreInput, WireRequest
 from service.telemetry import RequestTelemetry
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     app.state.engine = engine
     app.state.drain = lifecycle.Drain(settings.shutdown_grace_s)  # `vrs serve` starts it on SIGTERM
+    app.state.head_limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes)  # for uvicorn_config
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_request_bytes,

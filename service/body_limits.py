@@ -15,8 +15,8 @@
 - Slow senders (slowloris): the body must arrive at ``min_rate`` bytes/s on average after a
   grace of ``read_timeout_s`` (deadline = start + read_timeout_s + received / min_rate). Past
   the deadline the request gets 408 ``body_timeout`` with ``Connection: close``, so the
-  connection is closed. The clock starts when the request's headers are complete (header
-  trickling is below ASGI and not covered here).
+  connection is closed. The clock starts when the request's headers are complete (how long
+  those may take is below ASGI: ``service/head_limits.py``).
 
 Failures are raised as ``ServiceError`` from ``receive`` when the route is reading the body,
 so the app's one error handler answers them; before the route runs they are answered here.

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     )
 
     # Input limits, checked before anything large is allocated.
+    # Request heads (service/head_limits.py): slower or larger gets 408 / 431 and a closed connection.
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's line and headers must arrive within this."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, gt=0, description="A request's line and headers may not exceed this."
+    )
     max_request_bytes: int = 512 * 1024**2
     max_inflight_body_bytes: int = 1024**3  # request bodies read or processed at once; more gets 429
     body_read_timeout_s: float = 30.0  # grace before a body must arrive at body_min_bytes_per_s; else 408

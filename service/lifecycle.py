@@ -25,6 +25,8 @@ from types import FrameType
 
 import uvicorn
 
+from service.head_limits import uvicorn_config
+
 log = logging.getLogger(__name__)
 
 ALWAYS_OPEN = frozenset({"/healthz", "/metrics"})  # liveness and scrapes keep working while draining
@@ -116,5 +118,5 @@ def serve(app, host: str, port: int) -> None:
     """Run ``app`` (built by ``service.api.create_app``) with draining shutdown, in the foreground."""
     drain: Drain = app.state.drain
     # After the drain, connections still open are idle keep-alives: uvicorn closes them at once.
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=1)
+    config = uvicorn_config(app, host, port, log_config=None, access_log=False, timeout_graceful_shutdown=1)
     DrainingServer(config, drain).run()

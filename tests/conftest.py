@@ -22,6 +22,7 @@ from models.registry import RewardModel, builtin_models
 from models.spec import Dimension, Pairwise
 from service.api import create_app
 from service.config import Settings
+from service.head_limits import uvicorn_config
 from tests import videos
 from tests.tiny_checkpoints import tiny_dirs  # noqa: F401 (session fixture, built once for all modules)
 
@@ -45,9 +46,10 @@ class RunningServer:
 
 
 def start_server(app, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 20) -> RunningServer:
-    """Run an ASGI app under a real uvicorn in a thread; return once it accepts requests."""
+    """Run an ASGI app under a real uvicorn in a thread, configured as ``vrs serve`` configures it
+    (``service.head_limits.uvicorn_config``); return once it accepts requests."""
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout_s

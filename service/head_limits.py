@@ -1,0 +1,157 @@
+"""Request heads (request line and headers): how long and how large they may be, below ASGI.
+
+uvicorn times out only idle keep-alive connections between requests, and its httptools protocol
+does not bound a head's size: a client that opens a connection and sends nothing, or trickles a
+head a byte at a time (slowloris), holds its connection forever, and one that streams an endless
+header grows the server's memory (by about twice what it sent, with quadratic copying). This is
+below ASGI, so ``service/body_limits.py`` cannot see it. :class:`HeadLimitsProtocol` is uvicorn's
+httptools protocol with both limits; :func:`uvicorn_config` builds every server the project starts
+(``vrs serve``, the tests', the benchmarks') with it.
+
+Contract, per connection, with :class:`HeadLimits` (``VRS_HEADER_TIMEOUT_S``, ``VRS_MAX_HEADER_BYTES``):
+
+- Time: the clock starts when the connection is made (for its first request), or when the first
+  byte of a later request arrives on a kept-alive connection (between requests uvicorn's
+  keep-alive timeout governs, as before). It stops when the head is complete; the body's pace is
+  then ``body_limits``' business. When it runs out after part of a head arrived, the answer is
+  ``408`` ``header_timeout``; when nothing arrived the connection is closed without an answer,
+  as the keep-alive timeout does. A head that arrives while an earlier request on the connection
+  is still being answered (pipelining) waits on the server, not the client: the clock does not
+  cut the connection then, and restarts when that answer is complete.
+- Size: a head still incomplete after more than ``max_bytes`` is answered ``431``
+  ``header_too_large``. The bytes are counted per read once the head has begun, so a head
+  may run past ``max_bytes`` by up to the read in which it began (at most 256 KiB); a head under
+  ``max_bytes`` is never refused.
+- Answers carry the gateway's JSON error body and ``Connection: close``; the connection is then
+  closed.
+
+The number of connections is not bounded here: uvicorn's ``limit_concurrency`` does not refuse
+connections, it answers 503 to complete requests once that many connections are open, so slow
+clients holding connections would turn it against good clients. The deadline bounds how long
+each slow connection lives instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    """Per request head: seconds to arrive (``VRS_HEADER_TIMEOUT_S``), bytes (``VRS_MAX_HEADER_BYTES``)."""
+
+    timeout_s: float = 10.0
+    max_bytes: int = 64 * 1024
+
+
+class HeadLimitsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above; :func:`protocol` sets ``limits``."""
+
+    limits = HeadLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_started = False  # part of a head has arrived, not yet all of it
+        self._heads_begun = 0
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        inside, begun = self._head_started, self._heads_begun
+        super().data_received(data)
+        if inside and self._head_started and self._heads_begun == begun:  # the whole read is in one head
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_bytes and not self.transport.is_closing():
+                log.info(
+                    "%s: request head over %d bytes; answering 431 and closing", self.client, self.limits.max_bytes
+                )
+                self._answer(431, "header_too_large", f"the request head exceeds {self.limits.max_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_started = True
+        self._heads_begun += 1
+        self._head_bytes = 0
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self._head_started = False
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._head_timer is not None:  # a pipelined head waited on this answer
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.limits.timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._answering():
+            self._arm()  # waiting on the server's answer, not on the client; re-armed when it is complete
+        elif self._head_started:
+            timeout_s = self.limits.timeout_s
+            log.info("%s: request head not complete after %g s; answering 408 and closing", self.client, timeout_s)
+            self._answer(408, "header_timeout", f"the request line and headers did not arrive within {timeout_s:g} s")
+        else:
+            self.transport.close()
+
+    def _answering(self) -> bool:
+        """Whether an earlier request on this connection is still being answered (pipelining)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _answer(self, status: int, code: str, message: str) -> None:
+        """Answer the incomplete head with an error and close; just close if an earlier answer is
+        still being written (ours would land inside it)."""
+        if self._answering():
+            self.transport.close()
+            return
+        body = json.dumps({"error": {"code": code, "message": message, "item": None}}).encode()
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def protocol(limits: HeadLimits) -> type[HeadLimitsProtocol]:
+    """The protocol class (uvicorn ``Config(http=...)``) with ``limits``."""
+    return type("HeadLimitsProtocol", (HeadLimitsProtocol,), {"limits": limits})
+
+
+def uvicorn_config(app, host: str, port: int, **options) -> uvicorn.Config:
+    """``uvicorn.Config`` for ``app`` with the head limits; ``options`` are other Config arguments.
+
+    The limits are ``app.state.head_limits`` (``service.api.create_app`` sets them from the
+    settings), else the defaults (other ASGI apps, such as the tests' origins)."""
+    limits = getattr(getattr(app, "state", None), "head_limits", HeadLimits())
+    return uvicorn.Config(app, host=host, port=port, http=protocol(limits), **options)
