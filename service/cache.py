@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry  # the asyncio client wants its own (redis 8 warns on the sync one)
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from vrs_wire import npy
 
 from models.spec import ModelSpec
