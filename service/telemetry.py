@@ -3,7 +3,9 @@
 The request id comes from the client's ``X-Request-ID`` header when it is a sane token, or
 is generated; it is returned in the response's ``X-Request-ID`` header and attached to
 every log record written while the request runs (a context variable), so one grep finds a
-request's whole story.
+request's whole story. Every response also says how long it was in this server, from the
+request's arrival at the app to its answer's headers: ``Server-Timing: app;dur=<ms>`` (W3C
+Server Timing), so a client can tell server time from network and client-side queueing.
 """
 
 from __future__ import annotations
@@ -84,7 +86,12 @@ class RequestTelemetry:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                took = f"app;dur={1000 * (time.perf_counter() - start):.1f}".encode()  # ms in this server so far
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode()),
+                    (b"server-timing", took),
+                ]
             await send(message)
 
         in_flight = self.metrics.in_flight.labels(endpoint)

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from loadtests.loadgen.__main__ import main as loadgen_main
-from loadtests.loadgen.core import Payload, percentile, run_open_loop, schedule
+from loadtests.loadgen.core import Payload, percentile, run_open_loop, schedule, server_timing_s
 from tests.conftest import RunningServer, start_server
 
 SLEEP_S = 0.3
@@ -175,3 +175,10 @@ def test_command_line_writes_json(tiny, tmp_path) -> None:
     assert record["workload"] == "cache-hit"
     assert run["summary"]["sent"] == 4 and len(run["samples"]) == 4
     assert run["summary"]["errors"] == {"404": 4}  # the tiny server has no /v1/score: counted, not hidden
+
+
+def test_server_timing_is_read_from_the_app_entry():
+    assert server_timing_s("cache;desc=miss, app;dur=12.5") == pytest.approx(0.0125)
+    assert (
+        server_timing_s("app;desc=x") is None and server_timing_s(None) is None and server_timing_s("db;dur=3") is None
+    )

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vrs_client.videos import video_ref
 
+from loadtests.loadgen.core import server_timing_s
 from models.registry import builtin_models
 from service.api import create_app
 from tests import videos
@@ -137,4 +138,7 @@ def test_vrs_serve_writes_json_logs_with_the_request_id():
         "duration_s": 0,
     }
     assert any(line["name"] == "service.cache" and "redis cache" in line["message"] for line in traced)
+    # Server-Timing: the time in the server up to the answer's headers, within the logged duration
+    in_server = server_timing_s(response.headers["server-timing"])
+    assert in_server is not None and 0 < in_server <= access[0]["duration_s"]
     assert all({"time", "level", "name", "message"} <= set(line) for line in lines)

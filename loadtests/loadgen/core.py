@@ -42,6 +42,7 @@ class Sample:
     videos: int
     warmup: bool
     retry_after: str | None = None  # the Retry-After header of a 429/503, as sent
+    server_s: float | None = None  # time in the server (its Server-Timing app;dur), if it said
 
     @property
     def latency_s(self) -> float:
@@ -107,6 +108,21 @@ def schedule(rate: float, duration_s: float) -> list[float]:
     return [i / rate for i in range(round(rate * duration_s))]
 
 
+def server_timing_s(header: str | None) -> float | None:
+    """Seconds of the ``app`` entry of a ``Server-Timing`` header (``app;dur=12.5``), if any."""
+    for entry in (header or "").split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        if name == "app":
+            for param in params:
+                key, _, value = param.partition("=")
+                if key == "dur":
+                    try:
+                        return float(value) / 1000
+                    except ValueError:
+                        return None
+    return None
+
+
 async def run_open_loop(
     url: str,
     payloads: Sequence[Payload],
@@ -130,7 +146,7 @@ async def run_open_loop(
         async def one(index: int, offset: float) -> None:
             nonlocal in_flight
             payload = payloads[index % len(payloads)]
-            retry_after = None
+            retry_after = server_s = None
             sent = time.perf_counter() - t0
             in_flight += 1
             result.max_in_flight = max(result.max_in_flight, in_flight)
@@ -140,6 +156,7 @@ async def run_open_loop(
                 )
                 status = str(response.status_code)
                 retry_after = response.headers.get("retry-after")
+                server_s = server_timing_s(response.headers.get("server-timing"))
             except httpx.TimeoutException:
                 status = "timeout"
             except httpx.ConnectError:
@@ -150,7 +167,7 @@ async def run_open_loop(
                 in_flight -= 1
             done = time.perf_counter() - t0
             result.samples.append(
-                Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s, retry_after)
+                Sample(index, offset, sent, done, status, payload.videos, offset < warmup_s, retry_after, server_s)
             )
 
         tasks = []
