@@ -3,6 +3,9 @@
 A batch closes when it holds ``max_batch_size`` items or ``max_wait_s`` has passed since its
 first item arrived. Under load, items queue while a batch runs, so the next batch fills at
 once; with no load an item waits at most ``max_wait_s``. Independent of models and backends.
+
+``Window`` bounds how much work is held between two stages at once (the engine: videos decoded
+and not yet scored), so a fast stage cannot pile its output up in memory in front of a slow one.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -123,3 +127,59 @@ class MicroBatcher(Generic[In, Out]):
                     future.set_result(result)
         finally:
             self._slots.release()
+
+
+class Window:
+    """At most ``size`` units held at once, granted first come, first served (a claim that does not
+    fit holds up the claims behind it, so none starves); a claim is always granted when nothing is
+    held, so the window never deadlocks. ``peak`` is the most ever held."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self.peak = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @asynccontextmanager
+    async def hold(self, units: int = 1) -> AsyncIterator[None]:
+        await self._acquire(units)
+        try:
+            yield
+        finally:
+            self._release(units)
+
+    def _fits(self, units: int) -> bool:
+        return self.held == 0 or self.held + units <= self.size
+
+    def _take(self, units: int) -> None:
+        self.held += units
+        self.peak = max(self.peak, self.held)
+
+    async def _acquire(self, units: int) -> None:
+        if not self._waiting and self._fits(units):
+            self._take(units)
+            return
+        granted = asyncio.get_running_loop().create_future()
+        entry = (units, granted)
+        self._waiting.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():  # granted as it was cancelled: give it back
+                self._release(units)
+            else:
+                if entry in self._waiting:
+                    self._waiting.remove(entry)
+                self._grant()  # claims behind this one may fit now
+            raise
+
+    def _release(self, units: int) -> None:
+        self.held -= units
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            units, granted = self._waiting.popleft()
+            if not granted.cancelled():  # a cancelled claim is dropped
+                self._take(units)
+                granted.set_result(None)

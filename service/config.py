@@ -100,6 +100,12 @@ class Settings(BaseSettings):
 
     # Work scheduling.
     decode_workers: int = 2
+    decode_ahead: int = Field(
+        default=64,
+        ge=1,
+        description="Videos decoded and not yet scored, over all requests; decoding waits beyond this. Bounds "
+        "the memory (host, or GPU with NVDEC) that decoded frames hold in front of a slower model.",
+    )
     inference_threads: int = 0  # torch intra-op threads for in-process inference; 0 = torch default
     max_batch_size: int | None = None  # override every model's spec
     max_wait_ms: float | None = None

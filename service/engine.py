@@ -29,7 +29,7 @@ from models.spec import ModelSpec
 from service import cache, decode, ingest, nvdec
 from service.admission import Admission, Ticket
 from service.backends.base import Backend, FrameBatch
-from service.batching import MicroBatcher
+from service.batching import MicroBatcher, Window
 from service.config import Settings
 from service.errors import BadInput, NotCached, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
@@ -112,6 +112,7 @@ class Engine:
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.decode_policy = nvdec.DecodePolicy(settings.decode, backend.device, settings.nvdec_min_pixels)
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
+        self.decoded = Window(settings.decode_ahead)  # videos decoded and not yet scored, over all requests
         self.scorers: dict[str, Scorer] = {}  # every served model's: the batchers and the judges' scorers
         self.stats: Counter[str] = Counter()  # videos_decoded, frames_decoded, inferences
         self.metrics = Metrics()
@@ -286,36 +287,47 @@ class Engine:
             return await self._decode_and_run(call, needs, store)
 
     async def _decode_and_run(self, call: _Call, needs: dict[int, list[int]], store) -> dict[Pair, np.ndarray]:
-        """``needs``: item -> the indices of the models it needs."""
+        """``needs``: item -> the indices of the models it needs. Each item is decoded and scored as
+        soon as it can be, holding a place in the decode-ahead window (``decoded``) from its decode
+        until its scores are in; pairwise judges, which need both items' clips, run after."""
+        computed: dict[Pair, np.ndarray] = {}
+        errors: list[BaseException] = []
+        pairwise: dict[int, dict[int, _Job]] = {}  # item -> its jobs for the pairwise judges
 
-        async def prepare(i: int) -> list[decode.Clip]:
-            try:
-                with self.metrics.stage("decode"):
-                    wanted = [call.specs[m] for m in needs[i]]
-                    clips, seconds = await _in_pool(
-                        self._decode_pool, _timed_sample, call.videos[i], wanted, self.limits, self.decode_policy
-                    )
-                    self.admission.observe_decode(seconds)  # time in the worker, not waiting for one
-                    return clips
-            except ServiceError as exc:
-                raise exc.for_item(i)
+        def collect(outcomes: list) -> None:
+            for out in outcomes:
+                if isinstance(out, BaseException):
+                    errors.append(out)
+                elif out:  # a model's scores (an item's own coroutine returns None)
+                    computed.update(out)
 
-        clips = await _all_or_nothing(prepare(i) for i in needs)
-        self.stats["videos_decoded"] += len(clips)
-        self.stats["frames_decoded"] += sum(len(clip.indices) for item_clips in clips for clip in item_clips)
-        jobs = {
-            (i, m): _Job(clip.frames, call.items[i].prompt or "", _sampled_fps(clip))
-            for i, item_clips in zip(needs, clips)
-            for m, clip in zip(needs[i], item_clips)
-        }
-        units = [self._one(call, i, m, job) for (i, m), job in jobs.items() if m not in call.together]
-        units += [self._two(call, m, jobs[0, m], jobs[1, m]) for m in sorted({m for _, m in jobs} & call.together)]
-        self.stats["inferences"] += len(units)
-        outcomes = await asyncio.gather(*units, return_exceptions=True)
-        computed = {p: v for out in outcomes if isinstance(out, dict) for p, v in out.items()}
+        async def item(i: int) -> None:
+            async with self.decoded.hold():
+                try:
+                    with self.metrics.stage("decode"):
+                        wanted = [call.specs[m] for m in needs[i]]
+                        clips, seconds = await _in_pool(
+                            self._decode_pool, _timed_sample, call.videos[i], wanted, self.limits, self.decode_policy
+                        )
+                        self.admission.observe_decode(seconds)  # time in the worker, not waiting for one
+                except ServiceError as exc:
+                    raise exc.for_item(i)
+                self.stats["videos_decoded"] += 1
+                self.stats["frames_decoded"] += sum(len(clip.indices) for clip in clips)
+                jobs = {m: _Job(c.frames, call.items[i].prompt or "", _sampled_fps(c)) for m, c in zip(needs[i], clips)}
+                pairwise[i] = {m: job for m, job in jobs.items() if m in call.together}
+                alone = [self._one(call, i, m, job) for m, job in jobs.items() if m not in call.together]
+                self.stats["inferences"] += len(alone)
+                collect(await asyncio.gather(*alone, return_exceptions=True))
+
+        collect(await asyncio.gather(*(item(i) for i in needs), return_exceptions=True))
+        if call.together and len(pairwise) == 2:  # both items decoded: the pairwise judges compare them
+            units = [self._two(call, m, pairwise[0][m], pairwise[1][m]) for m in sorted(pairwise[0])]
+            self.stats["inferences"] += len(units)
+            collect(await asyncio.gather(*units, return_exceptions=True))
         if store is not None and computed:
             await store(computed)
-        _raise_all([out for out in outcomes if isinstance(out, BaseException)])
+        _raise_all(errors)
         return computed
 
     async def _one(self, call: _Call, i: int, m: int, job: _Job) -> dict[Pair, np.ndarray]:
