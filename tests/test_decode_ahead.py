@@ -128,7 +128,10 @@ async def test_decoded_videos_waiting_for_the_model_stay_within_the_window(gatew
 async def test_a_bad_item_does_not_hold_the_window(gateway):
     good = base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode()
     body = {
-        "items": [{"video": {"frames": good, "fps": 8}}, {"video": {"data": base64.b64encode(b"not a video").decode()}}],
+        "items": [
+            {"video": {"frames": good, "fps": 8}},
+            {"video": {"data": base64.b64encode(b"not a video").decode()}},
+        ],
         "cache": "bypass",
     }
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
