@@ -6,6 +6,10 @@ judge's upstream directly (service/judge_backend.py). Everything before the scor
 keys and lookups, decoding and sampling per the model's spec, admission) is the same for both.
 A judge with its pairwise mode configured is scored on both videos at once when ``score`` is
 called with ``pairwise=True`` (``/v1/compare``): its scorer's ``compare(a, b)``.
+
+Two bounds apply to every call: admission (service/admission.py) refuses work that would queue
+past ``VRS_QUEUE_BUDGET_S``; the decode-ahead window (``Engine.decoded``, ``VRS_DECODE_AHEAD``)
+bounds the videos decoded and waiting for their scorer, so decoded frames cannot pile up in memory.
 """
 
 from __future__ import annotations
