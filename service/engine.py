@@ -435,11 +435,13 @@ async def _all_or_nothing(awaitables) -> list:
 
 
 def _raise_all(errors: list[BaseException]) -> None:
-    """Raise the first error with the others attached (an unexpected one first: it is a bug)."""
+    """Raise the error of the lowest item with the others attached in item order, whatever order
+    they happened in (an unexpected error first: it is a bug)."""
     if errors:
         bad = [e for e in errors if isinstance(e, ServiceError)]
         if len(bad) < len(errors):
             raise next(e for e in errors if not isinstance(e, ServiceError))
+        bad.sort(key=lambda e: (e.item is None, e.item or 0))  # stable: one item's errors keep their order
         bad[0].others = bad[1:]
         raise bad[0]
 
