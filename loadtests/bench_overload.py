@@ -10,7 +10,8 @@ load generator (``loadgen``, open loop) and the same bodies: ``/v1/score`` of on
    for ``--overload-s`` seconds; goodput = 200 answers completed per second while the load is
    offered (the first ``--ramp-s`` seconds left out; answers after the schedule ends are the
    drain, not goodput), against the version's own capacity; admitted p50/p99; shed rate (429); Retry-After values;
-   RSS (``/proc/<pid>/status``) before, peak during and after;
+   RSS (``/proc/<pid>/status``) before, every 0.25 s during (median, p90, peak) and after; the
+   server's own queueing estimate (``vrs_queue_wait_estimate_seconds`` from ``/metrics``) each second;
 3. recovery: from the end of the overload schedule, one probe a 0.25 s until a probe is answered
    200 within max(3x the unloaded p50, 0.5 s); recovery = that probe's start - end of the schedule.
 
@@ -32,6 +33,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -145,24 +147,39 @@ async def recovery(url: str, bodies: list[Payload], since: float, threshold_s: f
 
 
 async def overload(url: str, pid: int, bodies: list[Payload], rate: float, seconds: float) -> tuple[dict, float]:
-    peak = rss_mb(pid)
+    """The open loop at ``rate``; meanwhile the server's RSS every 0.25 s and, once a second, its
+    own estimate of the queueing time (``vrs_queue_wait_estimate_seconds``; None where the version
+    has no such metric), each as (seconds since the start, value)."""
+    rss: list[tuple[float, float]] = []
+    estimates: list[tuple[float, float | None]] = []
     sampling = True
+    t0 = time.perf_counter()
 
     async def sample_rss() -> None:
-        nonlocal peak
         while sampling:
-            peak = max(peak, rss_mb(pid))
+            rss.append((time.perf_counter() - t0, rss_mb(pid)))
             await asyncio.sleep(0.25)
 
-    sampler = asyncio.create_task(sample_rss())
-    t0 = time.perf_counter()
+    async def sample_estimate() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            while sampling:
+                started = time.perf_counter()
+                try:
+                    text = (await client.get("/metrics")).text
+                    found = re.search(r"^vrs_queue_wait_estimate_seconds (\S+)$", text, re.MULTILINE)
+                    estimates.append((started - t0, float(found.group(1)) if found else None))
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - started)))
+
+    samplers = [asyncio.create_task(sample_rss()), asyncio.create_task(sample_estimate())]
     run_task = asyncio.create_task(run_open_loop(url, bodies, rate=rate, duration_s=seconds, timeout_s=180))
     await asyncio.sleep(seconds)
     schedule_end = t0 + seconds
     run = await run_task
     sampling = False
-    await sampler
-    return {"run": run, "peak_rss_mb": peak}, schedule_end
+    await asyncio.gather(*samplers)
+    return {"run": run, "rss_mb": rss, "wait_estimate_s": estimates}, schedule_end
 
 
 def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float | None) -> dict:
@@ -194,6 +211,8 @@ def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float 
     retry_after = Counter(x.retry_after for x in run.samples if x.status == "429")
     latencies = sorted(x.latency_s for x in run.samples if x.status == "200")
     in_server = sorted(x.server_s for x in run.samples if x.status == "200" and x.server_s is not None)
+    loaded = sorted(mb for t, mb in ov["rss_mb"] if args.ramp_s <= t <= args.overload_s)  # while load is offered
+    estimates = [e for _, e in ov["wait_estimate_s"] if e is not None]
     return {
         "version": name,
         "checkout": str(checkout),
@@ -213,8 +232,12 @@ def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float 
         "admitted_server_p50_ms": 1000 * percentile(in_server, 50) if in_server else float("nan"),
         "admitted_server_p99_ms": 1000 * percentile(in_server, 99) if in_server else float("nan"),
         "retry_after": dict(sorted(retry_after.items(), key=lambda kv: float(kv[0] or 0))),
-        "rss_mb": {"before": rss_before, "peak": ov["peak_rss_mb"], "after": rss_after},
-        "rss_growth": ov["peak_rss_mb"] / rss_before - 1,
+        "rss_mb": {"before": rss_before, "peak": max(mb for _, mb in ov["rss_mb"]), "after": rss_after},
+        "rss_growth": max(mb for _, mb in ov["rss_mb"]) / rss_before - 1,
+        "rss_under_load_mb": {"median": statistics.median(loaded), "p90": percentile(loaded, 90)},
+        "wait_estimate_max_s": max(estimates) if estimates else None,
+        "rss_series_mb": ov["rss_mb"],
+        "wait_estimate_series_s": ov["wait_estimate_s"],
         "recovery_s": rec,
         "samples": [vars(x) for x in run.samples],
     }
@@ -263,6 +286,14 @@ def main() -> None:
             f"{r['admitted_p50_ms']:.0f} / {r['admitted_p99_ms']:.0f} | "
             f"{r['admitted_server_p50_ms']:.0f} / {r['admitted_server_p99_ms']:.0f} | {r['shed_rate']:.0%} | {other} | {ra} | "
             f"{rss['before']:.0f} -> {rss['peak']:.0f} -> {rss['after']:.0f} | {r['recovery_s']:.1f} |"
+        )
+    print()
+    for r in (base, new):
+        under, estimate = r["rss_under_load_mb"], r["wait_estimate_max_s"]
+        said = f"{estimate:.1f} s" if estimate is not None else "- (no such metric)"
+        print(
+            f"- {r['version']}: RSS while the load is offered, median {under['median']:.0f} MB, p90 {under['p90']:.0f} MB; "
+            f"the server's own queueing estimate at most {said} (series in overload.json)"
         )
 
 
