@@ -182,6 +182,20 @@ async def overload(url: str, pid: int, bodies: list[Payload], rate: float, secon
     return {"run": run, "rss_mb": rss, "wait_estimate_s": estimates}, schedule_end
 
 
+def rss_under_load(series: list[tuple[float, float]], ramp_s: float, overload_s: float) -> dict:
+    """RSS while the load is offered (after the ramp): median, p90, and the medians of its first
+    and second halves (equal halves: no growth with time)."""
+    loaded = [(t, mb) for t, mb in series if ramp_s <= t <= overload_s]
+    middle = (ramp_s + overload_s) / 2
+    values = sorted(mb for _, mb in loaded)
+    return {
+        "median": statistics.median(values),
+        "p90": percentile(values, 90),
+        "first_half_median": statistics.median(mb for t, mb in loaded if t < middle),
+        "second_half_median": statistics.median(mb for t, mb in loaded if t >= middle),
+    }
+
+
 def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float | None) -> dict:
     port = free_port()
     log = ROOT / "loadtests" / "results" / f"overload-{name}.log"
@@ -211,7 +225,6 @@ def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float 
     retry_after = Counter(x.retry_after for x in run.samples if x.status == "429")
     latencies = sorted(x.latency_s for x in run.samples if x.status == "200")
     in_server = sorted(x.server_s for x in run.samples if x.status == "200" and x.server_s is not None)
-    loaded = sorted(mb for t, mb in ov["rss_mb"] if args.ramp_s <= t <= args.overload_s)  # while load is offered
     estimates = [e for _, e in ov["wait_estimate_s"] if e is not None]
     return {
         "version": name,
@@ -234,7 +247,7 @@ def measure(name: str, checkout: Path, bodies: list[Payload], args, rate: float 
         "retry_after": dict(sorted(retry_after.items(), key=lambda kv: float(kv[0] or 0))),
         "rss_mb": {"before": rss_before, "peak": max(mb for _, mb in ov["rss_mb"]), "after": rss_after},
         "rss_growth": max(mb for _, mb in ov["rss_mb"]) / rss_before - 1,
-        "rss_under_load_mb": {"median": statistics.median(loaded), "p90": percentile(loaded, 90)},
+        "rss_under_load_mb": rss_under_load(ov["rss_mb"], args.ramp_s, args.overload_s),
         "wait_estimate_max_s": max(estimates) if estimates else None,
         "rss_series_mb": ov["rss_mb"],
         "wait_estimate_series_s": ov["wait_estimate_s"],
@@ -292,7 +305,8 @@ def main() -> None:
         under, estimate = r["rss_under_load_mb"], r["wait_estimate_max_s"]
         said = f"{estimate:.1f} s" if estimate is not None else "- (no such metric)"
         print(
-            f"- {r['version']}: RSS while the load is offered, median {under['median']:.0f} MB, p90 {under['p90']:.0f} MB; "
+            f"- {r['version']}: RSS while the load is offered, median {under['median']:.0f} MB (first half "
+            f"{under['first_half_median']:.0f}, second half {under['second_half_median']:.0f}), p90 {under['p90']:.0f} MB; "
             f"the server's own queueing estimate at most {said} (series in overload.json)"
         )
 
