@@ -1,9 +1,10 @@
 """The GPU data path, measured in one command: decode, forward, and end-to-end GRPO ranking.
 
 1. decode: frames/s of NVDEC (service/nvdec.py: decode, NV12->RGB on the GPU) vs FFmpeg's CPU
-   decoders on every CPU core, for H.264 480x480x53, 1280x720x53 and 1920x1080x53. Every frame
-   is sampled at its native size (no resize), so this is decode + colour conversion + clip
-   assembly; the GPU side also reports whether its frames stayed on the GPU.
+   decoders on every CPU core, for H.264 53-frame clips at 320x240, 640x360 (the default
+   ``VRS_NVDEC_MIN_PIXELS``), 480x480, 1280x720 and 1920x1080. Every frame is sampled at its
+   native size (no resize), so this is decode + colour conversion + clip assembly; the GPU side
+   also reports whether its frames stayed on the GPU. The smaller sizes place the break-even.
 2. forward: videoalign (Qwen2-VL-2B architecture) and clip-segmental (CLIP ViT-L/14), random
    weights in the published layouts (models/random_checkpoints.py) loaded through the normal
    loaders, videos/s at batch 1/4/8/16 in the configured dtype (bf16 on CUDA) on a 53x480x480
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -297,7 +299,10 @@ def markdown(result: dict) -> str:
         f"peak bf16 {env['peak_bf16_tflops']} TFLOP/s (spec), measured 8192^3 matmul {env['matmul_tflops']} TFLOP/s",
         "",
     ]
-    if result.get("decode"):
+    for name in ("decode", "forward", "grpo"):
+        if isinstance(result.get(name), dict) and "error" in result[name]:
+            lines += [f"## {name}: failed", "", "```", result[name]["traceback"].strip(), "```", ""]
+    if isinstance(result.get("decode"), list):
         gpu = "nvdec" if "nvdec_fps" in result["decode"][0] else "nv12-cpu"
         lines += [
             "## Decode (frames/s, H.264, every frame at native size)",
@@ -310,7 +315,7 @@ def markdown(result: dict) -> str:
             for r in result["decode"]
         ]
         lines.append("")
-    if result.get("forward"):
+    if isinstance(result.get("forward"), list):
         lines += [
             "## Forward (53x480x480 @24 fps, sampled per spec)",
             "",
@@ -326,7 +331,7 @@ def markdown(result: dict) -> str:
                     f"{r['gflop_per_video']} | {r['tflop_per_s']} | {r.get('share_of_peak', '-')} |"
                 )
         lines.append("")
-    if result.get("grpo"):
+    if isinstance(result.get("grpo"), dict) and "error" not in result["grpo"]:
         r = result["grpo"]
         lines += [
             "## GRPO groups through /v1/rank vs the naive loop",
@@ -382,23 +387,42 @@ def main() -> None:
         },
     }
     decode_shapes = (
-        [(9, 64, 64), (9, 72, 128), (9, 108, 192)] if smoke else [(53, 480, 480), (53, 720, 1280), (53, 1080, 1920)]
+        [(9, 64, 64), (9, 72, 128), (9, 108, 192)]
+        if smoke
+        else [(53, 240, 320), (53, 360, 640), (53, 480, 480), (53, 720, 1280), (53, 1080, 1920)]
     )
-    if "decode" in sections:
-        result["decode"] = bench_decode(decode_shapes, smoke)
-    if sections & {"forward", "grpo"}:
-        dirs = checkpoints(args.checkpoints, smoke)
-    if "forward" in sections:
-        batches = [1, 2] if smoke else [1, 4, 8, 16]
-        result["forward"] = bench_forward(dirs, placement, batches, args.repeats or (2 if smoke else 10), peak)
-    if "grpo" in sections:
-        shape = (9, 64, 64) if smoke else (53, 480, 480)
-        result["grpo"] = bench_grpo(
-            dirs, placement, shape, 2 if smoke else 16, 2 if smoke else 4, args.device, args.dtype
-        )
     stem = "bench_gpu_smoke" if smoke else "bench_gpu"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result) + "\n")
+    dirs: dict[str, Path] = {}
+
+    def run_section(name: str, work) -> None:
+        """One section; its figures (or its error) are written before the next starts, so a section
+        that fails or a time limit that cuts the run short keeps what finished."""
+        if name not in sections:
+            return
+        try:
+            result[name] = work()
+        except Exception as exc:  # report and go on: a device call is too dear to lose to one section
+            result[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            print(result[name]["traceback"], file=sys.stderr, flush=True)
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{stem}.md").write_text(markdown(result) + "\n")
+
+    def built() -> dict[str, Path]:
+        if not dirs:
+            dirs.update(checkpoints(args.checkpoints, smoke))
+        return dirs
+
+    def forward():
+        batches = [1, 2] if smoke else [1, 4, 8, 16]
+        return bench_forward(built(), placement, batches, args.repeats or (2 if smoke else 10), peak)
+
+    def grpo():
+        shape = (9, 64, 64) if smoke else (53, 480, 480)
+        return bench_grpo(built(), placement, shape, 2 if smoke else 16, 2 if smoke else 4, args.device, args.dtype)
+
+    run_section("decode", lambda: bench_decode(decode_shapes, smoke))
+    run_section("forward", forward)
+    run_section("grpo", grpo)
     print(markdown(result))
     print(f"wrote {out / stem}.json and .md")
 

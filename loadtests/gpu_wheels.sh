@@ -1,14 +1,29 @@
 #!/bin/sh
-# Download the wheels a GPU machine lacks (its image has torch, transformers, peft, tokenizers,
-# safetensors, numpy, httpx, prometheus-client, pytest; see /work/.library/device/KINDS.md) for
-# Python 3.12 on x86-64 into .whl/, to carry to the device (README "GPU path").
-# Versions are the ones this repository is tested with here.
+# Download the wheels the GPU machine's image lacks, for Python 3.12 on x86-64, into .whl/, to
+# carry to the device (README "GPU benchmark: one command"; loadtests/device_run.sh installs them).
+# What the service and its GPU tests need that the image (loadtests/device_image_packages.txt:
+# torch, transformers, numpy 2, pytest, ...) lacks is found by loadtests/device_wheels.py and
+# taken at the version this checkout's .venv runs (the environment the README's test command
+# builds), so the device runs what CI tests.
+# `sh loadtests/gpu_wheels.sh triton` instead fetches the Triton server and client into .whl-triton/
+# (56 MB, more than fits beside .whl/ in one call's 64 MiB): loadtests/device_run.sh triton.
 set -e
 cd "$(dirname "$0")/.."
-platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_34_x86_64"
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms -d .whl \
-  av==18.1.0 pydantic==2.14.3 pydantic_core==2.50.4 pydantic-settings==2.16.3 python-dotenv==1.2.4 \
-  annotated-types==0.8.0 typing-inspection==0.4.5 fastapi==0.165.0 starlette==1.10.0 annotated-doc \
-  uvicorn==0.54.0 python-multipart==0.0.34 redis==8.1.0 python-json-logger==4.2.0 pytest-asyncio==1.5.0 \
-  transformers==5.23.0
-du -sh .whl
+py=.venv/bin/python
+[ -x $py ] || { echo "no .venv: run the README's test command (or its install step) first" >&2; exit 2; }
+if [ "$1" = triton ]; then
+  pins=$($py -c 'import importlib.metadata as m; print("nvidia-pytriton==" + m.version("nvidia-pytriton"))')
+  dest=.whl-triton  # only the server binary is used (service/triton_server.py): no dependencies
+else
+  pins=$($py loadtests/device_wheels.py "video-reward-service[models]" pytest-asyncio)
+  dest=.whl
+fi
+rm -rf $dest
+platforms="--platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64
+  --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
+  --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64"
+# shellcheck disable=SC2086
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
+  -d $dest $pins
+echo "$pins" > $dest/PINS
+du -sh $dest

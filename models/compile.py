@@ -1,35 +1,48 @@
 """``VRS_COMPILE``: how a model's forward is compiled where it runs in torch.
 
 - ``none``: eager torch.
-- ``inductor``: ``torch.compile`` (Inductor) of the model's own forward, in the in-process backend
-  and in Triton's python backend. On CUDA it uses ``mode="reduce-overhead"`` (CUDA graphs: one
-  graph per input shape, replayed), on CPU the default mode. ``warm_up`` runs every batch size
-  1..max_batch_size once on the smallest clip the spec allows, before the first request, so no
-  request pays for compilation or graph capture at those shapes; it then runs one more, longer and wider clip, so the frame axes are compiled as dynamic during warm-up
-  too and a new frame size does not recompile (on CUDA it records one more graph).
+- ``inductor``: ``torch.compile`` (Inductor) of the model's device work (its ``core`` stage, or
+  its whole forward for a one-stage model), in the in-process backend and in Triton's python
+  backend. On CUDA it uses ``mode="reduce-overhead"`` (CUDA graphs: one graph per input shape,
+  replayed), on CPU the default mode. ``warm_up`` runs every batch size 1..max_batch_size once on
+  the smallest clip the spec allows, before the first request, so no request pays for
+  compilation or graph capture at those shapes; it then runs one more, longer and wider clip, so
+  the frame axes are compiled as dynamic during warm-up too and a new frame size does not
+  recompile (on CUDA it records one more graph).
 - ``tensorrt``: engines in Triton (models/export.py, models/tensorrt_build.py); the gateway sends
   the plan contract (token ids, no strings). Not a torch mode: in-process serving refuses it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import torch
 
-from models.registry import RewardModel
+from models.registry import RewardModel, Stages
 
 Compile = Literal["none", "inductor", "tensorrt"]
 WARMUP_PROMPT = "a video"
 
 
 def compiled(model: RewardModel, device: str = "cpu") -> RewardModel:
-    """The model with its forward under torch.compile (CUDA graphs on a CUDA device)."""
+    """The model with its device work under torch.compile (CUDA graphs on a CUDA device).
+
+    A staged model (models.registry.Stages) has only its ``core`` compiled: ``pre`` (tokenisation,
+    host index tensors) stays eager, outside the graph, and keeps overlapping the previous batch's
+    ``core`` in the in-process backend. A one-stage model has its whole forward compiled."""
     mode = "reduce-overhead" if device.startswith("cuda") else None
-    # One compiled forward: the pre/core split (models.registry.Stages) gives way to it.
-    return replace(model, forward=torch.compile(model.forward, mode=mode), stages=None)
+    if model.stages is None:
+        return replace(model, forward=torch.compile(model.forward, mode=mode))
+    pre, core = model.stages.pre, torch.compile(model.stages.core, mode=mode)
+
+    def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return core(pre(frames, num_frames, prompts))
+
+    return replace(model, forward=forward, stages=Stages(pre, core))
 
 
 def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, seed: int = 0) -> list[int]:

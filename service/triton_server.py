@@ -14,6 +14,7 @@ Three things make the bundled server work on a plain CPU machine:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -28,12 +29,13 @@ from pathlib import Path
 
 
 def pytriton_dist() -> Path:
-    """The ``tritonserver`` tree inside the installed nvidia-pytriton wheel."""
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise RuntimeError("the local Triton server needs nvidia-pytriton: pip install -e '.[triton]'") from exc
-    return Path(pytriton.__file__).parent / "tritonserver"
+    """The ``tritonserver`` tree inside the installed nvidia-pytriton wheel.
+
+    Found without importing ``pytriton`` (its own client brings zmq, gevent, ...; only the binary is used)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the local Triton server needs nvidia-pytriton: pip install -e '.[triton]'")
+    return Path(spec.submodule_search_locations[0]) / "tritonserver"
 
 
 def backend_dir(dest: Path) -> Path:

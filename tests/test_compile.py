@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 from vrs_client.videos import video_ref
@@ -254,3 +255,27 @@ async def test_inductor_gateway_scores_equal_eager():
 def test_tensorrt_compile_is_refused_in_process():
     with pytest.raises(ValueError, match="VRS_BACKEND=triton"):
         create_app(test_settings(compile="tensorrt"))
+
+
+@pytest.mark.parametrize("name", ["clip-segmental", "videoalign"])
+def test_inductor_compiles_only_the_core_of_a_staged_model(tiny_dirs, name):
+    """A staged model (pre: tokenisation; core: the towers) under VRS_COMPILE=inductor on CPU: ``pre``
+    stays the eager function, ``core`` is compiled and warmed up over two batch sizes and a second
+    frame size, and its scores on a third size equal eager within 1e-4 (Inductor reorders float32
+    reductions; scores are O(1))."""
+    from models.compile import compiled, warm_up
+
+    if name == "clip-segmental":
+        eager = load_model(name, tiny_dirs["clip"])
+    else:
+        eager = load_model(name, tiny_dirs["videoalign"], {BASE_ID: tiny_dirs["base"]})
+    fast = compiled(eager)
+    assert fast.stages is not None and fast.stages.pre is eager.stages.pre
+    assert fast.stages.core is not eager.stages.core
+    assert warm_up(fast, [1, 2]) == [1, 2]
+    clips = [videos.moving_scene(16, 56, 84, speed=s) for s in (1.0, 3.0)]
+    batch = FrameBatch.assemble(clips, ["a cat surfing a wave", "a red car"])
+    with torch.inference_mode():
+        want = eager.forward(batch.frames, batch.num_frames, batch.prompts)
+        got = fast.forward(batch.frames, batch.num_frames, batch.prompts)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=0)

@@ -112,6 +112,7 @@ def make_spec(config: SegmentalConfig, image_size: int, version: str) -> ModelSp
 Resize = Literal["instructvideo", "vlmrm"]
 
 
+@torch.compiler.disable  # Inductor (torch 2.13) fails to lower this crop for dynamic frame sizes; it is cheap glue
 def crop_pixels(
     frames: torch.Tensor, image_size: int, mean: torch.Tensor, std: torch.Tensor, resize: Resize
 ) -> torch.Tensor:

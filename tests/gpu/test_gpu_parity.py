@@ -132,3 +132,47 @@ def test_gateway_on_cuda_scores_like_the_cpu_gateway(tiny_dirs):
 
 def _args(batch: FrameBatch):
     return batch.frames, batch.num_frames, batch.prompts
+
+
+def test_inductor_with_cuda_graphs_serves_the_eager_scores(tiny_dirs):
+    """VRS_COMPILE=inductor on CUDA (``reduce-overhead``: CUDA graphs of each staged model's core,
+    compiled and warmed up on the inference thread at start-up) against eager, both gateways on
+    CUDA in fp32, the same mp4s and prompts: only fusion and summation order differ (atol 1e-3)."""
+    import base64
+
+    import httpx
+
+    from service.api import create_app
+    from tests.conftest import start_server, test_settings
+
+    data = [videos.encode(videos.unique_clip(33, 240, 416)) for _ in range(3)]
+    body = {
+        "items": [
+            {"video": {"data": base64.b64encode(v).decode()}, "prompt": f"a cat, take {i}"} for i, v in enumerate(data)
+        ],
+        "models": ["videoalign", "clip-segmental"],
+        "cache": "bypass",
+    }
+    scores = {}
+    for mode in ("none", "inductor"):
+        settings = test_settings(
+            models=["videoalign", "clip-segmental"],
+            default_model="videoalign",
+            device="cuda",
+            dtype="float32",
+            compile=mode,
+            max_batch_size=2,
+            model_dirs={"videoalign": tiny_dirs["videoalign"], "clip-segmental": tiny_dirs["clip"]},
+            base_model_dirs={BASE_ID: tiny_dirs["base"]},
+        )
+        running = start_server(create_app(settings), start_timeout_s=600)
+        try:
+            response = httpx.post(f"{running.url}/v1/score", json=body, timeout=300)
+            assert response.status_code == 200, response.text
+            scores[mode] = [r["scores"] for r in response.json()["results"]]
+        finally:
+            running.stop()
+    for eager, compiled in zip(scores["none"], scores["inductor"], strict=True):
+        assert compiled.keys() == eager.keys()
+        for key, value in eager.items():
+            assert abs(compiled[key] - value) <= FP32_ATOL, (key, eager, compiled)
