@@ -1,13 +1,19 @@
 #!/bin/sh
-# The device part of issues 11 and 12 in one call of the device tool (README "GPU benchmark: one
-# command"). Run from the repository root on the GPU machine, with $OUT set (the tool sets it):
-#   sh loadtests/device_run.sh          carry .whl: probe, tests/gpu, bench_gpu, bench_compile
-#   sh loadtests/device_run.sh triton   carry .whl-triton, on the machine still warm from the first
-#                                       call (its .site/ is reused): Triton on the GPU, cuda_shm
-# SMOKE=1 runs tiny sizes (loadtests/device_rehearsal.sh runs this script on the CPU that way).
-# Wheels come from `sh loadtests/gpu_wheels.sh [triton]` here; they are installed into .site/.
+# The device part of issues 11 and 12 (README "GPU benchmark: one command"). Run from the
+# repository root on the GPU machine with $OUT set (the device tool sets it):
+#   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default bench_gpu,tests
+#     bench_gpu  loadtests/bench_gpu.py: NVDEC vs CPU decode, forward share of peak, GRPO vs naive
+#     tests      tests/gpu (but cuda_shm) and tests/test_gpu_path.py
+#     compile    loadtests/bench_compile.py: VRS_COMPILE=inductor (CUDA graphs) vs eager
+#     triton     Triton on the GPU: tests/gpu/test_cuda_shm.py, gRPC bytes vs system/CUDA shm
+# Wheels: `sh loadtests/gpu_wheels.sh` here fills .whl/ (carry it: installed into .site/); the
+# triton step also needs `sh loadtests/gpu_wheels.sh triton` (.whl-triton/). Both do not fit in
+# one call's 64 MiB, so a call carrying only .whl-triton relies on .site/ from an earlier call on
+# the same warm machine. The Triton step covers the frame transports with the built-in model:
+# pytriton 0.7's stub needs numpy 1.x and the image's transformers numpy 2, so checkpoint models
+# cannot load in that python backend here (the production image's Triton is another build). SMOKE=1 runs tiny sizes (loadtests/device_rehearsal.sh, on the CPU).
 # Every step has its own time limit, so a slow or hanging step cannot take the others' results
-# with it; each step's log and result files go to $OUT, and `steps.txt` lists exit codes and times.
+# with it; each step's log and result files go to $OUT, and steps.txt lists exit codes and times.
 set -u
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder for logs and results}"
@@ -15,10 +21,6 @@ py=${PYTHON:-python3}
 smoke=${SMOKE:+--smoke}
 export PYTHONPATH="$PWD/.site:$PWD:$PWD/clients/python" PYTHONUNBUFFERED=1
 
-install() {  # install() DIR: the carried wheels into .site/
-  [ -d "$1" ] || { echo "no $1/: carry it (sh loadtests/gpu_wheels.sh)" | tee -a "$OUT/steps.txt"; return 1; }
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site "$1"/*.whl
-}
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, show its tail
   name=$1 limit=$2
@@ -30,17 +32,29 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
   tail -n "${TAIL:-15}" "$OUT/$name.log"
 }
 
-if [ "${1:-}" = triton ]; then
-  [ -d .site/fastapi ] || { echo "no .site/ from a first call: this machine is fresh" | tee -a "$OUT/steps.txt"; exit 3; }
-  install .whl-triton || exit 3
-  step triton_tests 240 "$py" -m pytest tests/gpu/test_cuda_shm.py tests/test_triton.py -q -rs -p no:cacheprovider \
-    -k "cuda_shared or shared_memory or equal_in_process"
-  step bench_transport 240 "$py" loadtests/bench_compile.py $smoke --skip-compile --out "$OUT/bench_transport.json"
-  exit 0
+if [ -d .whl ]; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl || exit 3
+elif [ ! -d .site/fastapi ]; then
+  echo "neither .whl/ carried nor .site/ left by an earlier call on this machine" | tee -a "$OUT/steps.txt"
+  exit 3
 fi
-
-install .whl || exit 3
 step probe 60 "$py" loadtests/device_probe.py
-step tests_gpu 150 "$py" -m pytest tests/gpu tests/test_gpu_path.py -q -rs -p no:cacheprovider --ignore tests/gpu/test_cuda_shm.py
-TAIL=40 step bench_gpu 300 "$py" loadtests/bench_gpu.py $smoke --out "$OUT"
-step bench_compile 150 "$py" loadtests/bench_compile.py $smoke --skip-transport --out "$OUT/bench_compile.json"
+for s in $(echo "${1:-bench_gpu,tests}" | tr , ' '); do
+  case $s in
+    bench_gpu) TAIL=40 step bench_gpu 330 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
+    tests) step tests_gpu 200 "$py" -m pytest tests/gpu tests/test_gpu_path.py -q -rs -p no:cacheprovider \
+      --deselect tests/gpu/test_cuda_shm.py ;;
+    compile) TAIL=12 step bench_compile 360 "$py" loadtests/bench_compile.py $smoke --skip-transport \
+      --out "$OUT/bench_compile.json" ;;
+    triton)  # pytriton beside the gateway's packages; numpy 1.x on the python-backend stub's path only
+      [ -d .whl-triton ] || { echo "no .whl-triton/: carry it (sh loadtests/gpu_wheels.sh triton)" | tee -a "$OUT/steps.txt"; continue; }
+      "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl-triton/nvidia_pytriton-*.whl &&
+        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site-stub .whl-triton/numpy-*.whl ||
+        continue
+      export VRS_TRITON_STUB_PATH="$PWD/.site-stub"
+      step tests_triton 200 "$py" -m pytest tests/gpu/test_cuda_shm.py -q -rs -p no:cacheprovider
+      TAIL=12 step bench_transport 200 "$py" loadtests/bench_compile.py $smoke --skip-compile \
+        --out "$OUT/bench_transport.json" ;;
+    *) echo "unknown step $s (bench_gpu, tests, compile, triton)" >&2; exit 2 ;;
+  esac
+done

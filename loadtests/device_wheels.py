@@ -1,15 +1,24 @@
-"""Print ``name==version`` for every distribution the device image lacks that ``roots`` need.
+"""Wheel lists and wheel trimming for the device machine (used by loadtests/gpu_wheels.sh).
 
-Walks the Requires-Dist metadata of this environment (the .venv the README's test command builds)
-from the roots, with markers evaluated for the device's Python 3.12 on Linux, and leaves out what
-the image already has (loadtests/device_image_packages.txt). Used by loadtests/gpu_wheels.sh.
+``python loadtests/device_wheels.py ROOT...`` prints ``name==version`` for every distribution the
+device image lacks that the roots need: it walks the Requires-Dist metadata of this environment
+(the .venv the README's test command builds) from the roots, with markers evaluated for the
+device's Python 3.12 on Linux, and leaves out what the image already has
+(loadtests/device_image_packages.txt).
+
+``python loadtests/device_wheels.py --slim-pytriton WHEEL`` rewrites the nvidia-pytriton wheel
+without the python-backend stubs of other Pythons than the device's 3.12 and the libpython 3.13
+that one of them links (53 -> 37 MB), so it fits in one device call beside a numpy 1.x for the stub.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.metadata as md
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -59,7 +68,33 @@ def closure(roots: list[str], have: set[str]) -> dict[str, str]:
     return found
 
 
+def slim_pytriton(wheel: Path, python: str = "3.12") -> None:
+    """Rewrite ``wheel`` in place without the stubs for other Pythons and libpython 3.13; its RECORD
+    lists exactly what remains."""
+
+    def kept(name: str) -> bool:
+        stub = re.match(r"pytriton/tritonserver/python_backend_stubs/([0-9.]+)/", name)
+        return not (stub and stub.group(1) != python) and not re.match(r"nvidia_pytriton\.libs/libpython3-", name)
+
+    slim = wheel.with_suffix(".slim")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+        record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
+        lines = []
+        for info in src.infolist():
+            if info.filename == record_name or not kept(info.filename):
+                continue
+            data = src.read(info)
+            dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            lines.append(f"{info.filename},sha256={digest},{len(data)}")
+        dst.writestr(record_name, "\n".join([*lines, f"{record_name},,"]) + "\n")
+    slim.replace(wheel)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--slim-pytriton"]:
+        slim_pytriton(Path(sys.argv[2]))
+        return
     image = {
         canonical(line.strip())
         for line in (Path(__file__).parent / "device_image_packages.txt").read_text().splitlines()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import site
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +70,18 @@ class TritonOptions:
 
 
 def default_python_paths() -> tuple[str, ...]:
-    """This checkout's root (the ``models`` package), the wire package's folder (``vrs_wire``, in
-    clients/python: an editable install finds it through a .pth hook the stub does not run) and
-    this environment's site-packages (torch, numpy)."""
-    wire = str(Path(vrs_wire.__file__).resolve().parents[1])
-    return tuple(dict.fromkeys((str(Path(__file__).resolve().parents[1]), wire, *site.getsitepackages())))
+    """Folders for the stub's ``sys.path``, in order: those in ``VRS_TRITON_STUB_PATH`` (for what
+    the stub alone needs, e.g. a numpy 1.x: Triton 2.51's stub garbles BYTES tensors under numpy
+    2), this checkout's root (the ``models`` package), the wire package's folder (``vrs_wire``, in
+    clients/python: an editable install finds it through a .pth hook the stub does not run), the
+    folders on PYTHONPATH (the stub runs Python isolated, which ignores it) and this environment's
+    site-packages (torch, numpy)."""
+
+    def env(name: str) -> list[str]:
+        return [p for p in os.environ.get(name, "").split(os.pathsep) if p]
+
+    root, wire = str(Path(__file__).resolve().parents[1]), str(Path(vrs_wire.__file__).resolve().parents[1])
+    return tuple(dict.fromkeys((*env("VRS_TRITON_STUB_PATH"), root, wire, *env("PYTHONPATH"), *site.getsitepackages())))
 
 
 def forward_path(model: RewardModel) -> str:

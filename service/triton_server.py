@@ -144,10 +144,13 @@ class LocalTriton:
             time.sleep(0.2)
 
     def log_tail(self, chars: int = 4000) -> str:
+        """The end of the server's log without its settings tables (a failed start's table would
+        otherwise push the model's load error out of the ``chars`` shown)."""
         try:
-            return Path(self.log_path).read_text(errors="replace")[-chars:] if self.log_path else ""
+            text = Path(self.log_path).read_text(errors="replace") if self.log_path else ""
         except OSError:
             return ""
+        return "\n".join(line for line in text.splitlines() if not line.startswith(("|", "+-")))[-chars:]
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL to the server and its stubs), as a crash would."""
