@@ -1,7 +1,7 @@
 #!/bin/sh
 # The device part of issues 11 and 12 (README "GPU benchmark: one command"). Run from the
 # repository root on the GPU machine with $OUT set (the device tool sets it):
-#   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default bench_gpu,tests
+#   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default bench_gpu,tests,compile
 #     bench_gpu  loadtests/bench_gpu.py: NVDEC vs CPU decode, forward share of peak, GRPO vs naive
 #     tests      tests/gpu (but cuda_shm) and tests/test_gpu_path.py
 #     compile    loadtests/bench_compile.py: VRS_COMPILE=inductor (CUDA graphs) vs eager
@@ -38,13 +38,15 @@ elif [ ! -d .site/fastapi ]; then
   echo "neither .whl/ carried nor .site/ left by an earlier call on this machine" | tee -a "$OUT/steps.txt"
   exit 3
 fi
-step probe 60 "$py" loadtests/device_probe.py
-for s in $(echo "${1:-bench_gpu,tests}" | tr , ' '); do
+# The default steps' limits add up to 560 s: with the install and the probe, one device call
+# (run's timeout_s 600) holds them, and returns 8 files, the most a call brings back.
+step probe 30 "$py" loadtests/device_probe.py
+for s in $(echo "${1:-bench_gpu,tests,compile}" | tr , ' '); do
   case $s in
-    bench_gpu) TAIL=40 step bench_gpu 330 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
-    tests) step tests_gpu 200 "$py" -m pytest tests/gpu tests/test_gpu_path.py -q -rs -p no:cacheprovider \
+    bench_gpu) TAIL=40 step bench_gpu 240 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
+    tests) step tests_gpu 160 "$py" -m pytest tests/gpu tests/test_gpu_path.py -q -rs -p no:cacheprovider \
       --deselect tests/gpu/test_cuda_shm.py ;;
-    compile) TAIL=12 step bench_compile 360 "$py" loadtests/bench_compile.py $smoke --skip-transport \
+    compile) TAIL=12 step bench_compile 160 "$py" loadtests/bench_compile.py $smoke --skip-transport \
       --out "$OUT/bench_compile.json" ;;
     triton)  # pytriton beside the gateway's packages; numpy 1.x on the python-backend stub's path only
       [ -d .whl-triton ] || { echo "no .whl-triton/: carry it (sh loadtests/gpu_wheels.sh triton)" | tee -a "$OUT/steps.txt"; continue; }
