@@ -89,10 +89,13 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        """Routing and multipart-parser errors, in the same shape as ours."""
+        """Routing and multipart-parser errors, in the same shape as ours (and their headers: a 405's
+        ``Allow``, which RFC 9110 requires)."""
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return JSONResponse(
-            {"error": {"code": code, "message": str(exc.detail), "item": None}}, status_code=exc.status_code
+            {"error": {"code": code, "message": str(exc.detail), "item": None}},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)

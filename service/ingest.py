@@ -113,7 +113,9 @@ def parse_form(
 ) -> WireRequest:
     """A multipart request: its ``request`` field (the JSON request), or plain fields that apply to
     every file part (``prompt``, ``model`` (repeatable), ``weights`` (JSON), ``preset``,
-    ``normalise``, ``cache``, and ``fps`` for ``application/x-npy`` parts)."""
+    ``normalise``, ``cache``, and ``fps`` for ``application/x-npy`` parts). An empty field counts
+    as not sent, as an HTML form sends every field it has, filled or not."""
+    fields = {name: [v for v in values if v != ""] for name, values in fields.items()}
     first = {name: values[0] for name, values in fields.items() if values}
     if "request" in first:
         return parse_json(kind, first["request"])

@@ -179,6 +179,16 @@ def test_multipart_errors_use_the_error_shape(client, clean_mp4):
     assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "TRACE"])
+def test_wrong_method_is_405_with_allow(client, method):
+    """RFC 9110: a 405 lists the methods the resource supports (schemathesis found it missing)."""
+    r = client.request(method, "/v1/score")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+    assert r.headers["allow"] == "POST"
+    r = client.post("/healthz")
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
+
+
 @pytest.mark.parametrize(
     "url",
     [

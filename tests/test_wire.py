@@ -140,3 +140,31 @@ def test_client_reuse_sends_digests_and_uploads_only_when_not_cached(gateway):
         assert sent == ["application/json"]  # digests only: nothing uploaded
     assert [r.cached for r in first.results] == [False, False] and [r.cached for r in again.results] == [True, True]
     assert [r.scores for r in first.results] == [r.scores for r in again.results]
+
+
+def test_video_ref_schema_states_exactly_what_validation_accepts():
+    """The published JSON schema of a video reference and the service's own validation agree on
+    every combination of sources and fps (each absent, null or given): 729 documents."""
+    import itertools
+
+    import jsonschema
+    from vrs_wire.schemas import VideoRef
+
+    schema = VideoRef.model_json_schema()
+    values = {"url": "https://x/v.mp4", "data": "AAAA", "frames": "AAAA", "file": "a", "sha256": "0" * 64, "fps": 16.0}
+    disagree = []
+    for combo in itertools.product(("absent", None, "given"), repeat=len(values)):
+        doc = {k: (values[k] if c == "given" else None) for k, c in zip(values, combo) if c != "absent"}
+        try:
+            jsonschema.validate(doc, schema)
+            by_schema = True
+        except jsonschema.ValidationError:
+            by_schema = False
+        try:
+            VideoRef.model_validate(doc)
+            by_service = True
+        except ValueError:
+            by_service = False
+        if by_schema != by_service:
+            disagree.append((doc, by_schema, by_service))
+    assert not disagree, disagree[:5]

@@ -20,13 +20,26 @@ NPY_MEDIA_TYPE = "application/x-npy"
 _WIRE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+def _source_schema(source: str) -> dict:
+    """JSON schema of a VideoRef whose source is ``source``."""
+    fps = {"frames": {"type": "number"}, "url": {"type": "null"}, "data": {"type": "null"}}.get(source)
+    properties = {k: {"type": "string" if k == source else "null"} for k in SOURCES}
+    return {
+        "required": [source, *(["fps"] if source == "frames" else [])],
+        "properties": properties | ({"fps": fps} if fps else {}),
+    }
+
+
 class VideoRef(BaseModel):
     """Exactly one of: ``url``; ``data`` (base64 container); ``frames`` (base64 .npy uint8
     [T,H,W,3]) with ``fps``; ``file`` (name of a multipart part: a container, or with ``fps`` and
     part type ``application/x-npy`` raw frames); ``sha256`` (a video sent before: its digest, see
     ``vrs_wire.digest``; with ``fps`` for raw frames), scored only if its scores are still cached."""
 
-    model_config = _WIRE
+    # The schema states the source rules too (a source given is a string, the others absent or
+    # null; ``fps`` with raw frames only), so generated clients and schema-driven fuzzers send
+    # what the service accepts.
+    model_config = _WIRE | ConfigDict(json_schema_extra={"oneOf": [_source_schema(k) for k in SOURCES]})
 
     url: Optional[str] = Field(default=None, examples=["https://example.com/rollout.mp4"])
     data: Optional[str] = Field(default=None, description="Base64 of a video container (mp4, webm, mkv, ...).")
