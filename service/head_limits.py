@@ -22,6 +22,9 @@ Contract, per connection, with :class:`HeadLimits` (``VRS_HEADER_TIMEOUT_S``, ``
   ``header_too_large``. The bytes are counted per read once the head has begun, so a head
   may run past ``max_bytes`` by up to the read in which it began (at most 256 KiB); a head under
   ``max_bytes`` is never refused.
+- A request the HTTP parser refuses (malformed, smuggling-shaped, or past the parser's own
+  bounds such as a request line over 64 KiB) is answered ``400`` ``bad_http``, where uvicorn
+  answers plain text.
 - Answers carry the gateway's JSON error body and ``Connection: close``; the connection is then
   closed.
 
@@ -75,6 +78,10 @@ class HeadLimitsProtocol(HttpToolsProtocol):
                     "%s: request head over %d bytes; answering 431 and closing", self.client, self.limits.max_bytes
                 )
                 self._answer(431, "header_too_large", f"the request head exceeds {self.limits.max_bytes} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser refused the request: uvicorn's 400, in the gateway's error shape."""
+        self._answer(400, "bad_http", f"{msg.rstrip('.')}: the request line or headers are malformed or too long")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -291,3 +291,26 @@ def test_vrs_serve_limits_heads():
         server.stop()
     assert all(r is not None and r.startswith(b"HTTP/1.1 408") for r in results), results
     assert big.startswith(b"HTTP/1.1 431"), big[:300]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # past the parser's own bound
+        b"HELLO WORLD\r\n\r\n",
+        # Content-Length and chunked together: the request smuggling shape
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["long-request-line", "not-http", "cl-and-te"],
+)
+def test_requests_the_parser_refuses_get_a_json_400(gateway, request_bytes):
+    sock = socket.create_connection(_address(gateway.url))
+    sock.settimeout(30)
+    try:
+        sock.sendall(request_bytes)
+        response = _response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 400"), response[:300]
+    assert b'"code": "bad_http"' in response and b"content-type: application/json" in response.lower()
+    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
