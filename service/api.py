@@ -243,6 +243,7 @@ async def _read_request(
     request.app.state.engine.admission.check_open()  # when saturated, refuse before reading the body
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
+    budget = ingest.json_budget(settings.max_items)  # JSON values a request may hold (pydantic's memory)
     if media_type == "multipart/form-data":
         form = await request.form(max_files=settings.max_items, max_fields=64)
         try:
@@ -257,12 +258,12 @@ async def _read_request(
                     )
                 else:
                     uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
-            body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads)
+            body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads, budget)
             yield body, await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes)
         finally:
             await form.close()
     elif media_type in ("application/json", ""):
-        body = await run_in_threadpool(ingest.parse_json, kind, await request.body())
+        body = await run_in_threadpool(ingest.parse_json, kind, await request.body(), budget)
         yield body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes)
     else:
         raise UnsupportedMedia(

@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -101,7 +102,41 @@ class Upload:
         return EncodedVideo(self.file)
 
 
-def parse_json(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
+def json_budget(max_items: int) -> int:
+    """How many JSON values (containers and list or object members) a request may hold: a request of
+    ``max_items`` items needs a few dozen each; the rest is room for models, weights and prompts."""
+    return 4096 + 64 * max_items
+
+
+# A JSON string (escapes included, no backtracking) or a structural character outside strings.
+_STRING_OR_STRUCTURE = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[{,]')
+
+
+def json_values_over(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` holds more than ``limit`` arrays, objects and member separators outside its
+    strings. pydantic builds the whole document before it validates, at 100-400 bytes per value, so
+    a 100 MB body of tiny members cost 4-7 GB; this bounds that. Counting is three ``bytes.count``
+    passes (~3 GB/s); only a body whose raw count is over ``limit`` (many commas in prompts, or an
+    attack) is scanned string-aware, stopping at ``limit``."""
+    if raw.count(b"[") + raw.count(b"{") + raw.count(b",") <= limit:
+        return False
+    values = 0
+    for match in _STRING_OR_STRUCTURE.finditer(raw):
+        if match.end() - match.start() == 1:  # not a string (those are 2 or more bytes with their quotes)
+            values += 1
+            if values > limit:
+                return True
+    return False
+
+
+def parse_json(kind: type[WireRequest], raw: bytes | str, max_values: int = json_budget(64)) -> WireRequest:
+    """Validate a JSON request; one with more than ``max_values`` values is refused (413) unparsed."""
+    raw = raw.encode() if isinstance(raw, str) else raw
+    if json_values_over(raw, max_values):
+        raise TooLarge(
+            f"the JSON request holds more than {max_values} values (arrays, objects and their members); "
+            "a request within the item limit needs far fewer"
+        )
     try:
         return kind.model_validate_json(raw)
     except ValidationError as exc:
@@ -109,7 +144,10 @@ def parse_json(kind: type[WireRequest], raw: bytes | str) -> WireRequest:
 
 
 def parse_form(
-    kind: type[WireRequest], fields: Mapping[str, Sequence[str]], uploads: Mapping[str, Upload]
+    kind: type[WireRequest],
+    fields: Mapping[str, Sequence[str]],
+    uploads: Mapping[str, Upload],
+    max_values: int = json_budget(64),
 ) -> WireRequest:
     """A multipart request: its ``request`` field (the JSON request), or plain fields that apply to
     every file part (``prompt``, ``model`` (repeatable), ``weights`` (JSON), ``preset``,
@@ -118,7 +156,7 @@ def parse_form(
     fields = {name: [v for v in values if v != ""] for name, values in fields.items()}
     first = {name: values[0] for name, values in fields.items() if values}
     if "request" in first:
-        return parse_json(kind, first["request"])
+        return parse_json(kind, first["request"], max_values)
     if not uploads:
         raise BadInput("multipart request has no file parts", code="no_items")
     try:

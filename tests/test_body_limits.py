@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -111,6 +112,42 @@ def test_multipart_uploads_are_spooled_not_read_into_memory(serve_process):
     growth = server.status("VmHWM") - rss_before
     assert response.status_code == 415, response.text
     assert growth < 60 * MiB, f"peak RSS grew {growth / MiB:.0f} MiB for a 150 MiB upload"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"items":[' + b'{"video":{"url":"http://a"}},' * 700_000 + b'{"video":{"url":"http://a"}}]}',
+        b'{"items":[{"video":{"url":"http://a"}}],"models":[' + b"[]," * 6_000_000 + b"[]]}",
+    ],
+    ids=["700k-items", "6M-empty-arrays"],
+)
+def test_a_json_body_of_tiny_values_is_refused_before_it_is_built(serve_process, body):
+    """20 MB of tiny JSON values cost pydantic 100-400 bytes each to build before it validates (a
+    100 MB body grew the server by 5.3 GB before this limit): refused 413 unparsed, the RSS flat."""
+    server = serve_process()
+    rss_before = server.status("VmRSS")
+    response = httpx.post(
+        f"{server.url}/v1/score", content=body, headers={"content-type": "application/json"}, timeout=120
+    )
+    growth = server.status("VmHWM") - rss_before
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large", response.text
+    assert "values" in response.json()["error"]["message"]
+    assert growth < 3 * len(body) + 30 * MiB, (
+        f"peak RSS grew {growth / MiB:.0f} MiB for a {len(body) / MiB:.0f} MiB body"
+    )
+
+
+def test_a_request_with_long_prompts_full_of_separators_is_not_refused_for_its_values():
+    """The value count skips strings: 64 prompts of commas and brackets count as 64 strings."""
+    from vrs_wire.schemas import ScoreRequest
+
+    from service import ingest
+
+    items = [{"video": {"url": "http://a/x.mp4"}, "prompt": '[{,"\\' * 1600} for _ in range(64)]
+    raw = json.dumps({"items": items}).encode()
+    assert raw.count(b",") > ingest.json_budget(64)  # the quick count alone would refuse it
+    assert len(ingest.parse_json(ScoreRequest, raw).items) == 64
 
 
 @pytest.fixture(scope="module")
