@@ -11,7 +11,8 @@
 # one call's 64 MiB, so a call carrying only .whl-triton relies on .site/ from an earlier call on
 # the same warm machine. The Triton step covers the frame transports with the built-in model:
 # pytriton 0.7's stub needs numpy 1.x and the image's transformers numpy 2, so checkpoint models
-# cannot load in that python backend here (the production image's Triton is another build). SMOKE=1 runs tiny sizes (loadtests/device_rehearsal.sh, on the CPU).
+# cannot load in that python backend here (the production image's Triton is another build).
+# SMOKE=1 runs tiny sizes (loadtests/device_rehearsal.sh runs every step that way, on the CPU).
 # Every step has its own time limit, so a slow or hanging step cannot take the others' results
 # with it; each step's log and result files go to $OUT, and steps.txt lists exit codes and times.
 set -u
@@ -20,7 +21,6 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 smoke=${SMOKE:+--smoke}
 export PYTHONPATH="$PWD/.site:$PWD:$PWD/clients/python" PYTHONUNBUFFERED=1
-
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, show its tail
   name=$1 limit=$2
