@@ -39,18 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _time(fn, iters: int) -> float:
-    """Seconds per call, synchronised on CUDA."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / iters
-
-
 def compile_cases(smoke: bool, placement, checkpoints: Path) -> list[tuple[str, int, object, object]]:
     """(name, items per call, eager forward, compiled forward) for each benchmarked model: what
     ``VRS_COMPILE=none`` and ``inductor`` serve (models.compile.compiled), the same call each."""
@@ -84,6 +72,7 @@ def compile_cases(smoke: bool, placement, checkpoints: Path) -> list[tuple[str, 
 
 
 def bench_compile(smoke: bool, checkpoints: Path, on_row) -> list[dict]:
+    from loadtests.bench_gpu import median_s
     from models.placement import resolve
 
     placement = resolve("auto", "auto")
@@ -91,12 +80,12 @@ def bench_compile(smoke: bool, checkpoints: Path, on_row) -> list[dict]:
     rows = []
     for name, items, eager_fn, compiled_fn in compile_cases(smoke, placement, checkpoints):
         with torch.inference_mode():
-            eager = _time(eager_fn, iters)
+            eager = median_s(eager_fn, iters)
             start = time.perf_counter()
             for _ in range(3):  # compile + CUDA graph capture (reduce-overhead records on the 3rd call)
                 compiled_fn()
             warm = time.perf_counter() - start
-            compiled = _time(compiled_fn, iters)
+            compiled = median_s(compiled_fn, iters)
         rows.append({"model": name, "batch": items, **placement.describe(),
                      "mode": "reduce-overhead" if placement.is_cuda else "default",
                      "eager_items_s": items / eager, "compiled_items_s": items / compiled, "speedup": eager / compiled,

@@ -22,6 +22,12 @@ py=${PYTHON:-python3}
 smoke=${SMOKE:+--smoke}
 export PYTHONPATH="$PWD/.site:$PWD:$PWD/clients/python" PYTHONUNBUFFERED=1
 
+install() {  # install TARGET WHEEL...: the carried wheels into a folder on the path
+  target=$1
+  shift
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" "$@"
+}
+
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log, show its tail
   name=$1 limit=$2
   shift 2
@@ -33,7 +39,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 }
 
 if [ -d .whl ]; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl || exit 3
+  install .site .whl/*.whl || exit 3
 elif [ ! -d .site/fastapi ]; then
   echo "neither .whl/ carried nor .site/ left by an earlier call on this machine" | tee -a "$OUT/steps.txt"
   exit 3
@@ -50,9 +56,7 @@ for s in $(echo "${1:-bench_gpu,tests,compile}" | tr , ' '); do
       --out "$OUT/bench_compile.json" ;;
     triton)  # pytriton beside the gateway's packages; numpy 1.x on the python-backend stub's path only
       [ -d .whl-triton ] || { echo "no .whl-triton/: carry it (sh loadtests/gpu_wheels.sh triton)" | tee -a "$OUT/steps.txt"; continue; }
-      "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl-triton/nvidia_pytriton-*.whl &&
-        "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site-stub .whl-triton/numpy-*.whl ||
-        continue
+      install .site .whl-triton/nvidia_pytriton-*.whl && install .site-stub .whl-triton/numpy-*.whl || continue
       export VRS_TRITON_STUB_PATH="$PWD/.site-stub"
       step tests_triton 200 "$py" -m pytest tests/gpu/test_cuda_shm.py -q -rs -p no:cacheprovider
       TAIL=12 step bench_transport 200 "$py" loadtests/bench_compile.py $smoke --skip-compile \

@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
 
 DEVICE_ENV = {
     "python_version": "3.12",
@@ -33,10 +34,6 @@ DEVICE_ENV = {
     "platform_python_implementation": "CPython",
     "os_name": "posix",
 }
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def closure(roots: list[str], have: set[str]) -> dict[str, str]:

@@ -114,10 +114,10 @@ _STRING_OR_STRUCTURE = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[{,]')
 
 def json_values_over(raw: bytes, limit: int) -> bool:
     """Whether ``raw`` holds more than ``limit`` arrays, objects and member separators outside its
-    strings. pydantic builds the whole document before it validates, at 100-400 bytes per value, so
-    a 100 MB body of tiny members cost 4-7 GB; this bounds that. Counting is three ``bytes.count``
-    passes (~3 GB/s); only a body whose raw count is over ``limit`` (many commas in prompts, or an
-    attack) is scanned string-aware, stopping at ``limit``."""
+    strings. pydantic builds the whole document before it validates, at about 400 bytes per value
+    (a 100 MB body of tiny items: 4.1 GB, loadtests/bench_json_values.py); this bounds that.
+    Counting is three ``bytes.count`` passes; only a body whose raw count is over ``limit`` (many
+    commas in prompts, or an attack) is scanned string-aware, stopping at ``limit``."""
     if raw.count(b"[") + raw.count(b"{") + raw.count(b",") <= limit:
         return False
     values = 0

@@ -25,6 +25,8 @@ import base64
 import io
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,3 +153,16 @@ class Upstream:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+
+@contextmanager
+def serving(runner: TransformersRunner, model_name: str) -> Iterator[tuple[Upstream, str]]:
+    """An ``Upstream`` over ``runner`` behind a real uvicorn server: (the upstream, its base URL)."""
+    from tests.conftest import start_server
+
+    server = Upstream(runner=runner, model_name=model_name)
+    running = start_server(server.app())
+    try:
+        yield server, running.url
+    finally:
+        running.stop()

@@ -123,8 +123,8 @@ def test_multipart_uploads_are_spooled_not_read_into_memory(serve_process):
     ids=["700k-items", "6M-empty-arrays"],
 )
 def test_a_json_body_of_tiny_values_is_refused_before_it_is_built(serve_process, body):
-    """20 MB of tiny JSON values cost pydantic 100-400 bytes each to build before it validates (a
-    100 MB body grew the server by 5.3 GB before this limit): refused 413 unparsed, the RSS flat."""
+    """20 MB of tiny JSON values, which pydantic would build at about 400 bytes each before it
+    validates (loadtests/bench_json_values.py): refused 413 unparsed, the RSS flat."""
     server = serve_process()
     rss_before = server.status("VmRSS")
     response = httpx.post(

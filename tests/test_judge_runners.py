@@ -23,9 +23,9 @@ from models.judges.transformers_runner import TransformersRunner
 from service.judge_backend import JudgeBackend, JudgeItem, JudgeUpstream
 from service.judge_client import OpenAIChatRunner, jpeg_base64
 from tests import videos
-from tests.conftest import free_port, start_server
+from tests.conftest import free_port
 from tests.judge_checkpoints import qwen2vl_judge
-from tests.openai_upstream import Upstream, decode_jpeg
+from tests.openai_upstream import Upstream, decode_jpeg, serving
 
 MODEL = "tiny-judge"
 
@@ -43,10 +43,8 @@ def local(judge_dir: Path) -> TransformersRunner:
 
 @pytest.fixture(scope="module")
 def upstream(local: TransformersRunner) -> Iterator[tuple[Upstream, str]]:
-    server = Upstream(runner=local, model_name=MODEL)
-    running = start_server(server.app())
-    yield server, running.url
-    running.stop()
+    with serving(local, MODEL) as served:
+        yield served
 
 
 @pytest.fixture()

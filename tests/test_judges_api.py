@@ -35,7 +35,7 @@ from service.pairwise import sigmoid
 from tests import videos
 from tests.conftest import RunningServer, free_port, start_server, test_settings
 from tests.judge_checkpoints import qwen2vl_judge, taught
-from tests.openai_upstream import Upstream, decode_jpeg
+from tests.openai_upstream import Upstream, decode_jpeg, serving
 
 MODEL = "tiny-judge"  # the upstream's served model name
 PROMPT = "a fox in the snow"
@@ -89,10 +89,8 @@ def runner(judge_dir: Path) -> TransformersRunner:
 
 @pytest.fixture(scope="module")
 def upstream(runner: TransformersRunner) -> Iterator[tuple[Upstream, str]]:
-    server = Upstream(runner=runner, model_name=MODEL)
-    running = start_server(server.app())
-    yield server, running.url
-    running.stop()
+    with serving(runner, MODEL) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
