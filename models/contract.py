@@ -39,7 +39,7 @@ INPUT_IDS = "INPUT_IDS"
 ATTENTION_MASK = "ATTENTION_MASK"
 SCORES = "SCORES"
 # Between the parts of a compiled model
-PIXELS = "PIXELS"  # CLIP image tower input, float32 [S,3,224,224] (normalised)
+PIXELS = "PIXELS"  # CLIP image tower input, float32 [S,3,224,224]: the S segment frames, normalised crops
 IMAGE_EMBEDS = "IMAGE_EMBEDS"  # CLIP image tower output, float32 [S,D], L2-normalised
 TEXT_EMBEDS = "TEXT_EMBEDS"  # CLIP text tower output, float32 [D], L2-normalised
 PATCHES = "PATCHES"  # Qwen2-VL vision tower input, float32 [G, h*w, 3*2*14*14] (one row per 2-frame group)

@@ -175,14 +175,13 @@ def _clip(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
     spec, clip, size = model.spec, scorer.model, scorer.image_size
     length = clip.config.text_config.max_position_embeddings
     image_part, text_part = contract.parts(spec, embed_dim=clip.config.projection_dim)
-    s = spec.sampling.max_frames
     batch = Dim("batch", min=1, max=max_batch)
-    pixels = torch.randn(2, min(2, s), 3, size, size)
-    image_shapes = ({0: batch, 1: Dim("segments", min=1, max=s)} if s > 1 else {0: batch},)
+    pixels = torch.randn(2, scorer.config.segments, 3, size, size)  # the segment frames ClipPre picks
+    image_shapes = ({0: batch},)
     ids = torch.tensor([[1, 5, 7, 2], [1, 6, 2, 0]]) % clip.config.text_config.vocab_size
     tokens = Dim("tokens", min=2, max=length)
     text_shapes = ({0: batch, 1: tokens}, {0: batch, 1: tokens})
-    kw = dict(image_size=size, text_length=length)
+    kw = dict(image_size=size, segments=scorer.config.segments, text_length=length)
     return [
         _export(ClipImageTower(clip), image_part, (pixels,), out, profiles.part_profiles(spec, image_part.name, max_batch, **kw), True, image_shapes),
         _export(ClipTextTower(clip), text_part, (ids, torch.ones_like(ids)), out, profiles.part_profiles(spec, text_part.name, max_batch, **kw), True, text_shapes),

@@ -9,7 +9,7 @@ model, not one giant box:
   largest square side, wide (height up to it, width beyond it) and tall (the transpose). No
   allowed frame has both sides beyond the square side, so the three cover every allowed shape
   while none holds a ``long x long`` frame.
-- CLIP: fixed crops (the image size) and S <= segments frames; text up to the tower's positions.
+- CLIP: the S segment frames of each video as fixed crops (the image size); text up to the tower's positions.
 - Qwen2-VL's vision tower: 2-frame groups for 1..max_frames frames, patches per group from the
   smallest to the largest frame area the policy allows (its inputs do not depend on the aspect).
 """
@@ -63,9 +63,10 @@ def frame_boxes(spec: ModelSpec) -> list[tuple[tuple[int, int], tuple[int, int],
 
 
 def part_profiles(
-    spec: ModelSpec, part: str, max_batch: int, *, image_size: int = 224, text_length: int = 77
+    spec: ModelSpec, part: str, max_batch: int, *, image_size: int = 224, segments: int = 4, text_length: int = 77
 ) -> list[Profile]:
-    """The optimisation profiles of ``part`` (a name from ``contract.parts``)."""
+    """The optimisation profiles of ``part`` (a name from ``contract.parts``); the keywords are a
+    CLIP checkpoint's sizes (defaults: ViT-L/14 at InstructVideo's 4 segments)."""
     s = spec.sampling
     if part == "signal":
         profiles = []
@@ -77,10 +78,8 @@ def part_profiles(
             profiles.append({contract.FRAMES: frames, contract.NUM_FRAMES: counts})
         return profiles
     if part.endswith(".image"):
-        size = (3, image_size, image_size)
-        return [
-            {contract.PIXELS: Range((1, 1, *size), (max_batch, s.max_frames, *size), (max_batch, s.max_frames, *size))}
-        ]
+        size = (segments, 3, image_size, image_size)
+        return [{contract.PIXELS: Range((1, *size), (max_batch, *size), (max_batch, *size))}]
     if part.endswith(".text"):
         ids = Range((1, 2), (max_batch, min(16, text_length)), (max_batch, text_length))  # bos + eos at least
         return [{contract.INPUT_IDS: ids, contract.ATTENTION_MASK: ids}]

@@ -218,11 +218,20 @@ def tensorrt_profiles(
 ) -> list[profiles.Profile]:
     """The optimisation profiles the engine of ``part`` is built with (models/profiles.py)."""
     spec = model.spec
+    return profiles.part_profiles(spec, part, _batch_limit(spec, options), **clip_sizes(model))
+
+
+def clip_sizes(model: RewardModel) -> dict[str, int]:
+    """A CLIP checkpoint's crop size, segments and text positions (``profiles.part_profiles``'s
+    keywords); nothing for other models."""
     scorer = getattr(model.forward, "__self__", None)
-    sizes = {}
-    if hasattr(scorer, "image_size"):  # CLIP: crop size and text positions from the checkpoint
-        sizes = dict(image_size=scorer.image_size, text_length=scorer.model.config.text_config.max_position_embeddings)
-    return profiles.part_profiles(spec, part, _batch_limit(spec, options), **sizes)
+    if not hasattr(scorer, "image_size"):
+        return {}
+    return dict(
+        image_size=scorer.image_size,
+        segments=scorer.config.segments,
+        text_length=scorer.model.config.text_config.max_position_embeddings,
+    )
 
 
 def _parts(model: RewardModel) -> dict[str, contract.Part]:
@@ -232,10 +241,10 @@ def _parts(model: RewardModel) -> dict[str, contract.Part]:
     if hasattr(scorer, "image_size"):
         sizes["embed_dim"] = scorer.model.config.projection_dim
     parts = contract.parts(model.spec, **sizes)
-    if model.spec.name == "clip-segmental":  # fixed crops: the image tower's sides are known
+    if model.spec.name == "clip-segmental":  # fixed crops of the S segment frames: the image tower's shape is known
         s = scorer.image_size
         image = parts[0].contract
-        pixels = contract.Tensor(contract.PIXELS, "FP32", (-1, 3, s, s))
+        pixels = contract.Tensor(contract.PIXELS, "FP32", (scorer.config.segments, 3, s, s))
         parts = (contract.Part(parts[0].name, contract.Contract((pixels,), image.outputs)), parts[1])
     return {p.name: p for p in parts}
 
@@ -345,7 +354,7 @@ def tensorrt_configs(
             )
         image, text = parts[f"{spec.name}.image"], parts[f"{spec.name}.text"]
         frames, counts = contract.gateway_contract(spec, "tensorrt").inputs[:2]
-        pre = contract.Contract((frames,), image.contract.inputs)
+        pre = contract.Contract((frames, counts), image.contract.inputs)
         post = contract.Contract((*image.contract.outputs, *text.contract.outputs, counts), (contract.scores(spec),))
         names = lambda ts: tuple(t.name for t in ts)  # noqa: E731
         steps = [

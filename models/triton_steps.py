@@ -3,12 +3,12 @@
 Each step is the torch code the eager forward runs around the compiled towers, so the ensemble
 computes what the python backend computes (tests/test_export.py checks the chain on onnxruntime):
 
-- ``clip-segmental.pre``: FRAMES uint8 [B,F,H,W,3] -> PIXELS float32 [B,F,3,s,s] (InstructVideo's
-  resize, centre crop and normalisation, ``models.clip_segmental.model.crop_pixels``), every frame;
-- ``clip-segmental.post``: IMAGE_EMBEDS [B,F,D], TEXT_EMBEDS [B,D], NUM_FRAMES [B,1] -> SCORES
-  [B,K]: each video's segment frames picked from its real frames (``reward.tsn_indices``; the tower
-  is per frame, so picking after it equals picking before), then ``ClipSegmental.scores``.
-  Checkpoints with VLM-RM goal/baseline prompts need a second resize of every frame and have no
+- ``clip-segmental.pre``: FRAMES uint8 [B,F,H,W,3], NUM_FRAMES [B,1] -> PIXELS float32 [B,S,3,s,s]:
+  each video's S segment frames picked from its real frames (``reward.tsn_indices``), then
+  InstructVideo's resize, centre crop and normalisation (``models.clip_segmental.model.crop_pixels``),
+  so the image tower sees the S frames the eager forward embeds, not all F;
+- ``clip-segmental.post``: IMAGE_EMBEDS [B,S,D], TEXT_EMBEDS [B,D], NUM_FRAMES [B,1] -> SCORES
+  [B,K]: ``ClipSegmental.scores`` with the same picks. Checkpoints with VLM-RM goal/baseline prompts need a second resize of every frame and have no
   ensemble yet (``models/triton_repo.py`` refuses them).
 
 A step gets numpy arrays by contract name and returns them the same way; ``load_step`` builds one
@@ -30,18 +30,21 @@ from models import contract
 @dataclass
 class ClipPre:
     scorer: object  # ClipSegmental
-    inputs: tuple[str, ...] = (contract.FRAMES,)
+    inputs: tuple[str, ...] = (contract.FRAMES, contract.NUM_FRAMES)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from models.clip_segmental import reward
         from models.clip_segmental.model import crop_pixels
 
         frames = torch.from_numpy(arrays[contract.FRAMES])
-        b, s = frames.shape[:2]
+        segments = self.scorer.config.segments
+        picks = [reward.tsn_indices(int(n), segments) for n in arrays[contract.NUM_FRAMES].reshape(-1)]
+        chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)])  # [B*S, H, W, 3]
         with torch.inference_mode():
-            pixels = crop_pixels(
-                frames.flatten(0, 1), self.scorer.image_size, self.scorer.mean, self.scorer.std, "instructvideo"
-            )
-        return {contract.PIXELS: pixels.reshape(b, s, *pixels.shape[1:]).numpy().astype(np.float32, copy=False)}
+            pixels = crop_pixels(chosen, self.scorer.image_size, self.scorer.mean, self.scorer.std, "instructvideo")
+        return {
+            contract.PIXELS: pixels.reshape(len(picks), segments, *pixels.shape[1:]).numpy().astype(np.float32, copy=False)
+        }
 
 
 @dataclass
@@ -58,8 +61,8 @@ class ClipPost:
         rows = []
         with torch.inference_mode():
             for b, n in enumerate(int(n) for n in counts):
-                picks = reward.tsn_indices(n, self.scorer.config.segments)
-                rows.append(self.scorer.scores(images[b, picks], picks, n, texts[b]))
+                picks = reward.tsn_indices(n, self.scorer.config.segments)  # the frames ``ClipPre`` chose
+                rows.append(self.scorer.scores(images[b], picks, n, texts[b]))
         return {contract.SCORES: torch.stack(rows).float().numpy()}
 
 

@@ -81,14 +81,16 @@ def test_clip_towers_and_the_compiled_pipeline_equal_the_torch_forward(onnx_dir:
     model = loaded["clip-segmental"]
     scorer = model.forward.__self__
     image, text = session(onnx_dir, "clip-segmental.image"), session(onnx_dir, "clip-segmental.text")
-    clips = [videos.moving_scene(8, 48, 80, speed=s) for s in (1.0, 3.0)]
-    frames = torch.from_numpy(np.stack(clips))  # [B=2, F=8, H, W, 3]
-    pixels = crop_pixels(frames.flatten(0, 1), scorer.image_size, scorer.mean, scorer.std, "instructvideo")
-    (got_images,) = image.run(None, {contract.PIXELS: pixels.reshape(2, 8, *pixels.shape[1:]).numpy()})
+    segments = scorer.config.segments
+    clips = [videos.moving_scene(8, 48, 80, speed=s) for s in (1.0, 3.0, 2.0)]
+    frames = torch.from_numpy(np.stack(clips))  # [B=3, F=8, H, W, 3]
+    chosen = frames[:, :segments]  # any S frames of each video: the tower is per frame
+    pixels = crop_pixels(chosen.flatten(0, 1), scorer.image_size, scorer.mean, scorer.std, "instructvideo")
+    (got_images,) = image.run(None, {contract.PIXELS: pixels.reshape(3, segments, *pixels.shape[1:]).numpy()})
     with torch.inference_mode():
-        expected_images = scorer.image_embeddings(frames.flatten(0, 1), "instructvideo").reshape(2, 8, -1).numpy()
+        expected_images = scorer.image_embeddings(chosen.flatten(0, 1), "instructvideo").reshape(3, segments, -1)
         expected_texts = scorer.text_embeddings(PROMPTS).numpy()
-    np.testing.assert_allclose(got_images, expected_images, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got_images, expected_images.numpy(), atol=1e-4, rtol=0)
 
     ids, mask = tokeniser("clip-segmental", tiny_dirs["clip"])(PROMPTS)  # what the gateway sends a plan
     assert ids.shape[1] > 4 and (mask == 0).any()  # padded to the longest: the mask matters
@@ -96,18 +98,20 @@ def test_clip_towers_and_the_compiled_pipeline_equal_the_torch_forward(onnx_dir:
     np.testing.assert_allclose(got_texts, expected_texts, atol=1e-4, rtol=0)
 
     # The ensemble's steps, as Triton's python model runs them (models/triton_steps.py), around the
-    # ONNX towers: pre (crop) -> towers -> post (reward formulas) equals the python-backend forward.
+    # ONNX towers: pre (segment frames, crop) -> towers -> post (reward formulas) equals the
+    # python-backend forward, on padded clips of different lengths.
     pre = load_step({"step": "clip-segmental.pre", "model_dir": str(tiny_dirs["clip"])})
     post = load_step({"step": "clip-segmental.post", "model_dir": str(tiny_dirs["clip"])})
-    counts = np.array([[8], [6]], dtype=np.int32)  # 4 segments of 2 frames, and of 1
-    (step_pixels,) = pre({contract.FRAMES: frames.numpy()}).values()
+    counts = np.array([[8], [6], [5]], dtype=np.int32)  # 4 segments of 2 frames, and of 1 (two ways)
+    (step_pixels,) = pre({contract.FRAMES: frames.numpy(), contract.NUM_FRAMES: counts}).values()
+    assert step_pixels.shape == (3, segments, 3, scorer.image_size, scorer.image_size)  # S frames, not F
     (step_images,) = image.run(None, {contract.PIXELS: step_pixels})
     (compiled,) = post(
-        {contract.IMAGE_EMBEDS: step_images, contract.TEXT_EMBEDS: got_texts[:2], contract.NUM_FRAMES: counts}
+        {contract.IMAGE_EMBEDS: step_images, contract.TEXT_EMBEDS: got_texts, contract.NUM_FRAMES: counts}
     ).values()
     with torch.inference_mode():
-        eager = model.forward(frames, torch.from_numpy(counts).view(-1), PROMPTS[:2])
-    assert compiled.shape == (2, len(model.spec.dimensions))
+        eager = model.forward(frames, torch.from_numpy(counts).view(-1), PROMPTS)
+    assert compiled.shape == (3, len(model.spec.dimensions))
     np.testing.assert_allclose(compiled, eager.numpy(), atol=1e-4, rtol=0)
 
 
