@@ -42,9 +42,8 @@ class ClipPre:
         chosen = torch.cat([frames[b, idx] for b, idx in enumerate(picks)])  # [B*S, H, W, 3]
         with torch.inference_mode():
             pixels = crop_pixels(chosen, self.scorer.image_size, self.scorer.mean, self.scorer.std, "instructvideo")
-        return {
-            contract.PIXELS: pixels.reshape(len(picks), segments, *pixels.shape[1:]).numpy().astype(np.float32, copy=False)
-        }
+        pixels = pixels.reshape(len(picks), segments, *pixels.shape[1:])
+        return {contract.PIXELS: pixels.numpy().astype(np.float32, copy=False)}
 
 
 @dataclass
