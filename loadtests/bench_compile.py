@@ -10,10 +10,12 @@ Two parts, each a ratio against a baseline measured in the same run:
    random weights in the published layouts (models/random_checkpoints.py, the same folder
    loadtests/bench_gpu.py builds and reuses), and the built-in ``signal``. ``--smoke`` (CPU)
    uses shrunk models, batch 2 and few iterations: a check that everything runs.
-2. ``transport``: one Triton (local tritonserver, signal's python model, KIND_GPU on a GPU
-   host) scoring the same batch with frames in the gRPC message vs system shared memory vs CUDA
+2. ``transport``: one Triton (local tritonserver, a python model, KIND_GPU on a GPU host)
+   answering the same batch with frames in the gRPC message vs system shared memory vs CUDA
    shared memory (GPU hosts with cuda-python), through the gateway's own ``TritonBackend``;
-   requests/s and MB/s of frames.
+   requests/s and MB/s of frames. The model (``frames_only``, under signal's spec) reads every
+   frame byte once on its device and returns zeros, so the figures are the transport's, not a
+   forward's (signal's own forward on 2 CPU cores took ~1 s of the ~1.2 s a request took).
 
 Run: ``.venv/bin/python loadtests/bench_compile.py [--smoke] [--skip-transport] [--skip-compile]``.
 Results go to ``--out`` (default ``loadtests/results/bench_compile.json``), rewritten after each
@@ -98,6 +100,14 @@ def bench_compile(smoke: bool, checkpoints: Path, on_row) -> list[dict]:
     return rows
 
 
+def frames_only(frames: torch.Tensor, num_frames: torch.Tensor, prompts) -> torch.Tensor:
+    """A forward that costs only what moving the frames costs: one read of every byte on their device."""
+    from models.signal import SPEC
+
+    checksum = frames.sum(dtype=torch.int64)
+    return torch.zeros(len(num_frames), len(SPEC.dimensions), device=frames.device) + 0 * checksum
+
+
 async def _transport_rate(url: str, transport: str, batch, seconds: float) -> dict:
     from service.backends.triton import TritonBackend
 
@@ -120,7 +130,7 @@ async def _transport_rate(url: str, transport: str, batch, seconds: float) -> di
 
 
 def bench_transport(smoke: bool) -> list[dict]:
-    from models.registry import builtin_models
+    from models.registry import RewardModel, builtin_models
     from models.triton_repo import TritonOptions, write_python_repo
     from service.backends.base import FrameBatch
     from service.triton_server import LocalTriton
@@ -138,7 +148,10 @@ def bench_transport(smoke: bool) -> list[dict]:
     batch = FrameBatch.assemble([rng.integers(0, 256, (t, s, s, 3), dtype=np.uint8) for _ in range(b)], [""] * b)
     with tempfile.TemporaryDirectory() as tmp:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # KIND_GPU on a GPU host
-        repo = write_python_repo(Path(tmp) / "repo", builtin_models(), TritonOptions(device=device))
+        from loadtests.bench_compile import frames_only as forward  # by a name Triton's stub can import, not __main__
+
+        model = RewardModel(spec=builtin_models()["signal"].spec, forward=forward)
+        repo = write_python_repo(Path(tmp) / "repo", {"signal": model}, TritonOptions(device=device))
         server = LocalTriton(repo, free_port(), free_port(), free_port()).start(timeout_s=300)
         try:
             rows = [asyncio.run(_transport_rate(server.grpc_url, tr, batch, 3 if smoke else 20)) for tr in transports]
