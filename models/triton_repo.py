@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import site
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,6 +403,19 @@ def write_python_repo(
         prompt = WARMUP_PROMPT.encode()
         (root / "warmup" / "prompt").write_bytes(len(prompt).to_bytes(4, "little") + prompt)
     return repo
+
+
+def missing_plans(repo: Path) -> list[Path]:
+    """The ``model.plan`` files the repository's ``tensorrt_plan`` models name but do not have yet."""
+    missing = []
+    for config in sorted(Path(repo).glob("*/config.pbtxt")):
+        text = config.read_text()
+        if 'platform: "tensorrt_plan"' in text:
+            version = re.search(r"versions: \[ (\d+) \]", text)  # as plan_config writes it
+            plan = config.parent / (version.group(1) if version else "1") / "model.plan"
+            if not plan.is_file():
+                missing.append(plan)
+    return missing
 
 
 def write_tensorrt_repo(

@@ -122,6 +122,8 @@ def run(args: argparse.Namespace) -> None:
     if args.write_only:
         print(f"Triton model repository written: {repo}", flush=True)
         return
+    if getattr(args, "variant", "python") == "tensorrt":
+        _check_plans_can_be_served(repo)
     server = LocalTriton(
         repo,
         args.grpc_port,
@@ -133,7 +135,10 @@ def run(args: argparse.Namespace) -> None:
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the server on SIGTERM too
     try:
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:  # Triton exited or never got ready; its log (above) says why
+            raise SystemExit(f"vrs triton: {exc}") from exc
         print(
             f"Triton ready: gRPC {server.grpc_url}, repository {repo}; set VRS_BACKEND=triton VRS_TRITON_URL={server.grpc_url}",
             flush=True,
@@ -143,3 +148,24 @@ def run(args: argparse.Namespace) -> None:
         pass
     finally:
         server.stop()
+
+
+def _check_plans_can_be_served(repo: Path) -> None:
+    """Refuse, naming what is missing, to start a server that cannot load the plans: plans not built
+    yet, or the tritonserver bundled with nvidia-pytriton, which has the python backend only."""
+    from models.triton_repo import missing_plans
+    from service.triton_server import bundled_backends
+
+    missing = missing_plans(repo)
+    if missing:
+        raise SystemExit(
+            f"vrs triton --variant tensorrt: no engine built yet for {', '.join(str(p) for p in missing)}; build them "
+            f"with `vrs compile export --out ONNX_DIR` then `vrs compile engine --onnx ONNX_DIR --repo {repo}` "
+            '(in NVIDIA\'s Triton image, README "Compiled models")'
+        )
+    if "tensorrt" not in bundled_backends():
+        raise SystemExit(
+            f"vrs triton --variant tensorrt: the tritonserver bundled with nvidia-pytriton has no TensorRT backend "
+            f"(it has: {', '.join(bundled_backends())}); serve {repo} with NVIDIA's Triton image: "
+            f"`tritonserver --model-repository={repo}`"
+        )

@@ -38,6 +38,11 @@ def pytriton_dist() -> Path:
     return Path(spec.submodule_search_locations[0]) / "tritonserver"
 
 
+def bundled_backends() -> list[str]:
+    """The backends the bundled tritonserver has (nvidia-pytriton ships ``python`` only)."""
+    return sorted(p.name for p in (pytriton_dist() / "backends").iterdir() if p.is_dir())
+
+
 def backend_dir(dest: Path) -> Path:
     """Assemble ``dest/python`` (libtriton_python.so, utils, and the stub for this Python) and return ``dest``."""
     dist = pytriton_dist()

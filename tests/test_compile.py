@@ -226,6 +226,22 @@ def test_vrs_triton_tensorrt_variant_refuses_videoalign_naming_why(tiny_dirs, tm
     assert result.returncode != 0 and "language model stays in torch" in result.stderr, result.stderr[-2000:]
 
 
+def test_vrs_triton_tensorrt_variant_says_what_it_lacks_before_starting_a_server(tmp_path: Path):
+    """Serving plans needs them built and a Triton with the TensorRT backend: without plans the
+    command names each missing file and the build commands; with them (here an empty file, only to
+    pass the first check) it says the bundled tritonserver has no TensorRT backend. No server starts."""
+    repo = tmp_path / "repo"
+    args = ("triton", "--variant", "tensorrt", "--repo", str(repo), "--models", "signal", "--grpc-port", "1")
+    unbuilt = vrs(*args)
+    assert unbuilt.returncode == 1, unbuilt.stderr[-2000:]
+    assert f"no engine built yet for {repo / 'signal' / '1' / 'model.plan'}" in unbuilt.stderr
+    assert "vrs compile engine --onnx ONNX_DIR" in unbuilt.stderr and "Traceback" not in unbuilt.stderr
+    (repo / "signal" / "1" / "model.plan").write_bytes(b"")
+    built = vrs(*args)
+    assert built.returncode == 1 and "has no TensorRT backend (it has: python)" in built.stderr, built.stderr[-2000:]
+    assert f"tritonserver --model-repository={repo}" in built.stderr
+
+
 # --- VRS_COMPILE=inductor on CPU ---------------------------------------------------------------
 
 
