@@ -35,11 +35,14 @@ OPSET = 18
 
 class SignalGraph(torch.nn.Module):
     """The signal forward. Two zero frames are appended (the counts mask them out, as any padding):
-    with at least 3 frames no slice of the temporal signals is empty, so one graph serves 1..T."""
+    with at least 3 frames no slice of the temporal signals is empty, so one graph serves 1..T.
+    The uint8 frames are cast to float first (the forward's first step anyway): TensorRT takes a
+    UINT8 network input only into a Cast (``_uint8_inputs_into_casts``)."""
 
     def forward(self, frames: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
         from models import signal
 
+        frames = frames.float()
         pad = frames.new_zeros((frames.shape[0], 2, *frames.shape[2:]))
         return signal.forward(torch.cat([frames, pad], dim=1), num_frames.reshape(-1))
 
@@ -149,7 +152,41 @@ def _export(
         output_names=[t.name for t in part.contract.outputs], dynamic_shapes=dynamic_shapes,
         dynamo=True, opset_version=OPSET, external_data=False, verbose=False,
     )  # fmt: skip
+    _uint8_inputs_into_casts(path)
     return Exported(part, path, part_profiles, batched)
+
+
+def _uint8_inputs_into_casts(path: Path) -> None:
+    """Make every UINT8 graph input feed only a Cast, as TensorRT requires (no other layer takes
+    UINT8, not even Shape). torch's exporter reads dynamic sizes with Shape nodes on the input
+    itself; those are pointed at the Cast's output, which has the same shape. Graphs without a
+    UINT8 input are left untouched (the large towers are never rewritten)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    uint8 = [i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+    if not uint8:
+        return
+    for name in uint8:
+        readers = [n for n in graph.node if name in n.input]
+        casts = [n for n in readers if n.op_type == "Cast"]
+        if not casts:
+            raise ValueError(f"{path.name}: UINT8 input {name} has no Cast (TensorRT needs one)")
+        for node in readers:
+            if node.op_type in ("Shape", "Size"):
+                node.input[:] = [casts[0].output[0] if i == name else i for i in node.input]
+            elif node.op_type != "Cast":
+                raise ValueError(
+                    f"{path.name}: UINT8 input {name} feeds a {node.op_type} (TensorRT takes it only into a Cast)"
+                )
+        for cast in casts:  # its only input is the graph's: it may run first, before the Shapes now reading it
+            copy = onnx.NodeProto()
+            copy.CopyFrom(cast)
+            graph.node.remove(cast)
+            graph.node.insert(0, copy)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _signal(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:

@@ -242,11 +242,11 @@ def _parts(model: RewardModel) -> dict[str, contract.Part]:
     if hasattr(scorer, "image_size"):
         sizes["embed_dim"] = scorer.model.config.projection_dim
     parts = contract.parts(model.spec, **sizes)
-    if model.spec.name == "clip-segmental":  # fixed crops of the S segment frames: the image tower's shape is known
-        s = scorer.image_size
-        image = parts[0].contract
-        pixels = contract.Tensor(contract.PIXELS, "FP32", (scorer.config.segments, 3, s, s))
-        parts = (contract.Part(parts[0].name, contract.Contract((pixels,), image.outputs)), parts[1])
+    if model.spec.name == "clip-segmental":  # fixed crops of the S segment frames: the image tower's shapes are known
+        s, segments = scorer.image_size, scorer.config.segments
+        pixels = contract.Tensor(contract.PIXELS, "FP32", (segments, 3, s, s))
+        embeds = contract.Tensor(contract.IMAGE_EMBEDS, "FP32", (segments, sizes["embed_dim"]))
+        parts = (contract.Part(parts[0].name, contract.Contract((pixels,), (embeds,))), parts[1])
     return {p.name: p for p in parts}
 
 

@@ -144,6 +144,7 @@ def test_clip_tensorrt_variant_is_an_ensemble_of_steps_and_plans(tiny_dirs, tmp_
     assert image.platform == text.platform == "tensorrt_plan"
     segments = clip.forward.__self__.config.segments
     assert list(image.input[0].dims) == [segments, 3, 32, 32]  # the tiny CLIP's fixed crops of its segment frames
+    assert list(image.output[0].dims) == [segments, clip.forward.__self__.model.config.projection_dim]  # as the engine
     assert [i.name for i in configs["clip-segmental.pre"].input] == ["FRAMES", "NUM_FRAMES"]  # pre picks the frames
     assert list(text.output[0].dims) == [clip.forward.__self__.model.config.projection_dim]
     for name in ("clip-segmental.image", "clip-segmental.text"):

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -63,6 +64,18 @@ def test_manifest_names_every_part_with_its_contract_and_profiles(onnx_dir: Path
         for profile in profiles.from_json(entry["profiles"]):
             assert set(profile) == set(entry["inputs"])
             assert all(r.covers(r.opt) and r.covers(r.min) and r.covers(r.max) for r in profile.values())
+
+
+def test_uint8_inputs_go_only_into_casts(onnx_dir: Path):
+    """TensorRT accepts a UINT8 network input only as the input of a Cast (its ONNX parser refuses
+    other consumers), so each graph must cast FRAMES before any other node reads it."""
+    for path in sorted(onnx_dir.glob("*.onnx")):
+        graph = onnx.load(str(path), load_external_data=False).graph
+        uint8 = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+        readers = [(n.op_type, i) for n in graph.node for i in n.input if i in uint8]
+        assert all(op == "Cast" for op, _ in readers), (path.name, readers)
+        if path.stem == "signal":
+            assert uint8 == {contract.FRAMES} and readers
 
 
 def test_signal_onnx_equals_the_torch_forward(onnx_dir: Path):
