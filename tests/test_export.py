@@ -24,7 +24,7 @@ from models.registry import builtin_models, load_model
 from models.tokens import tokeniser
 from models.triton_steps import load_step
 from models.videoalign.model import video_patches
-from tests import videos
+from tests import tensorrt_onnx_support, videos
 from tests.tiny_checkpoints import BASE_ID
 
 PROMPTS = ["a cat surfing a wave at sunset", "a red car in the rain", "a dog"]
@@ -66,16 +66,28 @@ def test_manifest_names_every_part_with_its_contract_and_profiles(onnx_dir: Path
             assert all(r.covers(r.opt) and r.covers(r.min) and r.covers(r.max) for r in profile.values())
 
 
-def test_uint8_inputs_go_only_into_casts(onnx_dir: Path):
-    """TensorRT accepts a UINT8 network input only as the input of a Cast (its ONNX parser refuses
-    other consumers), so each graph must cast FRAMES before any other node reads it."""
+def test_every_node_is_one_tensorrt_10_parses(onnx_dir: Path):
+    """Each exported graph uses only operators and input types TensorRT 10.0's ONNX parser takes
+    (tests/tensorrt_onnx_support.py), at an opset it reads. This is how the signal graph was found
+    to feed its UINT8 frames to Shape nodes, which TensorRT refuses (models/export.py)."""
+    names = {"FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16"}
     for path in sorted(onnx_dir.glob("*.onnx")):
-        graph = onnx.load(str(path), load_external_data=False).graph
-        uint8 = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
-        readers = [(n.op_type, i) for n in graph.node for i in n.input if i in uint8]
-        assert all(op == "Cast" for op, _ in readers), (path.name, readers)
-        if path.stem == "signal":
-            assert uint8 == {contract.FRAMES} and readers
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        (opset,) = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+        assert opset in tensorrt_onnx_support.OPSETS, (path.name, opset)
+        graph = model.graph
+        types = {t.name: t.type.tensor_type.elem_type for t in [*graph.value_info, *graph.input, *graph.output]} | {
+            t.name: t.data_type for t in graph.initializer
+        }
+        refused = set()
+        for node in graph.node:
+            allowed = tensorrt_onnx_support.INPUT_TYPES.get(node.op_type)
+            assert allowed is not None, f"{path.name}: {node.op_type} is not in tests/tensorrt_onnx_support.py"
+            for name in filter(None, node.input):
+                dtype = onnx.TensorProto.DataType.Name(types[name])
+                if names.get(dtype, dtype) not in allowed:
+                    refused.add((node.op_type, name, dtype))
+        assert not refused, (path.name, sorted(refused))
 
 
 def test_signal_onnx_equals_the_torch_forward(onnx_dir: Path):
