@@ -31,7 +31,7 @@ from models import contract, export, random_checkpoints  # noqa: E402
 from models.clip_segmental.model import crop_pixels  # noqa: E402
 from models.registry import load_model  # noqa: E402
 from models.videoalign.model import video_patches  # noqa: E402
-from tests import videos  # noqa: E402
+from tests import tensorrt_onnx_support, videos  # noqa: E402
 
 BASE_ID = "Qwen/Qwen2-VL-2B-Instruct"
 PROMPTS = ["a cat surfing a wave at sunset", " ".join(["a crowded market at dusk with lanterns"] * 12)]
@@ -127,6 +127,7 @@ def main() -> None:
         subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
         export_s = time.perf_counter() - start
         sizes = {p.stem: size_mb(p) for p in onnx_dir.glob("*.onnx")}
+        refused = {p.stem: tensorrt_onnx_support.refused(p) for p in onnx_dir.glob("*.onnx")}
         rows = check_vision(dirs, onnx_dir / "videoalign.vision.onnx") + check_clip(dirs, onnx_dir)
     lines = [
         "# ONNX export at the published sizes (random weights), onnxruntime CPU vs torch",
@@ -140,6 +141,13 @@ def main() -> None:
     ]
     lines += [
         f"| `{p}` | {sizes[p]:,.0f} | {what} | {d:.2e} | {scale:.2f} | {s:.2f} |" for p, what, d, scale, s in rows
+    ]
+    lines += [
+        "",
+        "What TensorRT 10.0's ONNX parser would refuse (operators and input types against onnx-tensorrt's "
+        "table, tests/tensorrt_onnx_support.py):",
+        "",
+        *(f"- `{p}`: {', '.join(r) or 'nothing'}" for p, r in sorted(refused.items())),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
