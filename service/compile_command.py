@@ -1,12 +1,13 @@
 """``vrs compile``: ONNX export of the compiled parts, and TensorRT engine builds from them.
 
     vrs compile export --out ONNX_DIR [--models signal clip-segmental videoalign] [--model-dir NAME=PATH ...]
-    vrs compile engine --onnx ONNX_DIR --repo REPO [--precision fp16|bf16|fp32] [--timing-cache FILE]
+    vrs compile engine --onnx ONNX_DIR --repo REPO [--precision fp16|bf16|fp32] [--cache DIR] [--timing-cache FILE]
 
 ``export`` loads the models as the gateway does (VRS_MODELS, VRS_MODEL_DIRS, VRS_BASE_MODEL_DIRS,
 extended by flags) and writes ``<part>.onnx`` + ``manifest.json``. ``engine`` builds each part's
 plan into ``REPO/<part>/<version>/model.plan`` (the repository ``vrs triton --variant tensorrt``
-writes around them); without TensorRT it exits with status 2 and says what is missing.
+writes around them), reusing plans from ``--cache`` built for the same graph, TensorRT and GPU;
+without TensorRT it exits with status 2 and says what is missing.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def add_parser(sub) -> None:
     )
     engine.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16")
     engine.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache file, read and updated.")
+    engine.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="Engine cache directory (a volume): plans are reused when the graph, profiles, precision, TensorRT "
+        "version and GPU are the same, and stored there after a build; holds the timing cache unless --timing-cache.",
+    )
     engine.add_argument("--workspace-gib", type=float, default=8.0)
     engine.add_argument("--version", type=int, default=1)
 
@@ -68,12 +76,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from models.tensorrt_build import TensorRTMissing, build_all
+    from models.tensorrt_build import TensorRTMissing, build_all, tensorrt_toolchain
 
     try:
         built = build_all(
-            args.onnx, args.repo, args.parts, args.precision, args.timing_cache, args.version, args.workspace_gib
-        )
+            args.onnx, args.repo, args.parts, args.precision, args.timing_cache, args.version, args.cache,
+            tensorrt_toolchain(args.workspace_gib),
+        )  # fmt: skip
     except TensorRTMissing as exc:
         print(f"vrs compile engine: {exc}", file=sys.stderr)
         return EXIT_NO_TENSORRT
@@ -81,5 +90,6 @@ def _engine(args: argparse.Namespace) -> int:
         print(f"vrs compile engine: {exc}", file=sys.stderr)
         return 1
     for b in built:
-        print(f"{b.part}: {b.plan} ({b.bytes / 2**20:.1f} MiB, {b.seconds:.0f} s)", flush=True)
+        how = "from the engine cache" if b.cached else "built"
+        print(f"{b.part}: {b.plan} ({b.bytes / 2**20:.1f} MiB, {how} in {b.seconds:.0f} s)", flush=True)
     return 0

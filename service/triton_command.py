@@ -41,9 +41,10 @@ def add_parser(sub) -> None:
     triton.add_argument("--queue-timeout-us", type=int, default=TritonOptions.queue_timeout_us)
     triton.add_argument("--instances", type=int, default=TritonOptions.instances)
     triton.add_argument(
-        "--variant", choices=("python", "tensorrt"), default="python",
+        "--variant", choices=("python", "tensorrt"), default=None,
         help="python: the models' torch forwards (VRS_COMPILE=inductor compiles them); tensorrt: TensorRT plans "
-        "from `vrs compile engine` (the gateway then needs VRS_COMPILE=tensorrt).",
+        "from `vrs compile engine`, which the gateway calls with VRS_COMPILE=tensorrt. Default: tensorrt when "
+        "VRS_COMPILE=tensorrt, else python (Triton and the gateway read the same settings).",
     )  # fmt: skip
     triton.add_argument("--verbose", action="store_true", help="Triton's verbose log.")
     triton.add_argument(
@@ -86,6 +87,15 @@ def requested_models(
     return {n: available[n] for n in names}, settings, model_dirs, base_dirs
 
 
+def variant(args: argparse.Namespace, settings: Settings | None = None) -> str:
+    """``--variant``, else the one VRS_COMPILE implies (tensorrt for tensorrt, python otherwise)."""
+    if getattr(args, "variant", None):
+        return args.variant
+    from service.config import Settings
+
+    return "tensorrt" if (settings or Settings()).compile == "tensorrt" else "python"
+
+
 def write_repo(args: argparse.Namespace) -> Path:
     """Write the repository for the requested models. Checkpoint-backed models are loaded here once,
     with the gateway's loader and settings, for their specs and so that a bad directory stops the
@@ -104,7 +114,7 @@ def write_repo(args: argparse.Namespace) -> Path:
         dtype=settings.dtype,
         compile=settings.compile if settings.compile == "inductor" else "none",
     )
-    if getattr(args, "variant", "python") == "tensorrt":
+    if variant(args, settings) == "tensorrt":
         from models.triton_repo import write_tensorrt_repo
 
         try:
@@ -122,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
     if args.write_only:
         print(f"Triton model repository written: {repo}", flush=True)
         return
-    if getattr(args, "variant", "python") == "tensorrt":
+    if variant(args) == "tensorrt":
         _check_plans_can_be_served(repo)
     server = LocalTriton(
         repo,

@@ -219,6 +219,51 @@ def test_vrs_compile_export_then_engine_without_tensorrt_exits_2_naming_it(tmp_p
     assert not (tmp_path / "repo" / "signal" / "1" / "model.plan").exists()
 
 
+def test_engine_cache_reuses_a_plan_only_for_the_same_graph_precision_tensorrt_and_gpu(tmp_path: Path):
+    """build_all with an engine cache. TensorRT cannot exist here, so the toolchain is a stand-in
+    that records each build and writes a recognisable plan; the cache logic around it is the real one."""
+    from models import export
+    from models.tensorrt_build import Toolchain, build_all
+
+    export.export(SIGNAL, tmp_path / "onnx")
+    builds: list[tuple[str, str]] = []
+
+    def toolchain(target: str) -> Toolchain:
+        def build(onnx_path, plan_path, part_profiles, precision, timing_cache):
+            builds.append((target, precision))
+            assert timing_cache == tmp_path / "cache" / timing_cache.name  # the timing cache lives in the cache
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            plan_path.write_bytes(f"plan of {onnx_path.name} for {target}, {precision}".encode())
+
+        return Toolchain(target, build)
+
+    h100, h200 = toolchain("TensorRT 10.8 on NVIDIA H100 sm_90"), toolchain("TensorRT 10.8 on NVIDIA H200 sm_90")
+
+    def run(repo: str, chain: Toolchain = h100, precision: str = "fp16"):
+        (built,) = build_all(tmp_path / "onnx", tmp_path / repo, precision=precision, cache=tmp_path / "cache",
+                             toolchain=chain)  # fmt: skip
+        return built.cached, built.plan.read_bytes().decode()
+
+    assert run("first") == (False, "plan of signal.onnx for TensorRT 10.8 on NVIDIA H100 sm_90, fp16")
+    assert run("restart") == (True, "plan of signal.onnx for TensorRT 10.8 on NVIDIA H100 sm_90, fp16")
+    assert run("other-gpu", h200) == (False, "plan of signal.onnx for TensorRT 10.8 on NVIDIA H200 sm_90, fp16")
+    assert run("bf16", precision="bf16")[0] is False
+    assert run("bf16-again", precision="bf16")[0] is True
+    onnx = tmp_path / "onnx" / "signal.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")  # another graph (a new checkpoint or exporter)
+    assert run("new-graph")[0] is False
+    assert len(builds) == 4 and len(list((tmp_path / "cache" / "signal").glob("*.plan"))) == 4
+    assert not list((tmp_path / "cache").rglob(".*"))  # no half-written files left
+
+
+def test_vrs_triton_writes_the_variant_vrs_compile_implies(tmp_path: Path, monkeypatch):
+    """Triton and the gateway read the same settings: VRS_COMPILE=tensorrt -> the plan repository."""
+    monkeypatch.setenv("VRS_COMPILE", "tensorrt")
+    done = vrs("triton", "--write-only", "--repo", str(tmp_path / "repo"), "--models", "signal")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert parse((tmp_path / "repo" / "signal" / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+
+
 def test_vrs_triton_tensorrt_variant_refuses_videoalign_naming_why(tiny_dirs, tmp_path: Path):
     result = vrs(
         "triton", "--variant", "tensorrt", "--repo", str(tmp_path / "repo"), "--models", "videoalign",

@@ -134,17 +134,38 @@ def test_gateway_image_command_serves_and_its_healthcheck_passes():
         process.kill()
 
 
-def test_triton_init_step_writes_a_model_repository(tmp_path: Path):
-    """The first command of the Triton init container (k8s/overlays/gpu/triton-deployment.yaml)."""
-    vrs = Path(sys.executable).with_name("vrs")
-    done = subprocess.run(
-        [str(vrs), "triton", "--write-only", "--repo", str(tmp_path / "models"), "--models", "signal"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def run_init_step(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """The Triton init container's script (k8s/overlays/gpu/triton-deployment.yaml) as written,
+    run here with its volumes (/models, /engine-cache) and scratch (/tmp/onnx) under ``tmp_path``."""
+    manifest = yaml.safe_load((K8S / "overlays/gpu/triton-deployment.yaml").read_text())
+    (init,) = manifest["spec"]["template"]["spec"]["initContainers"]
+    script = init["args"][0]
+    for path in ("/models", "/engine-cache", "/tmp/onnx"):
+        script = script.replace(path, str(tmp_path / path.strip("/").replace("/", "-")))
+    bin_dir = str(Path(sys.executable).parent)  # `vrs` on PATH, as in the image
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VRS_")}
+    environ |= {"PATH": f"{bin_dir}:{environ['PATH']}", "VRS_MODELS": '["signal"]', **env}
+    assert init["command"] == ["/bin/sh", "-c"]
+    return subprocess.run([*init["command"], script], env=environ, capture_output=True, text=True, timeout=600)
+
+
+def test_triton_init_step_writes_the_python_repository_by_default(tmp_path: Path):
+    done = run_init_step(tmp_path)
     assert done.returncode == 0, done.stderr
     config = (tmp_path / "models" / "signal" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "dynamic_batching" in config
     assert (tmp_path / "models" / "signal" / "1" / "model.py").exists()
+    assert not (tmp_path / "tmp-onnx").exists()  # nothing exported for eager forwards
+
+
+def test_triton_init_step_with_tensorrt_exports_then_needs_tensorrt_to_build(tmp_path: Path):
+    """VRS_COMPILE=tensorrt: the parts are exported, then the engine build stops the init container
+    (status 2, naming TensorRT) since this machine cannot have TensorRT: the pod fails visibly
+    instead of serving something else than configured."""
+    done = run_init_step(tmp_path, VRS_COMPILE="tensorrt")
+    assert (tmp_path / "tmp-onnx" / "signal.onnx").is_file(), done.stderr
+    assert done.returncode == 2 and "TensorRT's Python API is not installed" in done.stderr, done.stderr
+    assert not (tmp_path / "models").exists()
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
@@ -318,9 +339,8 @@ def test_triton_runs_on_a_gpu_node_after_building_engines(rendered):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1, container["name"]
         assert container["image"] == "registry.example.com/vrs-triton:0.1.0"
         assert {"/models", "/engine-cache"} <= {m["mountPath"] for m in container["volumeMounts"]}
-    script = init["args"][0]
-    assert "vrs triton --write-only --repo /models" in script
-    assert "vrs compile engine" in script and "/engine-cache" in script
+    script = init["args"][0]  # run as written by test_triton_init_step_* above
+    assert "vrs triton --write-only --repo /models" in script and "--cache /engine-cache" in script
     assert "--model-repository=/models" in triton["args"]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
