@@ -54,6 +54,13 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES
 WORKDIR /opt/vrs/src
 COPY . .
 RUN python3 -m pip install --no-cache-dir -c constraints.txt ".[models]"
+# TensorRT's Python bindings for `vrs compile engine` (module tensorrt_bindings), at the version of
+# the image's own TensorRT libraries, which they load (a plan loads only in the TensorRT that built
+# it). The version comes from libnvinfer's file name, the CUDA major from the image's CUDA_VERSION.
+RUN trt="$(find /usr/lib /usr/local /opt -name 'libnvinfer.so.*.*.*' -print -quit 2>/dev/null)"; \
+    trt="${trt##*libnvinfer.so.}"; \
+    if [ -z "$trt" ]; then echo "no libnvinfer.so.X.Y.Z in this image" >&2; exit 1; fi; \
+    python3 -m pip install --no-cache-dir "tensorrt-cu${CUDA_VERSION%%.*}-bindings==${trt}.*"
 # Model repository (written at deploy time) and the engine cache (a volume in Kubernetes).
 RUN useradd --system --uid 10001 --home-dir /tmp --shell /usr/sbin/nologin vrs \
     && mkdir -p /models /engine-cache && chown 10001:10001 /models /engine-cache

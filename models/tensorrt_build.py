@@ -39,13 +39,22 @@ class TensorRTMissing(RuntimeError):
 
 
 def import_tensorrt():
+    """TensorRT's Python API: ``tensorrt`` (NVIDIA's full wheels), else ``tensorrt_bindings`` (the
+    bindings-only wheel over an image's own libraries, as the deploy Dockerfile installs it)."""
     try:
         import tensorrt as trt
+    except ImportError:
+        pass
+    else:
+        return trt
+    try:
+        import tensorrt_bindings as trt
     except ImportError as exc:  # the PyPI wheels are stubs that fetch from NVIDIA's index; libraries may be absent
         raise TensorRTMissing(
-            f"TensorRT's Python API is not installed (import tensorrt: {exc}). Build engines where the Triton "
+            f"TensorRT's Python API is not installed (import tensorrt, import tensorrt_bindings: {exc}). Build "
+            "engines where the Triton "
             "that serves them runs, with the same TensorRT version: in nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
-            "add the matching wheel (pip install tensorrt==<that image's TensorRT version>), or use "
+            "add the bindings that match its TensorRT (the deploy Dockerfile's triton stage does), or use "
             "nvcr.io/nvidia/tensorrt:<same yy.mm>-py3; a plan only loads in the TensorRT version that built it."
         ) from exc
     return trt
