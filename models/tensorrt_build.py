@@ -51,11 +51,11 @@ def import_tensorrt():
         import tensorrt_bindings as trt
     except ImportError as exc:  # the PyPI wheels are stubs that fetch from NVIDIA's index; libraries may be absent
         raise TensorRTMissing(
-            f"TensorRT's Python API is not installed (import tensorrt, import tensorrt_bindings: {exc}). Build "
-            "engines where the Triton "
-            "that serves them runs, with the same TensorRT version: in nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
-            "add the bindings that match its TensorRT (the deploy Dockerfile's triton stage does), or use "
-            "nvcr.io/nvidia/tensorrt:<same yy.mm>-py3; a plan only loads in the TensorRT version that built it."
+            f"TensorRT's Python API is not installed (import tensorrt, import tensorrt_bindings: {exc}). "
+            "Build engines where the Triton that serves them runs, with the same TensorRT version: in "
+            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 add the bindings that match its TensorRT (the deploy "
+            "Dockerfile's triton stage does), or use nvcr.io/nvidia/tensorrt:<same yy.mm>-py3; a plan only "
+            "loads in the TensorRT version that built it."
         ) from exc
     return trt
 
