@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,19 +186,24 @@ def build_all(
         )
         hit = kept is not None and kept.is_file()
         if hit:
-            _write_atomically(plan, kept.read_bytes())
+            _write_atomically(plan, kept)
         else:
             toolchain.build(onnx_path, plan, part_profiles, precision, timing_cache)
             if kept is not None:
-                _write_atomically(kept, plan.read_bytes())
+                _write_atomically(kept, plan)
         built.append(Built(name, plan, time.perf_counter() - start, plan.stat().st_size, hit))
     return built
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename, so a replica sharing the
-    cache volume never reads half a plan."""
+def _write_atomically(path: Path, data: bytes | Path) -> None:
+    """Write ``data`` (bytes, or a file's content, copied without reading it into memory) to
+    ``path`` via a temporary file and a rename, so a replica sharing the cache volume never reads
+    half a plan."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
+        if isinstance(data, Path):
+            with open(data, "rb") as source:
+                shutil.copyfileobj(source, tmp)
+        else:
+            tmp.write(data)
     os.replace(tmp.name, path)

@@ -27,12 +27,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api import create_app
 from service.triton_server import LocalTriton
-from tests import videos
-from tests.conftest import RunningServer, free_port, start_server, test_settings
+from tests.conftest import RunningServer, free_port
 from tests.onnx_plan import stand_in_plans
-from tests.test_triton import counted, stats
+from tests.test_triton import checkpoint_videos, counted, gateway_pair, stats
 
 ROOT = Path(__file__).parents[1]
 MODELS = ["signal", "clip-segmental"]
@@ -64,28 +62,18 @@ def triton(tiny_dirs, tmp_path_factory) -> Iterator[LocalTriton]:
 @pytest.fixture(scope="module")
 def gateways(triton: LocalTriton, tiny_dirs) -> Iterator[tuple[RunningServer, RunningServer]]:
     """Eager in-process, and Triton with VRS_COMPILE=tensorrt, over the same settings; a batch closes at 3."""
-    settings = dict(
-        models=MODELS, model_dirs={"clip-segmental": tiny_dirs["clip"]}, max_batch_size=3, max_wait_ms=60_000
-    )
-    local = start_server(create_app(test_settings(**settings)))
-    remote = start_server(
-        create_app(test_settings(backend="triton", triton_url=triton.grpc_url, compile="tensorrt", **settings))
-    )
-    yield local, remote
-    local.stop()
-    remote.stop()
-
-
-def clips() -> list[bytes]:
-    """Two landscape videos of different lengths (one request, padded along T) and a portrait one."""
-    specs = [(40, 10, 96, 160, 2.0), (23, 8, 96, 160, 3.5), (30, 10, 160, 96, 1.0)]
-    return [videos.encode(videos.moving_scene(n, h, w, speed=s), "mp4", fps=fps) for n, fps, h, w, s in specs]
+    with gateway_pair(
+        triton.grpc_url, {"compile": "tensorrt"}, models=MODELS, model_dirs={"clip-segmental": tiny_dirs["clip"]},
+        max_batch_size=3, max_wait_ms=60_000,
+    ) as pair:  # fmt: skip
+        yield pair
 
 
 async def test_tensorrt_variant_through_triton_scores_as_eager(gateways, triton: LocalTriton):
     local, remote = gateways
     items = [
-        {"video": {"data": base64.b64encode(v).decode()}, "prompt": p} for v, p in zip(clips(), PROMPTS, strict=True)
+        {"video": {"data": base64.b64encode(v).decode()}, "prompt": p}
+        for v, p in zip(checkpoint_videos(), PROMPTS, strict=True)
     ]
     body = {"items": items, "models": MODELS}
     before = {name: stats(triton, name) for name in ["clip-segmental", *STEPS, "signal"]}

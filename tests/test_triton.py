@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -572,15 +573,27 @@ PROMPTS = ["a cat surfing a wave at sunset", "a red car in the rain", "a dog run
 def checkpoint_gateways(triton: LocalTriton, checkpoints: Checkpoints) -> Iterator[tuple[RunningServer, RunningServer]]:
     """An in-process and a Triton gateway over the same checkpoint settings. A batch closes at 3 items
     (the wait is only a backstop), so a 3-video request is one gateway batch on both."""
-    settings = dict(
-        models=["videoalign", "clip-segmental"], default_model="videoalign", max_batch_size=3, max_wait_ms=60_000,
-        model_dirs=checkpoints.model_dirs, base_model_dirs=checkpoints.base_model_dirs,
-    )  # fmt: skip
-    local = start_server(create_app(test_settings(**settings)))  # both load through the configuration path
-    remote = start_server(create_app(test_settings(backend="triton", triton_url=triton.grpc_url, **settings)))
-    yield local, remote
-    local.stop()
-    remote.stop()
+    with gateway_pair(
+        triton.grpc_url, models=["videoalign", "clip-segmental"], default_model="videoalign", max_batch_size=3,
+        max_wait_ms=60_000, model_dirs=checkpoints.model_dirs, base_model_dirs=checkpoints.base_model_dirs,
+    ) as pair:  # fmt: skip
+        yield pair
+
+
+@contextmanager
+def gateway_pair(
+    triton_url: str, triton_only: dict | None = None, **settings
+) -> Iterator[tuple[RunningServer, RunningServer]]:
+    """An in-process gateway and one scoring through the Triton at ``triton_url``, both built from
+    ``settings`` through the configuration path (the second also with ``triton_only``)."""
+    servers = [start_server(create_app(test_settings(**settings)))]
+    try:
+        remote = test_settings(backend="triton", triton_url=triton_url, **(triton_only or {}), **settings)
+        servers.append(start_server(create_app(remote)))
+        yield servers[0], servers[1]
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def checkpoint_videos() -> list[bytes]:
