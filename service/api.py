@@ -72,10 +72,9 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_request_bytes,
-        max_inflight_bytes=settings.max_inflight_body_bytes,
+        budget=engine.bytes_in_flight,  # shared with the videos the engine downloads for URL items
         read_timeout_s=settings.body_read_timeout_s,
         min_rate=settings.body_min_bytes_per_s,
-        retry_after_s=engine.admission.estimated_wait_s,
     )
     auth.protect(app, settings.api_keys)  # 401 before any body is read
     app.add_middleware(lifecycle.DrainGate, drain=app.state.drain)

@@ -1,9 +1,10 @@
 """ASGI middleware guarding request bodies: size, bytes read at once, and how slowly they arrive.
 
 - A body over ``max_bytes`` (declared by Content-Length, or counted as it streams) gets 413.
-- ``max_inflight_bytes`` caps the body bytes of all requests being read or processed at once:
+- ``budget`` (a ``ByteBudget``) caps the bytes of all requests being read or processed at once:
   a request reserves its declared length before its body is read (a chunked body reserves as
-  it streams) and releases it when its answer is sent. A request that would push the total
+  it streams) and releases it when its answer is sent. The engine charges the videos it
+  downloads for URL items to the same budget (``Holding``). A request that would push the total
   over the cap gets 429 ``overloaded`` at once, with ``Retry-After``, rather than waiting:
   a waiting request still holds its connection and the client's half-sent body, and clients
   (trainers) already retry on 429. Its body is then read and dropped (no memory held), as is
@@ -36,26 +37,74 @@ class BodyTimeout(ServiceError):
     status, code = 408, "body_timeout"
 
 
+class ByteBudget:
+    """Bytes that requests hold at once (bodies being read or processed, videos downloaded for URL
+    items), capped at ``limit``; event-loop only. A holder may always grow while it is the only
+    one, so an idle server still takes one request, however large (up to the per-request limits)."""
+
+    def __init__(self, limit: int, retry_after_s: Callable[[], float] = lambda: 1.0) -> None:
+        self.limit = limit
+        self.used = 0
+        self.retry_after_s = retry_after_s
+
+    def take(self, n: int, held: int = 0) -> bool:
+        """Add ``n`` bytes for a holder that has ``held`` already; False (nothing taken) if that would
+        pass the limit while others hold bytes too."""
+        if self.used > held and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give_back(self, n: int) -> None:
+        self.used -= n
+
+    def overloaded(self, wanted: int) -> Overloaded:
+        return Overloaded(
+            f"{self.used} bytes of requests are in progress; {wanted} more would exceed "
+            f"max_inflight_body_bytes={self.limit}",
+            retry_after_s=max(1.0, self.retry_after_s()),
+        )
+
+
+class Holding:
+    """One request's share of a ``ByteBudget`` for the bytes it downloads (URL items): taken chunk by
+    chunk, at most ``limit`` in all (413 past it, 429 when the budget is spent), all given back by
+    ``release`` when the request ends."""
+
+    def __init__(self, budget: ByteBudget, limit: int) -> None:
+        self.budget = budget
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise TooLarge(f"the videos this request downloads exceed {self.limit} bytes in all")
+        if not self.budget.take(n, self.held):
+            raise self.budget.overloaded(n)
+        self.held += n
+
+    def release(self) -> None:
+        self.budget.give_back(self.held)
+        self.held = 0
+
+
 class BodyLimits:
-    """The middleware; one instance per app holds the in-flight byte count (event-loop only)."""
+    """The middleware; bodies are charged to ``budget``, which the app's engine shares."""
 
     def __init__(
         self,
         app,
         *,
         max_bytes: int,
-        max_inflight_bytes: int,
+        budget: ByteBudget,
         read_timeout_s: float,
         min_rate: float,
-        retry_after_s: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.max_inflight_bytes = max_inflight_bytes
+        self.budget = budget
         self.read_timeout_s = read_timeout_s
         self.min_rate = min_rate
-        self.retry_after_s = retry_after_s
-        self.inflight_bytes = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -65,8 +114,8 @@ class BodyLimits:
         start = time.monotonic()
         if declared > self.max_bytes:
             return await _answer(send, TooLarge(f"request body exceeds {self.max_bytes} bytes"))
-        if declared and self.inflight_bytes and self.inflight_bytes + declared > self.max_inflight_bytes:
-            await _answer(send, self._overloaded(declared))
+        if declared and not self.budget.take(declared):
+            await _answer(send, self.budget.overloaded(declared))
             return await self._drain(receive, start, 0)
 
         reserved = declared
@@ -74,7 +123,6 @@ class BodyLimits:
         body_done = False
         timed_out = False
         status = 0
-        self.inflight_bytes += reserved
 
         async def guarded_receive():
             nonlocal reserved, received, body_done, timed_out
@@ -92,10 +140,8 @@ class BodyLimits:
             if received > self.max_bytes:
                 raise TooLarge(f"request body exceeds {self.max_bytes} bytes")
             if received > reserved:  # chunked, or longer than declared
-                grow = received - reserved
-                if self.inflight_bytes > reserved and self.inflight_bytes + grow > self.max_inflight_bytes:
-                    raise self._overloaded(received)
-                self.inflight_bytes += grow
+                if not self.budget.take(received - reserved, reserved):
+                    raise self.budget.overloaded(received)
                 reserved = received
             return message
 
@@ -110,7 +156,7 @@ class BodyLimits:
         try:
             await self.app(scope, guarded_receive, closing_send)
         finally:
-            self.inflight_bytes -= reserved
+            self.budget.give_back(reserved)
         if not body_done and not timed_out and status not in (0, 413):
             # answered before reading the body (e.g. 429): read the rest and drop it, so the client,
             # which sends its whole body before reading, gets the answer rather than a reset
@@ -140,13 +186,6 @@ class BodyLimits:
                     return
         except BodyTimeout:
             return  # the server closes the connection
-
-    def _overloaded(self, size: int) -> Overloaded:
-        return Overloaded(
-            f"{self.inflight_bytes} bytes of request bodies are in progress; {size} more would exceed "
-            f"max_inflight_body_bytes={self.max_inflight_bytes}",
-            retry_after_s=max(1.0, self.retry_after_s()),
-        )
 
 
 async def _answer(send, error: ServiceError) -> None:

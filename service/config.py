@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         default=64 * 1024, gt=0, description="A request's line and headers may not exceed this."
     )
     max_request_bytes: int = 512 * 1024**2
-    max_inflight_body_bytes: int = 1024**3  # request bodies read or processed at once; more gets 429
+    # Bytes of all requests at once (bodies read or processed, videos downloaded for URL items); more gets 429
+    max_inflight_body_bytes: int = 1024**3
     body_read_timeout_s: float = 30.0  # grace before a body must arrive at body_min_bytes_per_s; else 408
     body_min_bytes_per_s: float = Field(default=32 * 1024, gt=0)
     max_prompt_chars: int = 8192
@@ -82,6 +83,8 @@ class Settings(BaseSettings):
     url_timeout_s: float = 20.0
     url_connect_timeout_s: float = 5.0
     url_max_redirects: int = 3
+    url_fetches_per_request: int = Field(default=8, ge=1)  # one request's downloads at once
+    url_max_connections: int = Field(default=256, ge=1)  # all requests' downloads at once
     url_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default=[], description="Networks exempt from the private-address block (for tests and private deployments)."
     )

@@ -34,6 +34,7 @@ from service import cache, decode, ingest, nvdec
 from service.admission import Admission, Ticket
 from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher, Window
+from service.body_limits import ByteBudget, Holding
 from service.config import Settings
 from service.errors import BadInput, NotCached, ServiceError, Timeout, TooLarge, Unprocessable, shown
 from service.fetch import UrlFetcher
@@ -130,6 +131,8 @@ class Engine:
             | {n: self.judges.concurrency(n) for n in self.judges.names},
             decode_workers=settings.decode_workers,
         )
+        # Bytes requests hold at once: their bodies (service/body_limits.py) and their URL downloads.
+        self.bytes_in_flight = ByteBudget(settings.max_inflight_body_bytes, self.admission.estimated_wait_s)
         self.metrics.watch_admission(
             self.admission.estimated_wait_s,
             shed=lambda: self.admission.shed,
@@ -144,6 +147,7 @@ class Engine:
             connect_timeout_s=s.url_connect_timeout_s,
             max_redirects=s.url_max_redirects,
             allow_networks=s.url_allow_networks,
+            max_connections=s.url_max_connections,
         )
         self._decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         await self.backend.start()
@@ -220,20 +224,29 @@ class Engine:
                         item=i,
                         code="bad_prompt",
                     )
+        downloads = Holding(self.bytes_in_flight, self.settings.max_request_bytes)
         with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
             try:
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    return await self._score(items, specs, together, cache, ticket)
+                    return await self._score(items, specs, together, cache, ticket, downloads)
             except TimeoutError as exc:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
+            finally:
+                downloads.release()
 
     async def _score(
-        self, items: list[ScoreInput], specs: list[ModelSpec], together: frozenset[int], mode: CacheMode, ticket: Ticket
+        self,
+        items: list[ScoreInput],
+        specs: list[ModelSpec],
+        together: frozenset[int],
+        mode: CacheMode,
+        ticket: Ticket,
+        downloads: Holding,
     ) -> list[ItemResult]:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed.
         Hashing and computing run under ``ticket.working()`` (what admission counts as busy)."""
         with self.metrics.stage("ingest"):
-            videos = await _all_or_nothing(self._ingest(i, item) for i, item in enumerate(items))
+            videos = await self._ingest(items, downloads)
         digests = [i for i, v in enumerate(videos) if isinstance(v, ingest.Digest)]
         if digests and mode != "use":
             raise BadInput(
@@ -355,11 +368,32 @@ class Engine:
         for wait in waits:
             queue.observe(wait)
 
-    async def _ingest(self, index: int, item: ScoreInput) -> Video:
+    async def _ingest(self, items: list[ScoreInput], downloads: Holding) -> list[Video]:
+        """Each item's video. URL items are downloaded (``VRS_URL_FETCHES_PER_REQUEST`` at a time,
+        charged to ``downloads``), each distinct URL once; any failure fails the call, naming the item."""
+        fetching: dict[str, asyncio.Task[ingest.EncodedVideo]] = {}
+        slots = asyncio.Semaphore(self.settings.url_fetches_per_request)
+
+        async def fetch(url: str) -> ingest.EncodedVideo:
+            async with slots:
+                return ingest.EncodedVideo(await self._fetcher.fetch(url, downloads))
+
+        async def one(index: int, item: ScoreInput) -> Video:
+            try:
+                if not isinstance(item.source, ingest.VideoURL):
+                    return item.source
+                url = item.source.url
+                if url not in fetching:
+                    fetching[url] = asyncio.ensure_future(fetch(url))
+                return await asyncio.shield(fetching[url])
+            except ServiceError as exc:
+                raise exc.for_item(index)
+
         try:
-            return await ingest.resolve(item.source, self._fetcher)
-        except ServiceError as exc:
-            raise exc.for_item(index)
+            return await _all_or_nothing(one(i, item) for i, item in enumerate(items))
+        finally:
+            for task in fetching.values():
+                task.cancel()
 
     async def _keys(
         self, videos: list[Video], items: list[ScoreInput], specs: list[ModelSpec], together: frozenset[int]

@@ -6,8 +6,14 @@ refuses the connection if *any* resolved address is not public (``is_allowed_add
 loopback, private, link-local, which covers the cloud metadata address 169.254.169.254, CGNAT,
 benchmarking, documentation, multicast, reserved..., and IPv6 forms judged by the IPv4 address
 they carry), and then connects to an address it checked, so DNS cannot change the answer in
-between. Bytes, redirects and total time are capped, and the body streams into a bounded
-buffer.
+between. Names are resolved by c-ares (aiodns), not by the libc resolver on a thread pool: a
+lookup that times out is abandoned without holding a thread, so names that never answer cannot
+starve everyone's lookups. A name that does not resolve and one that resolves to a non-public
+address get the same answer, without the address, so errors do not map the internal network.
+
+Bytes, redirects and total time are capped. The body streams into a spooled temporary file
+(memory up to ``SPOOL_IN_MEMORY``, then disk, like an upload), each chunk charged to the
+request's ``Holding`` (its share of the gateway's in-flight byte budget).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import asyncio
 import ipaddress
 import re
 import socket
+import tempfile
 from collections.abc import Sequence
+from typing import BinaryIO
 from urllib.parse import urljoin
 
+import aiodns
 import httpcore
 import httpx
 
+from service.body_limits import Holding
 from service.errors import BadInput, TooLarge
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -113,22 +123,27 @@ def is_allowed_address(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> bool:
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend that checks every address before it connects."""
+    """httpcore network backend that resolves the host itself and checks every address before it
+    connects to one of them."""
 
-    def __init__(self, allow: Sequence[IPNetwork]) -> None:
+    def __init__(self, allow: Sequence[IPNetwork], resolve_timeout_s: float, nameservers: Sequence[str] = ()) -> None:
         self._inner = httpcore.AnyIOBackend()
         self._allow = list(allow)
+        self._resolve_timeout_s = resolve_timeout_s
+        self._nameservers = list(nameservers)  # "ip" or "ip:port"; none: the system's (/etc/resolv.conf)
+        self._resolver: aiodns.DNSResolver | None = None  # made on first use, in the serving event loop
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
-        except (TimeoutError, OSError) as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
-        for ip in addresses:
-            if not is_allowed_address(ip, self._allow):
-                raise ForbiddenAddress(f"URL host {host} resolves to {ip}, a non-public address; refused")
+        literal = _ip_literal(host)
+        addresses = [literal] if literal is not None else await self._resolve(host)
+        if not addresses or not all(is_allowed_address(ip, self._allow) for ip in addresses):
+            # A name that does not resolve gets the same answer as a non-public one, and neither
+            # names the address: errors must not map the internal network.
+            raise ForbiddenAddress(
+                f"URL host {host} is not a public address; refused"
+                if literal is not None
+                else f"URL host {host} does not resolve to a public address; refused"
+            )
         error: Exception | None = None
         for ip in addresses:
             try:
@@ -137,8 +152,45 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
                 error = exc
         raise error or httpcore.ConnectError(f"no address for {host}")
 
+    async def _resolve(self, host: str) -> list[IPAddress]:
+        """What DNS (or /etc/hosts) says ``host`` is; [] when it says nothing."""
+        if self._resolver is None:
+            self._resolver = aiodns.DNSResolver(
+                self._nameservers or None, timeout=min(2.0, self._resolve_timeout_s), tries=2
+            )
+        try:
+            async with asyncio.timeout(self._resolve_timeout_s):
+                result = await self._resolver.getaddrinfo(host, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"URL host {host} did not resolve within {self._resolve_timeout_s:g} s")
+        except aiodns.error.DNSError as exc:
+            code = exc.args[0] if exc.args else None
+            if code in _NO_SUCH_NAME:
+                return []
+            if code == aiodns.error.ARES_ETIMEOUT:
+                raise httpcore.ConnectTimeout(f"URL host {host}: DNS did not answer") from None
+            raise httpcore.ConnectError(f"URL host {host}: DNS failed ({exc.args[-1] if exc.args else code})") from None
+        found = (_ip_literal(n.addr[0].decode() if isinstance(n.addr[0], bytes) else n.addr[0]) for n in result.nodes)
+        return list(dict.fromkeys(ip for ip in found if ip is not None))
+
+    async def aclose(self) -> None:
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
+
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+_NO_SUCH_NAME = (aiodns.error.ARES_ENOTFOUND, aiodns.error.ARES_ENODATA, aiodns.error.ARES_ENONAME)
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    """``host`` as an IP address (brackets and an IPv6 zone dropped), or None for a name."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
 
 
 # A host written only with digits, dots and hex parts: an IPv4 literal in some spelling. Only the
@@ -169,6 +221,9 @@ def checked_url(url: str) -> httpx.URL:
     return parsed
 
 
+SPOOL_IN_MEMORY = 1 << 20  # a downloaded video past this many bytes is spooled to disk
+
+
 class UrlFetcher:
     """Downloads URL-referenced videos under the limits it was built with. Reuse one instance."""
 
@@ -180,14 +235,21 @@ class UrlFetcher:
         connect_timeout_s: float,
         max_redirects: int,
         allow_networks: Sequence[IPNetwork] = (),
+        max_connections: int = 256,
+        nameservers: Sequence[str] = (),
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
+        self._backend = _GuardedBackend(allow_networks, connect_timeout_s, nameservers)
         transport = httpx.AsyncHTTPTransport(trust_env=False)
         # httpx has no public hook for the network backend; swap the pool for one that has ours.
         transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(allow_networks)
+            ssl_context=httpx.create_ssl_context(),
+            network_backend=self._backend,
+            max_connections=max_connections,
+            max_keepalive_connections=min(max_connections, 32),
+            keepalive_expiry=5.0,
         )
         self._client = httpx.AsyncClient(
             transport=transport,
@@ -199,16 +261,18 @@ class UrlFetcher:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._backend.aclose()
 
-    async def fetch(self, url: str) -> bytes:
-        """Return the body at ``url``; raise a BadInput / TooLarge subclass saying why not."""
+    async def fetch(self, url: str, holding: Holding) -> BinaryIO:
+        """The body at ``url``, in a spooled file at its start, its bytes charged to ``holding``;
+        raise a BadInput / TooLarge / Overloaded subclass saying why not."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._follow(url)
+                return await self._follow(url, holding)
         except TimeoutError as exc:
             raise BadInput(f"URL did not answer within {self.timeout_s:g} s", code="url_timeout") from exc
 
-    async def _follow(self, url: str) -> bytes:
+    async def _follow(self, url: str, holding: Holding) -> BinaryIO:
         for _ in range(self.max_redirects + 1):
             url = str(checked_url(url))
             try:
@@ -218,7 +282,7 @@ class UrlFetcher:
                         continue
                     if response.status_code != 200:
                         raise BadInput(f"URL answered HTTP {response.status_code}", code="url_fetch_failed")
-                    return await self._read_capped(response)
+                    return await self._read_capped(response, holding)
             except httpx.InvalidURL as exc:  # checked above; httpx may still refuse (e.g. a header it cannot encode)
                 raise BadInput(f"URL could not be sent: {exc}", code="bad_url") from exc
             except httpx.TimeoutException as exc:
@@ -227,13 +291,21 @@ class UrlFetcher:
                 raise BadInput(f"URL could not be fetched: {exc}", code="url_fetch_failed") from exc
         raise BadInput(f"URL redirected more than {self.max_redirects} times", code="url_fetch_failed")
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
+    async def _read_capped(self, response: httpx.Response, holding: Holding) -> BinaryIO:
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             raise TooLarge(f"URL body is {declared} bytes; the limit is {self.max_bytes}")
-        body = bytearray()
-        async for chunk in response.aiter_raw():
-            body += chunk
-            if len(body) > self.max_bytes:
-                raise TooLarge(f"URL body exceeds the limit of {self.max_bytes} bytes")
-        return bytes(body)
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        try:
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise TooLarge(f"URL body exceeds the limit of {self.max_bytes} bytes")
+                holding.take(len(chunk))
+                spool.write(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool  # type: ignore[return-value]  # a BinaryIO in all but name

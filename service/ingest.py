@@ -33,7 +33,7 @@ from vrs_wire import npy
 from vrs_wire.schemas import NPY_MEDIA_TYPE, CompareRequest, RankRequest, ScoreRequest, VideoRef
 
 from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge, shown
-from service.fetch import UrlFetcher, checked_url
+from service.fetch import checked_url
 
 WireRequest = TypeVar("WireRequest", ScoreRequest, CompareRequest, RankRequest)
 
@@ -296,10 +296,3 @@ def _read_into(f: BinaryIO, out: memoryview) -> int:
         out[done : done + len(chunk)] = chunk
         done += len(chunk)
     return done
-
-
-async def resolve(source: VideoSource, fetcher: UrlFetcher) -> EncodedVideo | RawFrames | Digest:
-    """Fetch URL sources; pass the others through."""
-    if isinstance(source, VideoURL):
-        return EncodedVideo(await fetcher.fetch(source.url))
-    return source

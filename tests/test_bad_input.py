@@ -202,13 +202,13 @@ def test_wrong_method_is_405_with_allow(client, method):
 )
 def test_urls_into_private_networks_are_refused(client, url):
     r = client.post("/v1/score", json={"items": [{"video": {"url": url}}]})
-    assert_error(r, 400, "url_forbidden", 0, "non-public address")
+    assert_error(r, 400, "url_forbidden", 0, "a public address")  # names: "does not resolve to a public address"
 
 
 @pytest.mark.parametrize("target", ["http://127.0.0.1:9/x", "http://10.0.0.1/x", "http://169.254.169.254/latest/"])
 def test_redirect_into_private_networks_is_refused(client, origin, target):
     r = client.post("/v1/score", json={"items": [{"video": {"url": f"{origin}/redirect?to={target}"}}]})
-    assert_error(r, 400, "url_forbidden", 0, "non-public address")
+    assert_error(r, 400, "url_forbidden", 0, "not a public address")
 
 
 def test_non_http_urls_are_refused(client):

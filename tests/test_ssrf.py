@@ -157,7 +157,7 @@ def test_battery_of_non_public_targets_is_refused_before_connecting(jailed_gatew
     }
     assert not wrong, wrong
     for host, r in answers.items():
-        assert r.json()["error"]["item"] == 0 and "non-public address" in r.json()["error"]["message"], host
+        assert r.json()["error"]["item"] == 0 and "not a public address" in r.json()["error"]["message"], host
 
 
 def test_public_targets_pass_the_policy(jailed_gateway):
