@@ -8,7 +8,8 @@ Layouts (as PyAV's DLPack export of CUDA frames gives them, see service/nvdec.py
 - P010: the same shapes in 16-bit words with the sample in the top 10 bits (``torch.uint16``
   or ``int16`` storage); they are scaled to the 8-bit range before the same matrix.
 
-Matrix: BT.601 or BT.709 (Kr, Kb) with limited ("TV", 16-235 / 16-240) or full range. Chroma
+Matrix: BT.601, BT.709, BT.2020 (non-constant luminance), SMPTE 240M or FCC (Kr, Kb), with
+limited ("TV", 16-235 / 16-240) or full ("PC", 0-255) range. Chroma
 is upsampled by repeating each sample over its 2x2 block, as FFmpeg's unscaled YUV->RGB
 converters do, so the result matches the CPU path's ``frame.to_ndarray(format="rgb24")``.
 """
@@ -20,8 +21,14 @@ from typing import Literal
 
 import torch
 
-Matrix = Literal["bt601", "bt709"]
-_K = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}  # (Kr, Kb)
+Matrix = Literal["bt601", "bt709", "bt2020", "smpte240m", "fcc"]
+_K = {
+    "bt601": (0.299, 0.114),
+    "bt709": (0.2126, 0.0722),
+    "bt2020": (0.2627, 0.0593),
+    "smpte240m": (0.212, 0.087),
+    "fcc": (0.30, 0.11),
+}  # (Kr, Kb)
 
 
 def yuv_to_rgb_coefficients(matrix: Matrix = "bt601", full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,13 +52,19 @@ def yuv_to_rgb_coefficients(matrix: Matrix = "bt601", full_range: bool = False) 
 def nv12_to_rgb(y: torch.Tensor, uv: torch.Tensor, matrix: Matrix = "bt601", full_range: bool = False) -> torch.Tensor:
     """NV12 (or P010) planes -> RGB uint8 [H, W, 3] on the planes' device.
 
-    ``y`` [H, W], ``uv`` [ceil(H/2), ceil(W/2), 2]; odd sizes take the chroma of their block.
+    ``y`` [H, W], ``uv`` [ceil(H/2), ceil(W/2), 2]; odd sizes take the chroma of their block. A chroma
+    plane exported one row or column short of that (DLPack of an odd-sized frame gives [H//2, W//2])
+    repeats its last row or column.
     """
     h, w = y.shape
     if y.dtype == torch.uint8:
         luma, chroma = y.float(), uv.float()
     else:  # 16-bit words, 10 significant bits at the top: 8-bit units are word / 256
         luma, chroma = _as_unsigned(y) / 256.0, _as_unsigned(uv) / 256.0
+    short_h, short_w = (h + 1) // 2 - chroma.shape[0], (w + 1) // 2 - chroma.shape[1]
+    if short_h > 0 or short_w > 0:  # [H, W, 2] -> [2, H, W] for replicate padding, and back
+        pad = (0, max(short_w, 0), 0, max(short_h, 0))
+        chroma = torch.nn.functional.pad(chroma.permute(2, 0, 1)[None], pad, mode="replicate")[0].permute(1, 2, 0)
     chroma = chroma.repeat_interleave(2, dim=0).repeat_interleave(2, dim=1)[:h, :w]  # [H, W, 2]
     yuv = torch.cat([luma.unsqueeze(-1), chroma], dim=-1)  # [H, W, 3]
     m, offset = _coefficients_on(matrix, full_range, yuv.device)

@@ -39,8 +39,23 @@ CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,ogg,gi
 Convert = Callable[[av.VideoFrame, int], list[torch.Tensor | None]]  # (frame, source index) -> one per spec
 
 
+# Matrices (AVCOL_SPC_*) FFmpeg 8's swscale converts: RGB/unspecified/BT.601 family, BT.709, FCC,
+# SMPTE 240M, BT.2020 NCL. It refuses the others (reserved, YCgCo, BT.2020 CL, ICtCp, ...) with
+# EOPNOTSUPP, which would fail a valid video: those frames convert as untagged ones (BT.601), as
+# FFmpeg's older converter did. The GPU path's conversion follows the same table (service/nvdec.py).
+CONVERTED_COLORSPACES = frozenset({0, 1, 2, 4, 5, 6, 7, 9})
+UNSPECIFIED_COLORSPACE = 2
+
+
+def convertible(frame: av.VideoFrame) -> av.VideoFrame:
+    """``frame``, its matrix tag cleared if FFmpeg's converter refuses it (CONVERTED_COLORSPACES)."""
+    if int(frame.colorspace) not in CONVERTED_COLORSPACES:
+        frame.colorspace = UNSPECIFIED_COLORSPACE
+    return frame
+
+
 def _cpu_rgb(frame: av.VideoFrame) -> torch.Tensor:
-    return torch.from_numpy(frame.to_ndarray(format="rgb24"))
+    return torch.from_numpy(convertible(frame).to_ndarray(format="rgb24"))
 
 
 @dataclass(frozen=True)
@@ -195,7 +210,8 @@ def sample_container(
             ]
             wanted_by = [set(indices) for indices, _ in plans]
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
-            stream.thread_type = "AUTO"
+            # Frame threads each add a decode surface on NVDEC (32 at most); the hardware needs none.
+            stream.thread_type = "SLICE" if path.hwaccel is not None else "AUTO"
 
             def convert(frame: av.VideoFrame, index: int) -> list[torch.Tensor | None]:
                 """RGB once, resized for each spec that samples this frame: memory stays at the outputs' size."""

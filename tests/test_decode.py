@@ -86,6 +86,18 @@ def test_container_frames_match_the_source(fmt):
     assert error < 6, f"mean abs error {error:.2f}"  # lossy codec + 4:2:0 chroma; the neighbouring frame is ~10 off
 
 
+@pytest.mark.parametrize("colorspace", [8, 10, 14], ids=["ycgco", "bt2020-cl", "ictcp"])
+def test_streams_tagged_with_a_matrix_ffmpeg_cannot_convert_still_decode(colorspace):
+    """FFmpeg 8's converter refuses these matrix tags (EOPNOTSUPP), which made valid videos 422
+    "corrupt or truncated"; their frames now convert as untagged ones, as older FFmpeg did."""
+    frames = videos.moving_scene(8, 120, 160)
+    tagged = sample_frames(
+        EncodedVideo(videos.encode(frames, colorspace=colorspace)), spec_with(signal.SPEC.sampling), LIMITS
+    )
+    plain = sample_frames(EncodedVideo(videos.encode(frames)), spec_with(signal.SPEC.sampling), LIMITS)
+    torch.testing.assert_close(tagged.frames, plain.frames, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
 def test_sparse_sampling_with_seeks_equals_decoding_everything(fmt, monkeypatch):
     """Seeking between far-apart samples must return exactly the frames a full decode gives."""

@@ -65,6 +65,46 @@ def test_nv12_to_rgb_matches_ffmpeg_on_the_same_frames(fmt):
         assert np.abs(wrong.numpy().astype(int) - ffmpeg).mean() > 2 * MEAN_LEVELS
 
 
+# (AVCOL_SPC_*, AVCOL_RANGE_*) tags: untagged, BT.709, BT.2020, FCC, SMPTE 240M, full range, and
+# matrices FFmpeg's converter refuses (YCgCo, BT.2020 CL), which both paths convert as untagged.
+TAGS = [(2, 0), (1, 1), (9, 1), (4, 1), (7, 1), (2, 2), (9, 2), (8, 1), (10, 1)]
+
+
+@pytest.mark.parametrize("colorspace, color_range", TAGS)
+def test_gpu_conversion_follows_the_streams_matrix_and_range_as_the_cpu_path_does(colorspace, color_range):
+    """The tags are set on decoded frames: the conversion reads only the tags and the planes."""
+    (frame, *_) = _frames(videos.encode(videos.moving_scene(2, 120, 160)))
+    frame.colorspace, frame.color_range = colorspace, color_range
+    cpu = decode._cpu_rgb(frame).numpy().astype(int)
+    frame.colorspace = colorspace  # (the CPU path clears a tag FFmpeg refuses)
+    diff = np.abs(nvdec.nv12_to_rgb(frame).numpy().astype(int) - cpu)
+    assert diff.mean() <= MEAN_LEVELS and diff.max() <= MAX_LEVELS, (diff.mean(), diff.max())
+
+
+def test_a_full_range_bt2020_stream_decodes_alike_on_both_paths():
+    data = videos.encode(videos.moving_scene(8, 120, 160), colorspace=9, color_range=2)
+    (cpu,) = decode.sample_container(data, [signal.SPEC], LIMITS)
+    (gpu_way,) = decode.sample_container(data, [signal.SPEC], LIMITS, nvdec.NV12_ON_CPU)
+    diff = (gpu_way.frames.int() - cpu.frames.int()).abs().float()
+    assert diff.mean() <= MEAN_LEVELS_RESIZED and diff.max() <= MAX_LEVELS_RESIZED, (diff.mean(), diff.max())
+    # the check can tell: BT.601 or limited range read into this stream is at least a level further off
+    (frame, *_) = _frames(data)
+    cpu_rgb, nv12 = decode._cpu_rgb(frame).numpy().astype(int), frame.reformat(format="nv12")
+    planes = torch.from_dlpack(nv12.planes[0]), torch.from_dlpack(nv12.planes[1])
+    off = {
+        tags: np.abs(colour.nv12_to_rgb(*planes, *tags).numpy().astype(int) - cpu_rgb).mean()
+        for tags in (("bt2020", True), ("bt601", True), ("bt2020", False))
+    }
+    assert off[("bt601", True)] > off[("bt2020", True)] + 1 and off[("bt2020", False)] > off[("bt2020", True)] + 1, off
+
+
+def test_an_odd_sized_chroma_plane_is_extended_not_refused():
+    y = torch.full((5, 7), 120, dtype=torch.uint8)
+    uv = torch.full((2, 3, 2), 128, dtype=torch.uint8)  # [H//2, W//2]: one row and column short
+    rgb = colour.nv12_to_rgb(y, uv)
+    assert rgb.shape == (5, 7, 3) and int(rgb.int().max() - rgb.int().min()) == 0
+
+
 def test_p010_gives_the_same_rgb_as_nv12():
     """10-bit surfaces (HEVC/AV1 Main10 from NVDEC) go through the same matrix after scaling."""
     (frame, *_) = _frames(videos.encode(videos.moving_scene(2, 120, 160)))
@@ -122,6 +162,8 @@ def test_decode_policy():
     assert auto.choose("h264", 480, 270) == "cpu"  # below the break-even
     assert auto.choose("mpeg4", 1920, 1080) == "cpu"  # not an NVDEC codec here
     assert auto.choose("h264", 8192, 4320) == "cpu"  # beyond NVDEC's H.264 limit
+    assert auto.choose("vp9", 1281, 721) == "cpu"  # odd sizes: FFmpeg interpolates their chroma
+    assert auto.choose("libdav1d", 1920, 1080) == "cpu"  # AV1 opens with dav1d, which has no NVDEC config
     assert nvdec.DecodePolicy("nvdec", cuda, min_pixels=640 * 360).choose("h264", 480, 270) == "nvdec"
     assert nvdec.DecodePolicy("cpu", cuda).choose("h264", 1920, 1080) == "cpu"
     assert nvdec.DecodePolicy("auto", cpu).choose("h264", 1920, 1080) == "cpu"

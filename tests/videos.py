@@ -86,11 +86,19 @@ def exposure(frames: np.ndarray, gain: float) -> np.ndarray:
 
 
 def encode(
-    frames: np.ndarray, fmt: str = "mp4", fps: int = 16, codec: str | None = None, crf: int = 18, gop: int | None = None
+    frames: np.ndarray,
+    fmt: str = "mp4",
+    fps: int = 16,
+    codec: str | None = None,
+    crf: int = 18,
+    gop: int | None = None,
+    colorspace: int | None = None,
+    color_range: int | None = None,
 ) -> bytes:
     """Encode uint8 [T,H,W,3] frames into a container in memory (mp4/H.264 or webm/VP9).
 
-    ``gop`` sets the keyframe interval (short GOPs exercise the decoder's seeking)."""
+    ``gop`` sets the keyframe interval (short GOPs exercise the decoder's seeking); ``colorspace``
+    and ``color_range`` (AVCOL_SPC_*, AVCOL_RANGE_*) tag the stream, as cameras and HDR tools do."""
     codec = codec or {"mp4": "libx264", "webm": "libvpx-vp9", "mkv": "libx264"}[fmt]
     buf = io.BytesIO()
     fmt_name = {"mkv": "matroska"}.get(fmt, fmt)
@@ -100,6 +108,10 @@ def encode(
         stream.pix_fmt = "yuv420p"
         if gop:
             stream.codec_context.gop_size = gop
+        if colorspace is not None:
+            stream.codec_context.colorspace = colorspace
+        if color_range is not None:
+            stream.codec_context.color_range = color_range
         if codec == "libx264":
             stream.options = {"crf": str(crf), "preset": "veryfast"} | (
                 {"keyint": str(gop), "min-keyint": str(gop)} if gop else {}
