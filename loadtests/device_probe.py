@@ -42,6 +42,23 @@ def hw_device() -> str:
     return f"cuda listed among {available}"
 
 
+def nvdec_after_torch() -> str:
+    """Decode a few frames with NVDEC after torch has made the CUDA context active, as the gateway
+    does (models load first): what FFmpeg refused before nvdec shared the primary context."""
+    import torch
+
+    from models import signal
+    from service import decode, nvdec
+    from tests import videos
+
+    torch.zeros(1, device="cuda")  # torch's primary context, active with its default flags
+    data = videos.encode(videos.moving_scene(9, 720, 1280))
+    (clip,) = decode.sample_container(
+        data, [signal.SPEC], decode.Limits(10**9, 10**6, 10**6), nvdec.nvdec_path(torch.device("cuda", 0))
+    )
+    return f"{len(clip.indices)} frames decoded, on {clip.frames.device}"
+
+
 def main() -> None:
     import torch
 
@@ -61,7 +78,10 @@ def main() -> None:
     fact("libcuda", lambda: loadable(ctypes.util.find_library("cuda") or "libcuda.so.1"))
     libdir, ldlib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
     fact("libpython (Triton stub)", lambda: loadable(os.path.join(libdir, ldlib)))
-    for name in ("transformers", "numpy", "fastapi", "uvicorn", "httptools", "pydantic", "tritonclient"):
+    if torch.cuda.is_available():
+        fact("nvdec after torch", nvdec_after_torch)
+    names = ("transformers", "numpy", "fastapi", "uvicorn", "httptools", "pydantic", "aiodns", "pycares")
+    for name in (*names, "tritonclient", "grpcio", "protobuf"):
         fact(name, lambda name=name: md.version(name))
 
 

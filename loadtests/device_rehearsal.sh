@@ -15,7 +15,7 @@ if [ ! -x "$venv/bin/python3" ]; then
   "$py312" -m venv "$venv"
   "$venv/bin/pip" install -q torch==2.11.0 numpy==2.5.2 transformers==5.17.0 tokenizers==0.23.2 \
     safetensors==0.8.0 huggingface_hub==1.33.0 accelerate==1.15.0 peft onnx==1.23.1 onnxruntime==1.30.0 \
-    onnxscript==0.7.2 ml-dtypes pytest httpx prometheus-client uvloop pillow psutil pyyaml grpcio protobuf \
+    onnxscript==0.7.2 ml-dtypes pytest pytest-timeout httpx prometheus-client uvloop pillow psutil pyyaml grpcio protobuf \
     tqdm cuda-bindings
 fi
 [ -d .whl ] || sh loadtests/gpu_wheels.sh
@@ -23,6 +23,6 @@ fi
 rm -rf .site .site-stub
 OUT=$(mktemp -d /tmp/device-rehearsal-XXXX)
 export OUT
-PYTHON="$venv/bin/python3" SMOKE=1 sh loadtests/device_run.sh bench_gpu,tests,compile,triton
+PYTHON="$venv/bin/python3" SMOKE=1 sh loadtests/device_run.sh bench_gpu,tests,compile,inductor,triton
 echo "logs and results: $OUT"
 ! grep -v ": exit 0 " "$OUT/steps.txt"

@@ -3,9 +3,11 @@
 # repository root on the GPU machine with $OUT set (the device tool sets it):
 #   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default bench_gpu,tests,compile
 #     bench_gpu  loadtests/bench_gpu.py: NVDEC vs CPU decode, forward share of peak, GRPO vs naive
-#     tests      tests/gpu (but cuda_shm) and tests/test_gpu_path.py
+#     tests      tests/gpu (but cuda_shm and the inductor gateways) and tests/test_gpu_path.py
 #     compile    loadtests/bench_compile.py: VRS_COMPILE=inductor (CUDA graphs) vs eager
+#     inductor   tests/gpu's inductor test: two CUDA gateways, eager vs inductor + CUDA graphs
 #     triton     Triton on the GPU: tests/gpu/test_cuda_shm.py, gRPC bytes vs system/CUDA shm
+# The second call of a session runs `inductor,triton`.
 # Wheels: `sh loadtests/gpu_wheels.sh` here fills .whl/ (carry it: installed into .site/); the
 # triton step also needs `sh loadtests/gpu_wheels.sh triton` (.whl-triton/). Both do not fit in
 # one call's 64 MiB, so a call carrying only .whl-triton relies on .site/ from an earlier call on
@@ -40,27 +42,35 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 
 if [ -d .whl ]; then
   install .site .whl/*.whl || exit 3
+  if [ -d .whl/grpc ]; then install .site-grpc .whl/grpc/*.whl || exit 3; fi
 elif [ ! -d .site/fastapi ]; then
   echo "neither .whl/ carried nor .site/ left by an earlier call on this machine" | tee -a "$OUT/steps.txt"
   exit 3
 fi
-# The default steps' limits add up to 560 s: with the install and the probe, one device call
-# (run's timeout_s 600) holds them, and returns 8 files, the most a call brings back.
+# Limits: the default steps add up to 530 s and `inductor,triton` to 540 s, so with the install and
+# the probe each call fits run's timeout_s 600, and neither writes more than 8 files, the most a call
+# brings back. Tests run with a per-test limit (pytest-timeout, in the image): a hanging test fails
+# alone, and the session still prints every failure before the step's own limit.
+inductor_test=tests/gpu/test_gpu_parity.py::test_inductor_with_cuda_graphs_serves_the_eager_scores
+pytest_opts="-q -rs -p no:cacheprovider"
 step probe 30 "$py" loadtests/device_probe.py
 for s in $(echo "${1:-bench_gpu,tests,compile}" | tr , ' '); do
   case $s in
-    bench_gpu) TAIL=40 step bench_gpu 240 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
-    tests) step tests_gpu 160 "$py" -m pytest tests/gpu tests/test_gpu_path.py -q -rs -p no:cacheprovider \
-      --deselect tests/gpu/test_cuda_shm.py ;;
-    compile) TAIL=12 step bench_compile 160 "$py" loadtests/bench_compile.py $smoke --skip-transport \
+    bench_gpu) TAIL=40 step bench_gpu 220 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
+    tests) step tests_gpu 130 "$py" -m pytest tests/gpu tests/test_gpu_path.py $pytest_opts --timeout 60 \
+      --deselect tests/gpu/test_cuda_shm.py --deselect "$inductor_test" ;;
+    compile) TAIL=12 step bench_compile 150 "$py" loadtests/bench_compile.py $smoke --skip-transport \
       --out "$OUT/bench_compile.json" ;;
+    inductor) step tests_inductor 150 "$py" -m pytest "$inductor_test" $pytest_opts --timeout 140 ;;
     triton)  # pytriton beside the gateway's packages; numpy 1.x on the python-backend stub's path only
       [ -d .whl-triton ] || { echo "no .whl-triton/: carry it (sh loadtests/gpu_wheels.sh triton)" | tee -a "$OUT/steps.txt"; continue; }
       install .site .whl-triton/nvidia_pytriton-*.whl && install .site-stub .whl-triton/numpy-*.whl || continue
       export VRS_TRITON_STUB_PATH="$PWD/.site-stub"
-      step tests_triton 200 "$py" -m pytest tests/gpu/test_cuda_shm.py -q -rs -p no:cacheprovider
-      TAIL=12 step bench_transport 200 "$py" loadtests/bench_compile.py $smoke --skip-compile \
+      # tritonclient's generated stubs need the gRPC runtime they were built for (.whl/grpc, call 1)
+      export PYTHONPATH="$PWD/.site-grpc:$PYTHONPATH"
+      step tests_triton 180 "$py" -m pytest tests/gpu/test_cuda_shm.py $pytest_opts --timeout 170
+      TAIL=12 step bench_transport 180 "$py" loadtests/bench_compile.py $smoke --skip-compile \
         --out "$OUT/bench_transport.json" ;;
-    *) echo "unknown step $s (bench_gpu, tests, compile, triton)" >&2; exit 2 ;;
+    *) echo "unknown step $s (bench_gpu, tests, compile, inductor, triton)" >&2; exit 2 ;;
   esac
 done

@@ -6,8 +6,8 @@
 # taken at the version this checkout's .venv runs (the environment the README's test command
 # builds), so the device runs what CI tests.
 # `sh loadtests/gpu_wheels.sh triton` instead fills .whl-triton/ (the Triton server, trimmed to
-# Python 3.12's stub, and numpy 1.x for that stub: 55 MB, more than fits beside .whl/ in one
-# call's 64 MiB): loadtests/device_run.sh triton.
+# Python 3.12's stub, and numpy 1.x for that stub: more than fits beside .whl/ in one call's
+# 64 MiB): loadtests/device_run.sh triton.
 set -e
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -30,5 +30,15 @@ platforms="--platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64 --p
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
   -d $dest $pins
 [ "$1" = triton ] && $py loadtests/device_wheels.py --slim-pytriton $dest/nvidia_pytriton-*.whl
+if [ "$1" != triton ]; then
+  # The gRPC runtime tritonclient's generated stubs were built for (they refuse older ones), for the
+  # triton step only (device_run.sh keeps it off the other steps' path): here, since .whl-triton
+  # has no room left for it in one call's 64 MiB.
+  grpc=$($py -c 'import importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in ("grpcio", "protobuf")))')
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms \
+    -d $dest/grpc $grpc
+  pins="$pins $grpc"
+fi
 echo "$pins" > $dest/PINS
 du -sh $dest

@@ -28,13 +28,13 @@ Compile = Literal["none", "inductor", "tensorrt"]
 WARMUP_PROMPT = "a video"
 
 
-def compiled(model: RewardModel, device: str = "cpu") -> RewardModel:
+def compiled(model: RewardModel, device: torch.device | str = "cpu") -> RewardModel:
     """The model with its device work under torch.compile (CUDA graphs on a CUDA device).
 
     A staged model (models.registry.Stages) has only its ``core`` compiled: ``pre`` (tokenisation,
     host index tensors) stays eager, outside the graph, and keeps overlapping the previous batch's
     ``core`` in the in-process backend. A one-stage model has its whole forward compiled."""
-    mode = "reduce-overhead" if device.startswith("cuda") else None
+    mode = "reduce-overhead" if str(device).startswith("cuda") else None
     if model.stages is None:
         return replace(model, forward=torch.compile(model.forward, mode=mode))
     pre, core = model.stages.pre, torch.compile(model.stages.core, mode=mode)
@@ -45,9 +45,13 @@ def compiled(model: RewardModel, device: str = "cpu") -> RewardModel:
     return replace(model, forward=forward, stages=Stages(pre, core))
 
 
-def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, seed: int = 0) -> list[int]:
+def warm_up(
+    model: RewardModel, batch_sizes: range | list[int] | None = None, seed: int = 0, device: torch.device | str = "cpu"
+) -> list[int]:
     """Run the forward once per batch size (default 1..the spec's max batch size) on a random clip
-    of the smallest shape the spec allows; returns the batch sizes run."""
+    of the smallest shape the spec allows, on ``device``, where served batches arrive (compiled code
+    guards on the device: CPU clips would leave a CUDA model to compile again on its first requests);
+    returns the batch sizes run."""
     from models.triton_repo import warmup_shape
 
     spec = model.spec
@@ -60,14 +64,14 @@ def warm_up(model: RewardModel, batch_sizes: range | list[int] | None = None, se
     wider = side + factor if (side + factor) * side <= spec.resolution.max_pixels else side
     rng = np.random.default_rng(seed)
     for b, (t, h, w) in [*((b, (frames, side, side)) for b in sizes), (sizes[-1], (longer, side, wider))]:
-        clip = torch.from_numpy(rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8))
+        clip = torch.from_numpy(rng.integers(0, 256, (b, t, h, w, 3), dtype=np.uint8)).to(device)
         with torch.inference_mode():
             model.forward(clip, torch.full((b,), t, dtype=torch.int32), [WARMUP_PROMPT] * b)
     return sizes
 
 
 def prepare(
-    models: dict[str, RewardModel], mode: Compile, device: str = "cpu", max_batch_size: int | None = None
+    models: dict[str, RewardModel], mode: Compile, device: torch.device | str = "cpu", max_batch_size: int | None = None
 ) -> dict[str, RewardModel]:
     """Apply ``mode`` to the models that run in torch here, warmed up; ``tensorrt`` is refused."""
     if mode == "tensorrt":
@@ -79,6 +83,6 @@ def prepare(
     out = {}
     for name, model in models.items():
         model = compiled(model, device)
-        warm_up(model, range(1, (max_batch_size or model.spec.batching.max_batch_size) + 1))
+        warm_up(model, range(1, (max_batch_size or model.spec.batching.max_batch_size) + 1), device=device)
         out[name] = model
     return out

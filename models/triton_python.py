@@ -75,8 +75,8 @@ class TritonPythonModel:
             from models.compile import compiled, warm_up
             from models.registry import RewardModel
 
-            model = compiled(RewardModel(spec=_spec_stub(config), forward=self.forward), self.device.type)
-            warm_up(model)
+            model = compiled(RewardModel(spec=_spec_stub(config), forward=self.forward), self.device)
+            warm_up(model, device=self.device)
             self.forward = model.forward
 
     def _execute_step(self, requests: list) -> list:

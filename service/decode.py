@@ -18,6 +18,7 @@ import bisect
 import io
 import math
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,7 +29,7 @@ import torch
 
 from models.spec import FrameSampling, ModelSpec
 from service import preprocess
-from service.errors import TooLarge, Unprocessable, UnsupportedMedia
+from service.errors import Timeout, TooLarge, Unprocessable, UnsupportedMedia
 from service.ingest import EncodedVideo, RawFrames
 
 # Demuxers we accept. Playlist and concat formats (hls, concat, ...) are deliberately absent:
@@ -76,6 +77,13 @@ class Limits:
     max_pixels: int
     max_duration_s: float
     max_total_frames: int
+    # time.monotonic() by which the request that wants this video has given up: decoding runs in a
+    # worker thread that asyncio cannot cancel, so the demux and decode loops stop there themselves.
+    deadline: float | None = None
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Timeout("decoding stopped: the request's time is up")
 
 
 @dataclass
@@ -161,11 +169,15 @@ def _host(frames: torch.Tensor) -> torch.Tensor:
     return frames.pin_memory() if frames.device.type == "cpu" and torch.cuda.is_available() else frames
 
 
-def _open(data: bytes | BinaryIO, hwaccel=None) -> av.container.InputContainer:
+def _open(data: bytes | BinaryIO, limits: Limits, hwaccel=None) -> av.container.InputContainer:
+    """Open a container. Stream probing decodes frames, so the decoders it opens already refuse
+    frames over the pixel limit (``max_pixels``): a header claiming 16000x16000 allocates nothing."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         options = {"format_whitelist": CONTAINER_FORMATS}
-        return av.open(stream, mode="r", container_options=options, hwaccel=hwaccel)
+        return av.open(
+            stream, mode="r", container_options=options, options={"max_pixels": str(limits.max_pixels)}, hwaccel=hwaccel
+        )
     except av.FFmpegError as exc:
         reason = exc.strerror or str(exc)
         raise UnsupportedMedia(
@@ -178,24 +190,29 @@ def sample_container(
 ) -> list[Clip]:
     """Decode a container (bytes, or a stream at its start) along ``path`` (all checks, the index and
     the seeks are the same on every path)."""
-    with _open(data, path.hwaccel) as container:
+    with _open(data, limits, path.hwaccel) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")
         stream = container.streams.video[0]
         height, width = stream.codec_context.height, stream.codec_context.width
+        if height == width == 0:  # probing, under the pixel limit, could not set a frame size
+            raise TooLarge(
+                f"the decoder refused this video's frame size at the limit of {limits.max_pixels} pixels "
+                "(or its header gives none)"
+            )
         _check_size(height, width, limits)
         declared = _declared_seconds(container, stream)
         if declared and declared > limits.max_duration_s:
             raise TooLarge(f"video lasts {declared:.1f} s; the limit is {limits.max_duration_s:g} s")
 
         try:
-            timestamps, keyframes = _index(container, stream, limits)
+            timestamps, keyframes, last_duration = _index(container, stream, limits)
             if not timestamps:
                 raise Unprocessable("video has no frames", code="no_frames")
             fps = _frame_rate(stream, timestamps)
             _check_length(len(timestamps), fps, limits)
-            present = _present_seconds(stream, timestamps, fps)
+            present = _present_seconds(stream, timestamps, fps, last_duration)
             if declared and present < 0.9 * declared - 1 / fps:
                 raise Unprocessable(
                     f"truncated video: the header declares {declared:.2f} s but only {present:.2f} s of frames are present",
@@ -227,7 +244,7 @@ def sample_container(
                 return out
 
             union = sorted(set().union(*wanted_by))
-            got = _decode_at(container, stream, timestamps, keyframes, union, convert)
+            got = _decode_at(container, stream, timestamps, keyframes, union, convert, limits)
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
         return [
@@ -245,30 +262,41 @@ def _declared_seconds(container, stream) -> float | None:
     return None
 
 
-def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[int]]:
-    """Demux (no decoding) to list every frame's timestamp in presentation order and the keyframes'."""
+def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[int], int | None]:
+    """Demux (no decoding) to list every frame's timestamp in presentation order, the keyframes',
+    and how long the last frame lasts if the container says. Frames without a timestamp, or two
+    frames with one timestamp (a millisecond time base cannot tell 1000+ fps apart), leave only
+    their order: every timestamp is then None and frames are counted."""
     stamps: list[int | None] = []
     keyframes: list[int] = []
+    last = (None, None)  # (pts, duration) of the latest frame
     for packet in container.demux(stream):
+        limits.check_time()
         if packet.size == 0:
             continue  # flush packet
         stamps.append(packet.pts)
+        if packet.pts is not None and (last[0] is None or packet.pts >= last[0]):
+            last = (packet.pts, packet.duration or None)
         if packet.is_keyframe and packet.pts is not None:
             keyframes.append(packet.pts)
         if len(stamps) > limits.max_total_frames:
             raise TooLarge(f"video has more than {limits.max_total_frames} frames")
-    if any(s is None for s in stamps):
-        return [None] * len(stamps), []  # no timestamps: fall back to counting frames in order
-    return sorted(stamps), sorted(keyframes)
+    if any(s is None for s in stamps) or len(set(stamps)) < len(stamps):
+        return [None] * len(stamps), [], None  # fall back to counting frames in order
+    return sorted(stamps), sorted(keyframes), last[1]
 
 
-def _present_seconds(stream, timestamps: list[int | None], fps: float) -> float:
+def _present_seconds(stream, timestamps: list[int | None], fps: float, last_duration: int | None = None) -> float:
     """How long the frames present last: by their timestamps, so a variable frame rate is not
-    mistaken for missing frames; by count / rate when the stream has no timestamps."""
+    mistaken for missing frames; by count / rate when the stream has no timestamps. The last
+    frame lasts what the container says (a held last frame), else the median frame interval.
+    Measured from the first frame or from time zero, whichever is longer: some headers (Matroska)
+    count a late start in the duration."""
     if len(timestamps) < 2 or timestamps[0] is None:
         return len(timestamps) / fps
-    last = statistics.median(b - a for a, b in zip(timestamps, timestamps[1:]))  # the last frame's duration
-    return float((timestamps[-1] - timestamps[0] + last) * stream.time_base)
+    last = last_duration or statistics.median(b - a for a, b in zip(timestamps, timestamps[1:]))
+    end = timestamps[-1] + last
+    return float((end - min(timestamps[0], 0)) * stream.time_base)
 
 
 def _frame_rate(stream, timestamps: list[int | None]) -> float:
@@ -281,50 +309,61 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
     return float(Fraction(stream.guessed_rate or 25))
 
 
-def _decode_at(container, stream, timestamps, keyframes, indices, convert: Convert) -> dict[int, list[torch.Tensor]]:
+def _decode_at(
+    container, stream, timestamps, keyframes, indices, convert: Convert, limits: Limits
+) -> dict[int, list[torch.Tensor]]:
     """Decode and convert the frames at ``indices`` (source index -> converted); matched by
     timestamp, or by order when the stream has no timestamps."""
     if timestamps[0] is None:
-        return _decode_in_order(container, stream, indices, convert)
+        container.seek(0, stream=stream, backward=True, any_frame=False)  # back from the end of the index
+        return _decode_in_order(container, stream, indices, convert, limits)
     index_of = {timestamps[i]: i for i in indices}
     wanted = set(index_of)
     targets = sorted(wanted)
     got: dict[int, list[torch.Tensor]] = {}
     t = 0
-    while t < len(targets):
-        # Seek at the start, and whenever a keyframe lies between here and the next target:
-        # decoding from that keyframe skips the frames in between.
-        container.seek(targets[t], stream=stream, backward=True, any_frame=False)
+    aimed = _keyframe_at_or_before(keyframes, targets[0])
+    container.seek(targets[0], stream=stream, backward=True, any_frame=False)
+    while True:
+        # Seek again whenever a keyframe lies between here and the next target (decoding from it
+        # skips the frames in between), but only to a keyframe later than the last one aimed at:
+        # demuxers that land before the keyframe asked for (MPEG-PS, NUT) would otherwise seek
+        # back and forth forever. Each seek aims further, so there are at most one per keyframe.
         jump = False
         for frame in container.decode(stream):
+            limits.check_time()
             if frame.pts is None:
                 break
             if frame.pts in wanted and frame.pts not in got:
                 got[frame.pts] = convert(frame, index_of[frame.pts])
             while t < len(targets) and targets[t] <= frame.pts:
                 t += 1
-            jump = t < len(targets) and _keyframe_between(keyframes, frame.pts, targets[t])
-            if t == len(targets) or jump:
+            if t == len(targets):
+                break
+            key = _keyframe_at_or_before(keyframes, targets[t])
+            if key is not None and key > frame.pts and (aimed is None or key > aimed):
+                aimed, jump = key, True
                 break
         if not jump:
             break  # all targets passed, or the stream ended
+        container.seek(targets[t], stream=stream, backward=True, any_frame=False)
     if len(got) < len(targets):
         # The decoder's timestamps did not line up with the demuxer's: count frames instead.
         container.seek(0, stream=stream, backward=True, any_frame=False)
-        return _decode_in_order(container, stream, indices, convert)
+        return _decode_in_order(container, stream, indices, convert, limits)
     return {index_of[pts]: value for pts, value in got.items()}
 
 
-def _keyframe_between(keyframes: list[int], position: int, target: int) -> bool:
-    """Is there a keyframe k with position < k <= target?"""
+def _keyframe_at_or_before(keyframes: list[int], target: int) -> int | None:
     k = bisect.bisect_right(keyframes, target) - 1
-    return k >= 0 and keyframes[k] > position
+    return keyframes[k] if k >= 0 else None
 
 
-def _decode_in_order(container, stream, indices, convert: Convert) -> dict[int, list[torch.Tensor]]:
+def _decode_in_order(container, stream, indices, convert: Convert, limits: Limits) -> dict[int, list[torch.Tensor]]:
     wanted = set(indices)
     got: dict[int, list[torch.Tensor]] = {}
     for i, frame in enumerate(container.decode(stream)):
+        limits.check_time()
         if i in wanted:
             got[i] = convert(frame, i)
         if len(got) == len(wanted):

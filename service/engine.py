@@ -21,7 +21,7 @@ import re
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, Protocol
 
@@ -73,6 +73,7 @@ class _Call:
     keys: dict[Pair, str]
     ticket: Ticket
     together: frozenset[int] = frozenset()  # models that score the call's two items at once (pairwise judges)
+    deadline: float | None = None  # time.monotonic() at which the call times out (decode workers stop there)
 
     @property
     def pairs(self) -> list[Pair]:
@@ -227,8 +228,9 @@ class Engine:
         downloads = Holding(self.bytes_in_flight, self.settings.max_request_bytes)
         with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
             try:
+                deadline = time.monotonic() + self.settings.request_timeout_s
                 async with asyncio.timeout(self.settings.request_timeout_s):
-                    return await self._score(items, specs, together, cache, ticket, downloads)
+                    return await self._score(items, specs, together, cache, ticket, downloads, deadline)
             except TimeoutError as exc:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
             finally:
@@ -242,6 +244,7 @@ class Engine:
         mode: CacheMode,
         ticket: Ticket,
         downloads: Holding,
+        deadline: float | None = None,
     ) -> list[ItemResult]:
         """Cache lookup before any decoding; identical work already in flight is joined; the rest is computed.
         Hashing and computing run under ``ticket.working()`` (what admission counts as busy)."""
@@ -256,7 +259,7 @@ class Engine:
             )
         with ticket.working():
             keys = await self._keys(videos, items, specs, together)
-        call = _Call(items, specs, videos, keys, ticket, together)
+        call = _Call(items, specs, videos, keys, ticket, together, deadline)
         if mode == "bypass":
             return _results(call, await self._compute(call, call.pairs), cached=set())
 
@@ -323,8 +326,9 @@ class Engine:
                 try:
                     with self.metrics.stage("decode"):
                         wanted = [call.specs[m] for m in needs[i]]
+                        limits = replace(self.limits, deadline=call.deadline)
                         clips, seconds = await _in_pool(
-                            self._decode_pool, _timed_sample, call.videos[i], wanted, self.limits, self.decode_policy
+                            self._decode_pool, _timed_sample, call.videos[i], wanted, limits, self.decode_policy
                         )
                         self.admission.observe_decode(seconds)  # time in the worker, not waiting for one
                 except ServiceError as exc:

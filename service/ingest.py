@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -163,6 +164,8 @@ def parse_form(
         weights = json.loads(first["weights"]) if "weights" in first else None
     except json.JSONDecodeError as exc:
         raise BadInput(f"weights: not JSON: {exc}", code="bad_weights") from None
+    except (RecursionError, ValueError) as exc:  # nested too deep; an integer past Python's digit limit
+        raise BadInput(f"weights: not a weights object ({type(exc).__name__})", code="bad_weights") from None
     fps = _number(first.get("fps"))  # form fields are text; the wire types are strict
     refs = [{"file": name, **({"fps": fps} if fps and _is_npy(u) else {})} for name, u in uploads.items()]
     prompt = first.get("prompt")
@@ -268,11 +271,13 @@ def parse_npy(
         raise BadInput(f"{what} must have shape [T, H, W, 3], got {list(shape)}", code="bad_frames")
     if fortran_order:
         raise BadInput(f"{what} must be C-ordered (np.save of a C-contiguous array)", code="bad_frames")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise BadInput(f"{what} must have a shape of non-negative integers, got {list(shape)}", code="bad_frames")
     if 0 in shape:
         raise BadInput(f"{what} are empty: shape {list(shape)}", code="no_frames")
     if fps is None or not fps > 0:
         raise BadInput(f"{what} need a positive fps, got {fps}", code="bad_frames")
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)  # Python integers: a shape like (2**32, 2**32, 1, 3) cannot wrap to 0
     if max_bytes is not None and size > max_bytes:
         raise TooLarge(f"{what}: {list(shape)} is {size} bytes of frames; the limit is {max_bytes}")
     if isinstance(source, bytes):

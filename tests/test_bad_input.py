@@ -70,7 +70,7 @@ UPLOAD_CASES = {
     "random_bytes": (415, "unsupported_media", "not a video"),
     "audio_only": (415, "no_video_stream", "audio"),
     "zero_frames": (422, "no_frames", "no frames"),
-    "huge_header": (413, "too_large", "16000x16000"),
+    "huge_header": (413, "too_large", "pixels"),
     "overlong": (413, "too_large", "lasts"),
 }
 
@@ -143,6 +143,35 @@ def test_bad_base64(client, payload, fragment):
 def test_bad_npy_frames(client, array, code, fragment):
     r = client.post("/v1/score", json={"items": [{"video": {"frames": b64(videos.npy_bytes(array)), "fps": 16}}]})
     assert_error(r, 400, code, 0, fragment)
+
+
+def _npy_claiming(shape: tuple, data: bytes) -> bytes:
+    """A version 1.0 .npy header stating ``shape`` (numpy itself cannot write these), then ``data``."""
+    header = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape!r}, }}".ljust(118) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data
+
+
+@pytest.mark.parametrize(
+    "shape, status, code",
+    [
+        ((2**32, 2**32, 1, 3), 413, "too_large"),  # its int64 product wrapped to 0 and passed the size check: 500
+        ((2**64, 1, 1, 3), 413, "too_large"),
+        ((-1, 16, 16, 3), 400, "bad_frames"),  # was scored (reshape inferred the -1)
+        ((-1, -1, 16, 3), 400, "bad_frames"),
+    ],
+    ids=["wraps-int64", "past-int64", "negative", "two-negative"],
+)
+def test_npy_headers_claiming_impossible_shapes(client, shape, status, code):
+    frames = _npy_claiming(shape, bytes(4 * 16 * 16 * 3))
+    r = client.post("/v1/score", json={"items": [{"video": {"frames": b64(frames), "fps": 16}}]})
+    assert_error(r, status, code, 0, "frames")
+
+
+@pytest.mark.parametrize("weights", ["[" * 50_000 + "]" * 50_000, '{"signal.sharpness": ' + "9" * 5000 + "}"])
+def test_a_multipart_weights_field_python_cannot_parse_is_bad_weights(client, clean_mp4, weights):
+    """Nested past the recursion limit, or an integer past Python's 4300 digits: were 500s."""
+    r = client.post("/v1/score", files={"v": ("a.mp4", clean_mp4, "video/mp4")}, data={"weights": weights})
+    assert_error(r, 400, "bad_weights", None, "weights")
 
 
 def test_npy_that_is_not_npy(client):

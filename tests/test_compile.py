@@ -343,3 +343,12 @@ def test_inductor_compiles_only_the_core_of_a_staged_model(tiny_dirs, name):
         want = eager.forward(batch.frames, batch.num_frames, batch.prompts)
         got = fast.forward(batch.frames, batch.num_frames, batch.prompts)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=0)
+    # New prompts (every batch of a trainer has them) reuse the compiled graphs: nothing is traced
+    # again (clip-segmental's prompt cache once guarded on the prompt strings: a graph per batch).
+    with torch.inference_mode():  # (the first batch with new prompts at this batch size may trace once)
+        fast.forward(batch.frames, batch.num_frames, ["a new prompt", "and another"])
+    traced = torch._dynamo.utils.counters["stats"]["calls_captured"]
+    for i in range(3):
+        with torch.inference_mode():
+            fast.forward(batch.frames, batch.num_frames, [f"prompt {i}", f"another {i}"])
+    assert torch._dynamo.utils.counters["stats"]["calls_captured"] == traced

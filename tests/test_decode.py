@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import av
 import numpy as np
@@ -13,7 +14,7 @@ from models import signal
 from models.spec import FrameSampling, Resolution
 from service import decode, preprocess
 from service.decode import Limits, sample_clips, sample_frames, sample_indices
-from service.errors import TooLarge, Unprocessable, UnsupportedMedia
+from service.errors import Timeout, TooLarge, Unprocessable, UnsupportedMedia
 from service.ingest import EncodedVideo, RawFrames
 from tests import videos
 
@@ -98,6 +99,41 @@ def test_streams_tagged_with_a_matrix_ffmpeg_cannot_convert_still_decode(colorsp
     torch.testing.assert_close(tagged.frames, plain.frames, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fmt, codec", [("mpeg", "mpeg2video"), ("nut", "ffv1"), ("nut", "mpeg4")])
+def test_demuxers_that_seek_short_of_the_keyframe_do_not_loop(fmt, codec):
+    """MPEG-PS and NUT land before the keyframe a seek asks for; the seeking loop used to seek
+    again at once, forever (a 4 KB upload held a decode worker and its memory grew until the
+    process was killed). Each seek must now aim past the last one: the frames equal a full decode.
+    A deadline stops the test rather than hang it if that regresses."""
+    data = videos.encode(videos.moving_scene(33, 64, 64), fmt, codec=codec, gop=4)
+    sparse = spec_with(FrameSampling(mode="fps", fps=2, min_frames=4, max_frames=768, multiple_of=2))
+    with av.open(io.BytesIO(data)) as c:
+        everything = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    limits = Limits(LIMITS.max_pixels, LIMITS.max_duration_s, LIMITS.max_total_frames, deadline=time.monotonic() + 60)
+    clip = sample_frames(EncodedVideo(data), sparse, limits)
+    for got, i in zip(clip.frames, clip.indices, strict=True):
+        np.testing.assert_array_equal(got.numpy(), everything[i])
+
+
+def test_decoding_stops_at_the_requests_deadline():
+    """Decoding runs in a thread asyncio cannot cancel: past the deadline its loops stop themselves."""
+    data = videos.encode(videos.moving_scene(33, 64, 64))
+    late = Limits(LIMITS.max_pixels, LIMITS.max_duration_s, LIMITS.max_total_frames, deadline=time.monotonic() - 1)
+    with pytest.raises(Timeout):
+        sample_frames(EncodedVideo(data), signal.SPEC, late)
+
+
+def test_frames_sharing_a_timestamp_are_counted_in_order():
+    """Matroska keeps milliseconds: at 2000 fps two frames share a timestamp (was: KeyError, 422)."""
+    frames = videos.moving_scene(12, 64, 64)
+    data = videos.encode(frames, "mkv", fps=2000)
+    clip = sample_frames(EncodedVideo(data), spec_with(FrameSampling(mode="count", count=12, max_frames=12)), LIMITS)
+    assert clip.indices == list(range(12))
+    with av.open(io.BytesIO(data)) as c:
+        for got, want in zip(clip.frames, c.decode(video=0), strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.to_ndarray(format="rgb24"))
+
+
 @pytest.mark.parametrize("fmt", ["mp4", "webm"])
 def test_sparse_sampling_with_seeks_equals_decoding_everything(fmt, monkeypatch):
     """Seeking between far-apart samples must return exactly the frames a full decode gives."""
@@ -126,7 +162,9 @@ def test_raw_frames_and_container_sample_the_same_indices():
 
 
 def test_header_claiming_16000x16000_is_refused_before_decoding():
-    with pytest.raises(TooLarge, match="16000x16000"):
+    """Refused while the container is opened: stream probing decodes a frame, and its decoder
+    already has the pixel limit (it used to allocate the whole 16000x16000 frame first)."""
+    with pytest.raises(TooLarge, match=f"limit of {LIMITS.max_pixels} pixels"):
         sample_frames(EncodedVideo(videos.lying_header_avi()), signal.SPEC, LIMITS)
 
 
@@ -170,6 +208,21 @@ def test_variable_frame_rate_video_is_not_taken_for_truncated(fmt):
     data = videos.encode_vfr(videos.moving_scene(40, 64, 96), VFR_TIMES, fmt)
     clip = sample_frames(EncodedVideo(data), signal.SPEC, LIMITS)
     assert clip.total_frames == 40
+
+
+def test_a_held_last_frame_is_not_taken_for_truncated():
+    """17 frames at 25 fps, the last held for 10 s (a freeze at the end): the header's 10.68 s are
+    all there (the last frame's duration is the container's, not the median interval)."""
+    raw = videos.encode(videos.moving_scene(17, 64, 64), "h264", codec="libx264")
+    data = videos.retimed(raw, "mp4", [40 * i for i in range(17)], last_ms=10_000)
+    assert sample_frames(EncodedVideo(data), signal.SPEC, LIMITS).total_frames == 17
+
+
+def test_a_late_start_is_not_taken_for_truncated():
+    """Matroska counts a first frame at 5 s into its duration: 17 frames from 5 s on are all there."""
+    raw = videos.encode(videos.moving_scene(17, 64, 64), "h264", codec="libx264")
+    data = videos.retimed(raw, "mkv", [5000 + 40 * i for i in range(17)])
+    assert sample_frames(EncodedVideo(data), signal.SPEC, LIMITS).total_frames == 17
 
 
 def test_truncated_variable_frame_rate_video_is_still_refused():

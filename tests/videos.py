@@ -146,6 +146,22 @@ def encode_vfr(frames: np.ndarray, times_ms: list[int], fmt: str = "mkv", nomina
     return buf.getvalue()
 
 
+def retimed(data: bytes, fmt: str, times_ms: list[int], last_ms: int | None = None) -> bytes:
+    """The video stream of ``data`` remuxed into ``fmt`` with one presentation time per frame
+    (milliseconds) and, if given, the last frame's duration: a held last frame, a late start."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, av.open(out, "w", format={"mkv": "matroska"}.get(fmt, fmt)) as target:
+        packets = [p for p in source.demux(source.streams.video[0]) if p.size]
+        stream = target.add_stream_from_template(source.streams.video[0])
+        stream.time_base = Fraction(1, 1000)
+        for i, (packet, t) in enumerate(zip(packets, times_ms, strict=True)):
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, Fraction(1, 1000), t, t
+            following = times_ms[i + 1] if i + 1 < len(times_ms) else None
+            packet.duration = (following - t) if following is not None else (last_ms or 40)
+            target.mux(packet)
+    return out.getvalue()
+
+
 def audio_only(seconds: float = 1.0, rate: int = 16000) -> bytes:
     """An m4a (AAC) file with no video stream."""
     buf = io.BytesIO()

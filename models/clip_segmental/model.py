@@ -159,6 +159,9 @@ class ClipSegmental:
         limit = self.model.config.text_config.max_position_embeddings
         return todo, dict(self.tokenizer(todo, padding=True, truncation=True, max_length=limit, return_tensors="pt"))
 
+    # Under VRS_COMPILE=inductor this stays eager: tracing the prompt cache would guard on the prompt
+    # strings and compile a new graph for every new set of prompts.
+    @torch.compiler.disable
     def text_embeddings(
         self, prompts: Sequence[str], tokenized: tuple[list[str], dict | None] | None = None
     ) -> torch.Tensor:

@@ -52,7 +52,7 @@ class InProcessBackend:
             from models.compile import prepare
 
             self._models = await asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare, self._models, self._compile, self.device.type, self._max_batch_size
+                self._executor, prepare, self._models, self._compile, self.device, self._max_batch_size
             )
 
     async def close(self) -> None:

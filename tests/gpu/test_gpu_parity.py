@@ -9,8 +9,14 @@ Tolerances:
 - scores, fp32 on CUDA vs fp32 on the CPU, same frames: only summation order differs (TF32 is
   switched off), relative error ~1e-6 per op; scores are O(1): atol 1e-3.
 - scores, bf16 on CUDA vs fp32 on the CPU: bf16 keeps 8 mantissa bits (relative rounding
-  2^-9 ~ 0.2% per op); over the tiny test models' ~10 rounding stages that compounds to ~1%,
-  and the scores are normalised to unit scale: atol 0.05 (5% of one standard deviation).
+  2^-9 ~ 0.2% per op); over the tiny test models' ~10 rounding stages that compounds to a few
+  percent of the raw head outputs, which reach ~6 in magnitude (they are not normalised):
+  atol 0.05 + rtol 0.05. Measured on the CPU in bf16 with the same checkpoints, clips and
+  prompts: up to 0.049 absolute.
+- gateway scores, NVDEC vs CPU decode (both fp32): the ~1 grey level of the NV12 conversion goes
+  through the tiny random-weight model, which amplifies pixel changes far more than a trained
+  one: the GPU path's conversion run on the CPU (nvdec.NV12_ON_CPU) moved its scores by up to
+  0.10 on these clips, so atol 0.25. Pixel parity itself is the first test's, at 1.5 / 6 levels.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from tests.tiny_checkpoints import BASE_ID  # noqa: E402
 LIMITS = decode.Limits(10**9, 10**6, 10**6)
 CUDA = torch.device("cuda", 0)
 MEAN_LEVELS, MAX_LEVELS = 1.5, 6
-FP32_ATOL, BF16_ATOL = 1e-3, 5e-2
+FP32_ATOL, BF16_ATOL, BF16_RTOL, DECODE_ATOL = 1e-3, 5e-2, 5e-2, 0.25
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +82,10 @@ def test_nv12_conversion_on_the_gpu_equals_the_cpu():
 
 
 @pytest.mark.parametrize("name", ["videoalign", "clip-segmental"])
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, FP32_ATOL), (torch.bfloat16, BF16_ATOL)], ids=["fp32", "bf16"])
-def test_scores_on_cuda_match_the_cpu(tiny_dirs, name, dtype, atol):
+@pytest.mark.parametrize(
+    "dtype,atol,rtol", [(torch.float32, FP32_ATOL, 0.0), (torch.bfloat16, BF16_ATOL, BF16_RTOL)], ids=["fp32", "bf16"]
+)
+def test_scores_on_cuda_match_the_cpu(tiny_dirs, name, dtype, atol, rtol):
     directory = tiny_dirs["videoalign" if name == "videoalign" else "clip"]
     bases = {BASE_ID: tiny_dirs["base"]}
     on_cpu = registry.load_model(name, directory, bases, CPU)
@@ -88,7 +96,7 @@ def test_scores_on_cuda_match_the_cpu(tiny_dirs, name, dtype, atol):
     with torch.inference_mode():
         want = on_cpu.forward(*_args(FrameBatch.assemble(clips, prompts, "cpu"))).float().numpy()
         got = on_gpu.forward(*_args(FrameBatch.assemble(clips, prompts, CUDA))).float().cpu().numpy()
-    np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
 
 
 def test_gateway_on_cuda_scores_like_the_cpu_gateway(tiny_dirs):
@@ -126,8 +134,7 @@ def test_gateway_on_cuda_scores_like_the_cpu_gateway(tiny_dirs):
         finally:
             running.stop()
     for key, value in scores["cpu"].items():
-        # pixels differ by about a grey level (NV12 conversion), so fp32 scores get the bf16 bound
-        assert abs(scores["cuda"][key] - value) <= BF16_ATOL, (key, scores)
+        assert abs(scores["cuda"][key] - value) <= DECODE_ATOL, (key, scores)  # see the module docstring
 
 
 def _args(batch: FrameBatch):
