@@ -111,6 +111,8 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
         raise Unprocessable(
             f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}", code="too_few_frames"
         )
+    if sampling.spacing == "stride":
+        return [i * total // n for i in range(n)]
     return torch.linspace(0, total - 1, n).round().long().tolist()
 
 

@@ -73,7 +73,7 @@ def model_spec(spec: JudgeSpec, pairwise: bool = False) -> ModelSpec:
         **common,
         version=f"{version}.pairwise",
         dimensions=spec.pairwise_dimensions,
-        sampling=FrameSampling(mode="count", count=n, max_frames=n),
+        sampling=FrameSampling(mode="count", count=n, max_frames=n, spacing=spec.sampling.spacing),
         pairwise=Pairwise(model="judge"),
     )
 

@@ -45,6 +45,23 @@ def test_sample_indices_by_count_and_segments():
     assert segs == [5, 15, 25, 35]  # one frame from the middle of each segment
 
 
+def test_stride_spacing_takes_the_first_frame_of_each_part_as_opencv_samplers_do():
+    """UnifiedReward's script keeps frames ``int(i * total / n)`` of an OpenCV read; linspace would
+    put the last sample on the last frame, up to total / n - 1 frames from the reference's."""
+    stride = FrameSampling(mode="count", count=16, max_frames=16, spacing="stride")
+    assert sample_indices(121, 16.0, stride) == [int(i * 121 / 16) for i in range(16)]
+    assert sample_indices(121, 16.0, stride)[-1] == 113
+    assert sample_indices(121, 16.0, FrameSampling(mode="count", count=16, max_frames=16))[-1] == 120
+    assert sample_indices(10, 16.0, stride) == list(range(10))  # shorter than n: every frame
+
+
+def test_videoscore2_floors_its_frame_count_as_current_qwen_vl_utils_does():
+    """61 frames at 24 fps at 2 fps is 5.08 frames: qwen-vl-utils 0.0.10+ floors to 4 (0.0.8: 6)."""
+    from models.judges import videoscore2
+
+    assert len(sample_indices(61, 24.0, videoscore2.make_spec().sampling)) == 4
+
+
 def test_target_size_keeps_aspect_and_bounds_area():
     policy = signal.SPEC.resolution
     for h, w in [(240, 416), (480, 480), (400, 640), (512, 512), (1080, 1920), (20, 20)]:

@@ -11,8 +11,8 @@ Facts from the authors' ``inference_qwen/UnifiedReward-2.0-inference`` scripts a
   with a + b = 1 (relative scores). Note the pairwise dimensions are not the pointwise ones
   (Coherence instead of Physics).
 
-Frames here are taken at ``round(linspace(0, T-1, 16))`` (the gateway's "count" sampling) rather
-than ``int(i * T / 16)``: at most one frame apart. Decoding is greedy (temperature 0).
+Frames are taken where the authors' script takes them (``spacing="stride"``: ``int(i * T / n)``,
+n = 16, and 8 per video pairwise). Decoding is greedy (temperature 0).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def make_spec(upstream_model: str = "UnifiedReward") -> JudgeSpec:
             Dimension(name="style", description="visually appealing regardless of the caption (1-5)", range=(1.0, 5.0)),
         ),
         frames_as="images",
-        sampling=FrameSampling(mode="count", count=16, min_frames=1, max_frames=16),
+        sampling=FrameSampling(mode="count", count=16, min_frames=1, max_frames=16, spacing="stride"),
         # Frames go at source size; this is the Qwen2.5-VL image processor's own cap.
         resolution=Resolution(max_pixels=16384 * 28 * 28, min_pixels=4 * 28 * 28, size_factor=28, filter="bicubic"),
         prompt_template=POINTWISE_TEMPLATE,

@@ -67,8 +67,9 @@ def make_spec(upstream_model: str = "TIGER-Lab/VideoScore2", top_logprobs: int =
             ),
         ),
         frames_as="video",
-        # qwen-vl-utils' video defaults at fps 2: [4, 768] frames, an even count.
-        sampling=FrameSampling(mode="fps", fps=2.0, min_frames=4, max_frames=768, multiple_of=2, rounding="nearest"),
+        # qwen-vl-utils' video defaults at fps 2: [4, 768] frames, an even count rounded down (the
+        # authors install qwen-vl-utils unpinned; 0.0.10 and later floor, 0.0.8 rounded to nearest).
+        sampling=FrameSampling(mode="fps", fps=2.0, min_frames=4, max_frames=768, multiple_of=2, rounding="floor"),
         resolution=Resolution(max_pixels=768 * 28 * 28, min_pixels=128 * 28 * 28, size_factor=28, filter="bicubic"),
         prompt_template=PROMPT_TEMPLATE,
         generation=GenerationParams(temperature=0.0, max_tokens=1024, top_logprobs=top_logprobs),

@@ -181,18 +181,6 @@ class _Prepared:
     reward_at: torch.Tensor  # [B, 3] positions of the reward tokens
 
 
-def _cast_keeping_rotary_tables(model: torch.nn.Module, placement: Placement) -> None:
-    """Move and cast ``model`` to ``placement``, its rotary frequency tables (``inv_freq`` buffers)
-    left in float32 as ``from_pretrained(dtype=bfloat16)`` leaves them in the reference: in bf16
-    they carry a 0.2% error, and a rotation angle (position x frequency) over a video's thousands
-    of tokens would be off by radians."""
-    tables = {name: buffer for name, buffer in model.named_buffers() if name.rsplit(".", 1)[-1].endswith("inv_freq")}
-    model.to(device=placement.device, dtype=placement.dtype).eval()
-    for name, buffer in tables.items():
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner), attr, buffer.to(device=placement.device, dtype=torch.float32))
-
-
 def read_spec(directory: Path) -> ModelSpec:
     """The spec of a checkpoint directory, without loading weights (a gateway in front of Triton needs only this)."""
     config, step = _config_and_step(Path(directory))
@@ -247,7 +235,10 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     if result.unexpected_keys:
         raise CheckpointError(f"{step}: weights not in the Qwen2-VL model: {result.unexpected_keys[:5]}")
     checkpoint.merge_lora(dict(model.named_parameters()) | {"rm_head.weight": head.weight}, lora, config, step)
-    _cast_keeping_rotary_tables(model, placement)
+    # A plain cast, rotary frequency tables (``inv_freq`` buffers) included: VideoAlign builds the
+    # model the same way for training and inference (``create_model_and_processor``:
+    # ``model.to(torch.bfloat16)``), so its checkpoints were trained on bf16 tables.
+    model.to(device=placement.device, dtype=placement.dtype).eval()
     head.to(device=placement.device, dtype=placement.dtype).eval()
     reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
     stats = norm_stats(config)

@@ -39,7 +39,9 @@ class FrameSampling(_Frozen):
     - ``segments``: split the video into ``segments`` equal parts, one frame from the middle of each.
     In every mode ``n`` is then rounded to a multiple of ``multiple_of`` (down, or to the nearest
     with ties to even as Python's ``round`` does, per ``rounding``) and the frames are taken at
-    ``round(linspace(0, total - 1, n))`` (segment midpoints for ``segments``).
+    ``round(linspace(0, total - 1, n))`` (``spacing="linspace"``), or at ``int(i * total / n)``, the
+    first frame of each of n equal parts, as OpenCV-based samplers take them (``"stride"``);
+    segment midpoints for ``segments``.
     """
 
     mode: Literal["fps", "count", "segments"]
@@ -50,6 +52,7 @@ class FrameSampling(_Frozen):
     max_frames: int = 64
     multiple_of: int = 1
     rounding: Literal["floor", "nearest"] = "floor"
+    spacing: Literal["linspace", "stride"] = "linspace"
 
     @model_validator(mode="after")
     def _check(self) -> FrameSampling:
