@@ -102,6 +102,15 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
     if sampling.mode == "segments":
         n = sampling.segments
         return [min(total - 1, int((s + 0.5) * total / n)) for s in range(n)]
+    if sampling.spacing == "every":
+        every = list(range(0, total, (total - 1) // sampling.max_frames + 1))
+        kept = every[: len(every) // m * m]
+        if len(kept) < max(1, sampling.min_frames):
+            raise Unprocessable(
+                f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}",
+                code="too_few_frames",
+            )
+        return kept
     wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
     lo = math.ceil(sampling.min_frames / m) * m
     hi = math.floor(min(sampling.max_frames, total) / m) * m
@@ -152,7 +161,7 @@ def _sample_raw(video: RawFrames, spec: ModelSpec, limits: Limits) -> Clip:
     _check_size(height, width, limits)
     _check_length(total, video.fps, limits)
     indices = sample_indices(total, video.fps, spec.sampling)
-    size = preprocess.target_size(height, width, spec.resolution)
+    size = preprocess.target_size(height, width, spec.resolution, len(indices))
     frames = preprocess.resize(torch.from_numpy(video.frames[indices]), size, spec.resolution)
     return Clip(_host(frames), indices, total, video.fps)
 
@@ -221,11 +230,9 @@ def sample_container(
                     code="truncated_video",
                 )
             plans = [
-                (
-                    sample_indices(len(timestamps), fps, spec.sampling),
-                    preprocess.target_size(height, width, spec.resolution),
-                )
+                (indices, preprocess.target_size(height, width, spec.resolution, len(indices)))
                 for spec in specs
+                for indices in [sample_indices(len(timestamps), fps, spec.sampling)]
             ]
             wanted_by = [set(indices) for indices, _ in plans]
             stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}

@@ -11,12 +11,15 @@ from models.spec import Resolution
 from service.errors import Unprocessable
 
 
-def target_size(height: int, width: int, policy: Resolution) -> tuple[int, int]:
-    """Output (height, width): sides multiples of ``size_factor``, area within the policy's bounds.
+def target_size(height: int, width: int, policy: Resolution, frames: int = 1) -> tuple[int, int]:
+    """Output (height, width) of each of a clip's ``frames``: sides multiples of ``size_factor``, area
+    within the policy's bounds (the upper one shared out over the clip with ``clip_pixels``).
 
     Same rule as qwen-vl-utils' ``smart_resize``: round each side to the factor, then scale
     both sides down (or up) by one factor if the area is out of bounds.
     """
+    if policy.clip_pixels is not None:
+        policy = policy.model_copy(update={"max_pixels": min(policy.max_pixels, policy.clip_pixels // max(frames, 1))})
     f = policy.size_factor
     if max(height, width) / min(height, width) > 200:
         raise Unprocessable(f"aspect ratio of {width}x{height} is beyond 200:1", code="bad_aspect_ratio")

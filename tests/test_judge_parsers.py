@@ -380,3 +380,27 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert 8.0 < retry_after_s(httpx.Response(429, headers={"Retry-After": later})) <= 10.0
     assert retry_after_s(httpx.Response(503)) is None
     assert retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+
+
+@pytest.mark.parametrize(
+    "total, height, width, size",
+    [(48, 720, 1280, (392, 728)), (121, 720, 1280, (252, 448)), (200, 720, 1280, (280, 504)), (33, 480, 832, None)],
+)
+def test_yes_no_frames_and_sizes_follow_the_cosmos_reward_service(total, height, width, size):
+    """cosmos-rl's ``_process_video_inputs``: every k-th frame, k = (T - 1) // 160 + 1, the last one
+    dropped if the count is odd, and each of the n frames resized within 9216 * 28 * 28 * 2 // n
+    pixels (and at least 16 * 28 * 28 * 2). Was: 160 frames by linspace at a fixed 160-frame cap,
+    3.3x fewer pixels than the reference on a 48-frame 720p clip."""
+    from service.decode import sample_indices
+    from service.preprocess import target_size
+
+    spec = yesno.make().spec
+    interval = (total - 1) // 160 + 1
+    want = list(range(0, total, interval))
+    want = want[: len(want) - len(want) % 2]
+    assert sample_indices(total, 24.0, spec.sampling) == want
+    per_frame = yesno.CLIP_PIXELS // len(want)
+    h, w = target_size(height, width, spec.resolution, len(want))
+    assert h % 28 == w % 28 == 0 and 16 * 28 * 28 * 2 <= h * w <= per_frame
+    if size is not None:  # the reference's smart_resize with max_pixels = per_frame
+        assert (h, w) == size

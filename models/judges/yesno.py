@@ -13,9 +13,10 @@ constant, so the two-way softmax of the logprobs equals the two-way softmax of t
 Question, system prompt, answer tokens and which answer is rewarded are parameters of ``make``.
 Without log-probabilities (a text-only upstream) the score is hard: 1.0 or 0.0 from the first word.
 
-Frames: the service caps a clip at 160 frames, an even count (its ``frame_count_range`` and
-temporal patch 2), and spends 9216 visual tokens on the clip; this spec uses the per-frame pixel
-cap of a 160-frame clip for every clip (the service raises it for shorter clips).
+Frames as that service takes them (``_process_video_inputs``): every k-th frame from the first,
+k = (T - 1) // 160 + 1, an even count (the last dropped if odd: temporal patch 2), and 9216
+visual tokens for the whole clip, so each of n frames gets at most 9216 * 28 * 28 * 2 // n pixels
+(and at least 16 tokens' worth), bicubic.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ Here are some examples of non-artifacts you should not include in your analysis:
 Begin your response with a single word: "Yes" or "No"."""
 
 COSMOS_QUESTION = "Does the video contain any anomalies or artifacts?"
+CLIP_PIXELS = 9216 * 28 * 28 * 2  # 9216 visual tokens of 28x28 pixels over 2 frames each
 _FIRST_WORD = re.compile(r"[\s\W]*(yes|no)\b", re.IGNORECASE)
 
 
@@ -73,9 +75,13 @@ def make(
         upstream_model=upstream_model,
         dimensions=(Dimension(name=dimension, description=f"P({rewarded!r}) to {question!r}", range=(0.0, 1.0)),),
         frames_as="video",
-        sampling=FrameSampling(mode="count", count=160, min_frames=2, max_frames=160, multiple_of=2),
+        sampling=FrameSampling(mode="count", count=160, min_frames=2, max_frames=160, multiple_of=2, spacing="every"),
         resolution=Resolution(
-            max_pixels=9216 * 28 * 28 * 2 // 160, min_pixels=16 * 28 * 28 * 2, size_factor=28, filter="bicubic"
+            max_pixels=CLIP_PIXELS,
+            clip_pixels=CLIP_PIXELS,
+            min_pixels=16 * 28 * 28 * 2,
+            size_factor=28,
+            filter="bicubic",
         ),
         system_prompt=system_prompt,
         prompt_template=question,

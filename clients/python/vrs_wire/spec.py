@@ -41,7 +41,9 @@ class FrameSampling(_Frozen):
     with ties to even as Python's ``round`` does, per ``rounding``) and the frames are taken at
     ``round(linspace(0, total - 1, n))`` (``spacing="linspace"``), or at ``int(i * total / n)``, the
     first frame of each of n equal parts, as OpenCV-based samplers take them (``"stride"``);
-    segment midpoints for ``segments``.
+    segment midpoints for ``segments``. ``"every"`` instead keeps every k-th frame from the first,
+    k = (total - 1) // max_frames + 1, as many as that gives, rounded down to ``multiple_of``
+    (Cosmos-Reason1's reward service).
     """
 
     mode: Literal["fps", "count", "segments"]
@@ -52,7 +54,7 @@ class FrameSampling(_Frozen):
     max_frames: int = 64
     multiple_of: int = 1
     rounding: Literal["floor", "nearest"] = "floor"
-    spacing: Literal["linspace", "stride"] = "linspace"
+    spacing: Literal["linspace", "stride", "every"] = "linspace"
 
     @model_validator(mode="after")
     def _check(self) -> FrameSampling:
@@ -66,9 +68,12 @@ class FrameSampling(_Frozen):
 
 class Resolution(_Frozen):
     """How frames are resized: keep aspect ratio, sides multiples of ``size_factor``,
-    area within [min_pixels, max_pixels] (the qwen-vl-utils "smart resize" rule)."""
+    area within [min_pixels, max_pixels] (the qwen-vl-utils "smart resize" rule). With
+    ``clip_pixels``, a clip of n frames gives each at most ``clip_pixels // n`` (a budget for the
+    whole clip, as Cosmos-Reason1's reward service spends 9216 visual tokens on any clip)."""
 
     max_pixels: int
+    clip_pixels: Optional[int] = Field(default=None, gt=0)
     min_pixels: int = 0
     size_factor: int = 1
     filter: Literal["bilinear", "bicubic", "area"] = "bilinear"
