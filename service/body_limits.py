@@ -76,9 +76,13 @@ class Holding:
         self.limit = limit
         self.held = 0
 
-    def take(self, n: int) -> None:
+    def make_room(self, n: int) -> None:
+        """413 now if ``n`` more bytes would pass the request's own cap (a declared length)."""
         if self.held + n > self.limit:
             raise TooLarge(f"the videos this request downloads exceed {self.limit} bytes in all")
+
+    def take(self, n: int) -> None:
+        self.make_room(n)
         if not self.budget.take(n, self.held):
             raise self.budget.overloaded(n)
         self.held += n

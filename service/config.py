@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     url_connect_timeout_s: float = 5.0
     url_max_redirects: int = 3
     url_fetches_per_request: int = Field(default=8, ge=1)  # one request's downloads at once
-    url_max_connections: int = Field(default=256, ge=1)  # all requests' downloads at once
+    url_max_connections: int = Field(default=512, ge=1)  # all requests' downloads at once
+    url_connections_per_host: int = Field(default=32, ge=1)  # downloads at once from one host
     url_allow_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default=[], description="Networks exempt from the private-address block (for tests and private deployments)."
     )

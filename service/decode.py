@@ -180,7 +180,7 @@ def _host(frames: torch.Tensor) -> torch.Tensor:
     return frames.pin_memory() if frames.device.type == "cpu" and torch.cuda.is_available() else frames
 
 
-def _open(data: bytes | BinaryIO, limits: Limits, hwaccel=None) -> av.container.InputContainer:
+def open_container(data: bytes | BinaryIO, limits: Limits, hwaccel=None) -> av.container.InputContainer:
     """Open a container. Stream probing decodes frames, so the decoders it opens already refuse
     frames over the pixel limit (``max_pixels``): a header claiming 16000x16000 allocates nothing."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -201,7 +201,7 @@ def sample_container(
 ) -> list[Clip]:
     """Decode a container (bytes, or a stream at its start) along ``path`` (all checks, the index and
     the seeks are the same on every path)."""
-    with _open(data, limits, path.hwaccel) as container:
+    with open_container(data, limits, path.hwaccel) as container:
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")

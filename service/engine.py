@@ -149,6 +149,7 @@ class Engine:
             max_redirects=s.url_max_redirects,
             allow_networks=s.url_allow_networks,
             max_connections=s.url_max_connections,
+            per_host=s.url_connections_per_host,
         )
         self._decode_pool = ThreadPoolExecutor(max_workers=s.decode_workers, thread_name_prefix="decode")
         await self.backend.start()
@@ -225,7 +226,9 @@ class Engine:
                         item=i,
                         code="bad_prompt",
                     )
-        downloads = Holding(self.bytes_in_flight, self.settings.max_request_bytes)
+        # A request's downloads are capped by the body limit and by the whole budget (a cap above the
+        # budget would answer a lone request 429 again and again instead of 413).
+        downloads = Holding(self.bytes_in_flight, min(self.settings.max_request_bytes, self.bytes_in_flight.limit))
         with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
             try:
                 deadline = time.monotonic() + self.settings.request_timeout_s

@@ -19,6 +19,7 @@ request's ``Holding`` (its share of the gateway's in-flight byte budget).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
 import socket
@@ -235,12 +236,17 @@ class UrlFetcher:
         connect_timeout_s: float,
         max_redirects: int,
         allow_networks: Sequence[IPNetwork] = (),
-        max_connections: int = 256,
+        max_connections: int = 512,
+        per_host: int = 32,
         nameservers: Sequence[str] = (),
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
+        # Downloads at once from one host (as the URL names it), so one slow or hanging origin
+        # cannot take the whole pool from other hosts' downloads; waiting counts against its timeout.
+        self._per_host = per_host
+        self._hosts: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # host -> (slots, [users])
         self._backend = _GuardedBackend(allow_networks, connect_timeout_s, nameservers)
         transport = httpx.AsyncHTTPTransport(trust_env=False)
         # httpx has no public hook for the network backend; swap the pool for one that has ours.
@@ -267,10 +273,23 @@ class UrlFetcher:
         """The body at ``url``, in a spooled file at its start, its bytes charged to ``holding``;
         raise a BadInput / TooLarge / Overloaded subclass saying why not."""
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s), self._slot(checked_url(url).host.lower()):
                 return await self._follow(url, holding)
         except TimeoutError as exc:
             raise BadInput(f"URL did not answer within {self.timeout_s:g} s", code="url_timeout") from exc
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, host: str):
+        """One of ``host``'s download slots; a host nobody holds or waits for is forgotten."""
+        slots, users = self._hosts.setdefault(host, (asyncio.Semaphore(self._per_host), [0]))
+        users[0] += 1
+        try:
+            async with slots:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._hosts[host]
 
     async def _follow(self, url: str, holding: Holding) -> BinaryIO:
         for _ in range(self.max_redirects + 1):
@@ -293,8 +312,10 @@ class UrlFetcher:
 
     async def _read_capped(self, response: httpx.Response, holding: Holding) -> BinaryIO:
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise TooLarge(f"URL body is {declared} bytes; the limit is {self.max_bytes}")
+        if declared and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                raise TooLarge(f"URL body is {declared} bytes; the limit is {self.max_bytes}")
+            holding.make_room(int(declared))  # over the request's own cap: 413 now, not 429 halfway
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
         try:
             size = 0

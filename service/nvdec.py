@@ -186,19 +186,17 @@ def matrix_of(frame: av.VideoFrame) -> colour.Matrix:
     return MATRICES.get(int(frame.colorspace), "bt601")
 
 
-def probe(video: EncodedVideo) -> tuple[str, int, int] | None:
-    """(codec, width, height) of the first video stream from the header, or None if unreadable
-    (the CPU path then reports why)."""
+def probe(video: EncodedVideo, limits: decode.Limits) -> tuple[str, int, int] | None:
+    """(codec, width, height) of the first video stream from the header, or None if unreadable or
+    over the pixel limit (the CPU path then reports why). Opened as the CPU path opens it, so
+    probing allocates no frame over the limit."""
     try:
-        with (
-            video.reading() as stream,
-            av.open(stream, mode="r", container_options={"format_whitelist": decode.CONTAINER_FORMATS}) as c,
-        ):
+        with video.reading() as stream, decode.open_container(stream, limits) as c:
             if not c.streams.video:
                 return None
             ctx = c.streams.video[0].codec_context
-            return ctx.name, ctx.width, ctx.height
-    except av.FFmpegError:
+            return (ctx.name, ctx.width, ctx.height) if ctx.width and ctx.height else None
+    except (UnsupportedMedia, av.FFmpegError):
         return None
 
 
@@ -208,7 +206,7 @@ def sample_clips(
     """``decode.sample_clips`` with the decoder ``policy`` picks; NVDEC failures fall back to the CPU."""
     if isinstance(video, RawFrames) or not policy.gpu_enabled:
         return decode.sample_clips(video, specs, limits)
-    header = probe(video)
+    header = probe(video, limits)
     if header is None or policy.choose(*header) == "cpu":
         return decode.sample_clips(video, specs, limits)
     try:

@@ -237,6 +237,41 @@ def test_a_gateway_downloads_each_distinct_url_once_and_caps_a_requests_download
             assert error["code"] == "too_large" and error["item"] is not None, error
             assert "downloads exceed" in error["message"]
             assert client.post("/v1/score", json={"items": distinct[:2]}).status_code == 200  # nothing left held
+        # A budget below the per-request cap caps a request at the budget: a lone request past it
+        # gets 413, not a 429 that no retry could ever turn into a 200.
+        gateway.stop()
+        gateway = start_server(create_app(test_settings(max_inflight_body_bytes=3 * len(clean_mp4) // 2)))
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            r = client.post("/v1/score", json={"items": distinct[:2]})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
     finally:
         gateway.stop()
         origin.stop()
+
+
+async def test_a_hanging_host_holds_at_most_its_share_of_the_pool(clean_mp4):
+    """Four downloads hang on one origin; with two slots per host, a download from another host
+    still gets one of the pool's four connections (was: the pool drained by one host's URLs)."""
+
+    async def hang(request):
+        await asyncio.sleep(5)
+        return Response(b"")
+
+    async def video(request):
+        return Response(clean_mp4, media_type="video/mp4")
+
+    slow = start_server(Starlette(routes=[Route("/hang", hang)]), host=ORIGIN_HOST)
+    other = start_server(Starlette(routes=[Route("/clip.mp4", video)]), host="127.0.0.3")
+    allow = [ipaddress.ip_network(f"{ORIGIN_HOST}/32"), ipaddress.ip_network("127.0.0.3/32")]
+    f = fetcher(allow_networks=allow, max_connections=4, per_host=2, timeout_s=3.0)
+    try:
+        hanging = [asyncio.ensure_future(body(f, f"{slow.url}/hang?i={i}")) for i in range(4)]
+        await asyncio.sleep(0.3)
+        assert await body(f, f"{other.url}/clip.mp4") == clean_mp4
+        assert not any(t.done() for t in hanging)
+        outcomes = await asyncio.gather(*hanging, return_exceptions=True)
+        assert all(isinstance(e, BadInput) and e.code == "url_timeout" for e in outcomes), outcomes
+    finally:
+        await f.aclose()
+        slow.stop()
+        other.stop()

@@ -155,6 +155,47 @@ def test_shared_limits_are_not_retried_on_the_cpu(monkeypatch):
     assert calls == []
 
 
+_ONE_HUGE_FRAME = """
+import io, sys
+from fractions import Fraction
+import av
+buf = io.BytesIO()
+with av.open(buf, "w", format="matroska") as c:
+    s = c.add_stream("libx264", rate=Fraction(16))
+    s.height, s.width, s.pix_fmt, s.options = 16000, 16000, "yuv420p", {"preset": "ultrafast"}
+    frame = av.VideoFrame(16000, 16000, "yuv420p")
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    for packet in [*s.encode(frame), *s.encode()]:
+        c.mux(packet)
+open(sys.argv[1], "wb").write(buf.getvalue())
+"""
+_PROBE_PEAK = """
+import resource, sys
+from service import decode, nvdec
+from service.ingest import EncodedVideo
+video = EncodedVideo(open(sys.argv[1], "rb").read())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+header = nvdec.probe(video, decode.Limits(4096 * 2304, 600, 36000))
+print(header, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_probing_for_nvdec_allocates_no_frame_over_the_pixel_limit(tmp_path):
+    """A CUDA host probes every container for the NVDEC policy before the shared decode opens it:
+    that probe opened without the pixel limit, so one 750 KB 16000x16000 H.264 frame grew the
+    process by ~590 MB before the 413. Each step in its own process, to read its peak RSS."""
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.mkv"
+    subprocess.run([sys.executable, "-c", _ONE_HUGE_FRAME, str(bomb)], check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE_PEAK, str(bomb)], check=True, timeout=120, capture_output=True, text=True
+    ).stdout.split()
+    assert int(out[-1]) < 250, out  # MB of peak growth (the frame alone is 384 MB); the header may still be read
+
+
 def test_decode_policy():
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     auto = nvdec.DecodePolicy("auto", cuda, min_pixels=640 * 360)
