@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import logging
 import re
 import time
@@ -393,8 +394,8 @@ class Engine:
                 if url not in fetching:
                     fetching[url] = asyncio.ensure_future(fetch(url))
                 return await asyncio.shield(fetching[url])
-            except ServiceError as exc:
-                raise exc.for_item(index)
+            except ServiceError as exc:  # one failed download may be several items' error: a copy each
+                raise copy.copy(exc).for_item(index) from exc.__cause__
 
         try:
             return await _all_or_nothing(one(i, item) for i, item in enumerate(items))

@@ -237,6 +237,11 @@ def test_a_gateway_downloads_each_distinct_url_once_and_caps_a_requests_download
             assert error["code"] == "too_large" and error["item"] is not None, error
             assert "downloads exceed" in error["message"]
             assert client.post("/v1/score", json={"items": distinct[:2]}).status_code == 200  # nothing left held
+            # one failed download named by two items: each item gets its own error
+            missing = {"video": {"url": f"{origin.url}/nothing.mp4"}}
+            r = client.post("/v1/score", json={"items": [missing, same[0], missing]})
+            error = r.json()["error"]
+            assert r.status_code == 400 and error["item"] == 0 and [e["item"] for e in error["others"]] == [2], error
         # A budget below the per-request cap caps a request at the budget: a lone request past it
         # gets 413, not a 429 that no retry could ever turn into a 200.
         gateway.stop()
