@@ -54,3 +54,20 @@ def test_slim_pytriton_keeps_one_stub_and_a_true_record(tmp_path: Path):
             assert digest == "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
             assert int(size) == len(data)
         assert {line.split(",")[0] for line in record} == names
+
+
+def test_each_device_call_fits_its_600_s_with_room_for_the_install():
+    """The step limits in loadtests/device_run.sh, per call of README "GPU benchmark: one command"
+    (call 1: the default steps; call 2: ``inductor,triton``), plus the probe, stay under 570 s:
+    run's timeout_s is 600 and the wheels' install comes first. A step over budget would cut the
+    call short and lose the steps after it."""
+    import re
+
+    script = (ROOT / "loadtests" / "device_run.sh").read_text()
+    limits = {name: int(s) for name, s in re.findall(r"\bstep (\w+) (\d+)", script)}
+    step_of = {"bench_gpu": ["bench_gpu"], "tests": ["tests_gpu"], "compile": ["bench_compile"],
+               "inductor": ["tests_inductor"], "triton": ["tests_triton", "bench_transport"]}  # fmt: skip
+    default = re.search(r"\$\{1:-([\w,]+)\}", script).group(1).split(",")
+    for call in (default, ["inductor", "triton"]):
+        total = limits["probe"] + sum(limits[s] for step in call for s in step_of[step])
+        assert total <= 570, (call, total)
