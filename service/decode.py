@@ -103,23 +103,20 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
         n = sampling.segments
         return [min(total - 1, int((s + 0.5) * total / n)) for s in range(n)]
     if sampling.spacing == "every":
-        every = list(range(0, total, (total - 1) // sampling.max_frames + 1))
-        kept = every[: len(every) // m * m]
-        if len(kept) < max(1, sampling.min_frames):
-            raise Unprocessable(
-                f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}",
-                code="too_few_frames",
-            )
-        return kept
-    wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
-    lo = math.ceil(sampling.min_frames / m) * m
-    hi = math.floor(min(sampling.max_frames, total) / m) * m
-    x = min(max(wanted, lo), hi, total) / m
-    n = (round(x) if sampling.rounding == "nearest" else math.floor(x)) * m  # round(): ties to even
+        step = (total - 1) // sampling.max_frames + 1
+        n = len(range(0, total, step)) // m * m
+    else:
+        wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
+        lo = math.ceil(sampling.min_frames / m) * m
+        hi = math.floor(min(sampling.max_frames, total) / m) * m
+        x = min(max(wanted, lo), hi, total) / m
+        n = (round(x) if sampling.rounding == "nearest" else math.floor(x)) * m  # round(): ties to even
     if n < max(1, sampling.min_frames):
         raise Unprocessable(
             f"video has {total} frames; the model needs at least {max(sampling.min_frames, m)}", code="too_few_frames"
         )
+    if sampling.spacing == "every":
+        return [i * step for i in range(n)]
     if sampling.spacing == "stride":
         return [i * total // n for i in range(n)]
     return torch.linspace(0, total - 1, n).round().long().tolist()

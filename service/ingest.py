@@ -271,7 +271,7 @@ def parse_npy(
         raise BadInput(f"{what} must have shape [T, H, W, 3], got {list(shape)}", code="bad_frames")
     if fortran_order:
         raise BadInput(f"{what} must be C-ordered (np.save of a C-contiguous array)", code="bad_frames")
-    if any(not isinstance(d, int) or d < 0 for d in shape):
+    if any(d < 0 for d in shape):  # numpy's header reader checks they are integers, not their sign
         raise BadInput(f"{what} must have a shape of non-negative integers, got {list(shape)}", code="bad_frames")
     if 0 in shape:
         raise BadInput(f"{what} are empty: shape {list(shape)}", code="no_frames")

@@ -12,11 +12,12 @@ Tolerances:
   2^-9 ~ 0.2% per op); over the tiny test models' ~10 rounding stages that compounds to a few
   percent of the raw head outputs, which reach ~6 in magnitude (they are not normalised):
   atol 0.05 + rtol 0.05. Measured on the CPU in bf16 with the same checkpoints, clips and
-  prompts: up to 0.049 absolute.
+  prompts: up to 0.049 absolute (``loadtests/gpu_tolerances.py``).
 - gateway scores, NVDEC vs CPU decode (both fp32): the ~1 grey level of the NV12 conversion goes
   through the tiny random-weight model, which amplifies pixel changes far more than a trained
   one: the GPU path's conversion run on the CPU (nvdec.NV12_ON_CPU) moved its scores by up to
-  0.10 on these clips, so atol 0.25. Pixel parity itself is the first test's, at 1.5 / 6 levels.
+  0.10 on these clips (``loadtests/gpu_tolerances.py``), so atol 0.25. Pixel parity itself is
+  the first test's, at 1.5 / 6 levels.
 """
 
 from __future__ import annotations
