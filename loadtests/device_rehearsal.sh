@@ -23,6 +23,6 @@ fi
 rm -rf .site .site-stub
 OUT=$(mktemp -d /tmp/device-rehearsal-XXXX)
 export OUT
-PYTHON="$venv/bin/python3" SMOKE=1 sh loadtests/device_run.sh bench_gpu,tests,compile,inductor,triton
+PYTHON="$venv/bin/python3" SMOKE=1 sh loadtests/device_run.sh probe,bench_gpu,tests,compile,inductor,triton
 echo "logs and results: $OUT"
 ! grep -v ": exit 0 " "$OUT/steps.txt"

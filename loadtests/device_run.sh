@@ -1,13 +1,17 @@
 #!/bin/sh
 # The device part of issues 11 and 12 (README "GPU benchmark: one command"). Run from the
 # repository root on the GPU machine with $OUT set (the device tool sets it):
-#   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default bench_gpu,tests,compile
+#   sh loadtests/device_run.sh [STEPS]     STEPS: comma-separated, default probe,bench_gpu,tests
+#     probe      loadtests/device_probe.py: GPU, driver, PyAV's NVDEC decoders, NVDEC after torch
 #     bench_gpu  loadtests/bench_gpu.py: NVDEC vs CPU decode, forward share of peak, GRPO vs naive
 #     tests      tests/gpu (but cuda_shm and the inductor gateways) and tests/test_gpu_path.py
 #     compile    loadtests/bench_compile.py: VRS_COMPILE=inductor (CUDA graphs) vs eager
 #     inductor   tests/gpu's inductor test: two CUDA gateways, eager vs inductor + CUDA graphs
 #     triton     Triton on the GPU: tests/gpu/test_cuda_shm.py, gRPC bytes vs system/CUDA shm
-# The second call of a session runs `inductor,triton`.
+# A session's device time is 15 minutes, the machine's start included, so the calls are planned
+# in order of worth (README "GPU benchmark: one command"; tests/test_device_tools.py checks the
+# sums): call 1 is issue 11's (the default steps), call 2 `compile,inductor` (issue 12's inductor
+# figures) unless call 1 needs a step rerun instead; `triton` does not fit beside them.
 # Wheels: `sh loadtests/gpu_wheels.sh` here fills .whl/ (carry it: installed into .site/); the
 # triton step also needs `sh loadtests/gpu_wheels.sh triton` (.whl-triton/). Both do not fit in
 # one call's 64 MiB, so a call carrying only .whl-triton relies on .site/ from an earlier call on
@@ -47,15 +51,15 @@ elif [ ! -d .site/fastapi ]; then
   echo "neither .whl/ carried nor .site/ left by an earlier call on this machine" | tee -a "$OUT/steps.txt"
   exit 3
 fi
-# Limits: the default steps add up to 530 s and `inductor,triton` to 540 s, so with the install and
-# the probe each call fits run's timeout_s 600, and neither writes more than 8 files, the most a call
+# Step limits: call 1's add up to 380 s, call 2's to 300 s (README's table gives each call's
+# timeout_s, with 20 s for the install); neither call writes more than 8 files, the most a call
 # brings back. Tests run with a per-test limit (pytest-timeout, in the image): a hanging test fails
 # alone, and the session still prints every failure before the step's own limit.
 inductor_test=tests/gpu/test_gpu_parity.py::test_inductor_with_cuda_graphs_serves_the_eager_scores
 pytest_opts="-q -rs -p no:cacheprovider"
-step probe 30 "$py" loadtests/device_probe.py
-for s in $(echo "${1:-bench_gpu,tests,compile}" | tr , ' '); do
+for s in $(echo "${1:-probe,bench_gpu,tests}" | tr , ' '); do
   case $s in
+    probe) step probe 30 "$py" loadtests/device_probe.py ;;
     bench_gpu) TAIL=40 step bench_gpu 220 "$py" loadtests/bench_gpu.py $smoke --out "$OUT" ;;
     tests) step tests_gpu 130 "$py" -m pytest tests/gpu tests/test_gpu_path.py $pytest_opts --timeout 60 \
       --deselect tests/gpu/test_cuda_shm.py --deselect "$inductor_test" ;;
@@ -71,6 +75,6 @@ for s in $(echo "${1:-bench_gpu,tests,compile}" | tr , ' '); do
       step tests_triton 180 "$py" -m pytest tests/gpu/test_cuda_shm.py $pytest_opts --timeout 170
       TAIL=12 step bench_transport 180 "$py" loadtests/bench_compile.py $smoke --skip-compile \
         --out "$OUT/bench_transport.json" ;;
-    *) echo "unknown step $s (bench_gpu, tests, compile, inductor, triton)" >&2; exit 2 ;;
+    *) echo "unknown step $s (probe, bench_gpu, tests, compile, inductor, triton)" >&2; exit 2 ;;
   esac
 done
