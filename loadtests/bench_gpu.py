@@ -444,11 +444,17 @@ def main() -> None:
         that fails or a time limit that cuts the run short keeps what finished."""
         if name not in sections:
             return
+        print(f"{name} ...", flush=True)
+        started = time.perf_counter()
         try:
             result[name] = work()
         except Exception as exc:  # report and go on: a device call is too dear to lose to one section
             result[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             print(result[name]["traceback"], file=sys.stderr, flush=True)
+        # Wall time per section (checkpoint building included in the first that needs them): what
+        # the next device plan budgets (README "GPU benchmark: one command").
+        result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - started, 1)
+        print(f"{name}: {result['section_seconds'][name]} s", flush=True)
         (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / f"{stem}.md").write_text(markdown(result) + "\n")
 
