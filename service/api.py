@@ -105,7 +105,13 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse({"error": {"code": "internal", "message": "internal error", "item": None}}, status_code=500)
+        # The server closes the connection after an unhandled error: say so, so that no client sends
+        # its next request down a connection that is going away.
+        return JSONResponse(
+            {"error": {"code": "internal", "message": "internal error", "item": None}},
+            status_code=500,
+            headers={"Connection": "close"},
+        )
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:

@@ -31,5 +31,10 @@ def advantages(rewards: Sequence[float], eps: float = 1e-4, std: StdKind = "samp
     deviations = [r - mean for r in rewards]
     if all(r == rewards[0] for r in rewards):
         return [0.0] * n
-    spread = math.sqrt(math.fsum(d * d for d in deviations) / (n - 1 if std == "sample" else n))
-    return [d / (spread + eps) for d in deviations]
+    # Squares of deviations under ~1e-154 underflow (over ~1e154 overflow): there the sums run in
+    # units of the largest deviation, so the spread of different rewards is never 0 or inf. In the
+    # usual range the unit is 1 and this is the formula as written.
+    largest = max(abs(d) for d in deviations)
+    unit = 1.0 if 1e-150 < largest < 1e150 else largest
+    spread = math.sqrt(math.fsum((d / unit) ** 2 for d in deviations) / (n - 1 if std == "sample" else n))
+    return [(d / unit) / (spread + eps / unit) for d in deviations]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import json
 
+import httpx
 import numpy as np
 import pytest
 import torch
 
 from models import signal
+from service.api import create_app
 from service.decode import Limits, sample_frames
 from service.ingest import RawFrames
 from tests import videos
+from tests.conftest import start_server, test_settings
 
 DIMS = [f"signal.{d}" for d in signal.SPEC.dimension_names]
 
@@ -107,3 +110,28 @@ def test_url_ingest_and_redirect(client, origin, clean_frames):
     redirected = client.post("/v1/score", json={"items": [{"video": {"url": hop}}]})
     assert redirected.status_code == 200, redirected.text
     assert redirected.json()["results"][0]["scores"] == direct.json()["results"][0]["scores"]
+
+
+def test_an_unexpected_error_is_a_500_that_closes_its_connection():
+    """A bug answers 500 ``internal`` (no details) and says ``Connection: close``: the server drops
+    the connection after an unhandled error, and a client that reused it got a reset on its next
+    request (found by a probe: a ZeroDivisionError in /v1/rank, since fixed)."""
+    app = create_app(test_settings())
+
+    @app.get("/boom")
+    async def boom():
+        raise ZeroDivisionError("a bug")
+
+    running = start_server(app)
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            answer = client.get("/boom")
+            assert answer.status_code == 500 and answer.json()["error"] == {
+                "code": "internal",
+                "message": "internal error",
+                "item": None,
+            }
+            assert answer.headers["connection"] == "close"
+            assert client.get("/healthz").status_code == 200  # on a new connection
+    finally:
+        running.stop()

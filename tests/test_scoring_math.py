@@ -98,6 +98,18 @@ def test_sample_std_is_what_torch_and_trl_use():
     assert ranking.advantages(rewards, 0.0)[2] == pytest.approx((4 - 7 / 3) / statistics.stdev(rewards), rel=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e-320, 1e200])
+def test_advantages_of_tiny_or_huge_rewards_are_finite_and_scale_free(scale):
+    """Weights as small as 1e-200 are legal, so rewards can be: their squared deviations underflow
+    (a ZeroDivisionError, a 500, before the fix) or, for huge ones, overflow. With eps 0 the
+    advantages do not depend on the rewards' scale."""
+    rewards = [0.5, 0.75, 0.0, 1.0]
+    reference = ranking.advantages(rewards, eps=0.0)
+    scaled = ranking.advantages([r * scale for r in rewards], eps=0.0)
+    np.testing.assert_allclose(scaled, reference, rtol=1e-2 if scale < 1e-300 else 1e-12)  # subnormals: ~3 digits
+    assert all(math.isfinite(a) for a in ranking.advantages([r * scale for r in rewards]))
+
+
 @pytest.mark.parametrize("eps", [0.0, 1e-4])
 def test_constant_group_has_zero_advantages(eps):
     assert ranking.advantages([0.1, 0.1, 0.1, 0.1], eps=eps) == [0.0] * 4
