@@ -64,13 +64,13 @@ def preprocessing_hash(spec: ModelSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_key(digest: str, spec: ModelSpec, prompt: str | None, pixels: str = "cpu") -> str:
-    """``vrs:<model>@<version>:<preprocessing>:<prompt>:<content>``. Models that take no prompt
-    (``needs_prompt`` false) ignore it, so their key leaves it out and any prompt hits. ``pixels``
-    names the decode path (service/nvdec.py) when it is not the CPU's: its pixels differ by rounding."""
+def cache_key(digest: str, spec: ModelSpec, prompt: str | None, variant: str = "-") -> str:
+    """``vrs:<model>@<version>:<preprocessing>:<variant>:<prompt>:<content>``. A checkpoint model's
+    version carries its files' fingerprint (models/fingerprint.py). ``variant`` says how the gateway
+    computes the model (``Engine.variants``: decode path, device, dtype, compiled form). Models that
+    take no prompt (``needs_prompt`` false) ignore it, so their key leaves it out and any prompt hits."""
     prompt_part = hashlib.sha256((prompt or "").encode()).hexdigest()[:16] if spec.needs_prompt else "-"
-    preprocessing = preprocessing_hash(spec) + ("" if pixels == "cpu" else f"+{pixels}")
-    return f"vrs:{spec.name}@{spec.version}:{preprocessing}:{prompt_part}:{digest}"
+    return f"vrs:{spec.name}@{spec.version}:{preprocessing_hash(spec)}:{variant}:{prompt_part}:{digest}"
 
 
 def encode_scores(scores: np.ndarray) -> bytes:
@@ -78,10 +78,12 @@ def encode_scores(scores: np.ndarray) -> bytes:
 
 
 def decode_scores(value: bytes, width: int) -> np.ndarray | None:
-    """float32 [width], or None for a value of the wrong size (treated as a miss)."""
+    """float32 [width], or None for a value of the wrong size or with a non-finite score (never
+    stored by the engine: a corrupt entry), treated as a miss."""
     if len(value) != 4 * width:
         return None
-    return np.frombuffer(value, dtype="<f4").astype(np.float32)
+    scores = np.frombuffer(value, dtype="<f4").astype(np.float32)
+    return scores if np.isfinite(scores).all() else None
 
 
 class LRU:

@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from models.placement import CPU
 from models.registry import RewardModel
 from models.spec import ModelSpec
 from service import cache, decode, ingest, nvdec
@@ -118,6 +119,7 @@ class Engine:
         self.cache = cache.ScoreCache(settings)
         self.limits = decode.Limits(settings.max_pixels, settings.max_duration_s, settings.max_total_frames)
         self.decode_policy = nvdec.DecodePolicy(settings.decode, backend.device, settings.nvdec_min_pixels)
+        self.variants = {name: self._variant(name) for name in self.specs}  # of the cache keys
         self.batchers: dict[str, MicroBatcher[_Job, np.ndarray]] = {}
         self.decoded = Window(settings.decode_ahead)  # videos decoded and not yet scored, over all requests
         self.scorers: dict[str, Scorer] = {}  # every served model's: the batchers and the judges' scorers
@@ -181,6 +183,29 @@ class Engine:
             await self._fetcher.aclose()
         if self._decode_pool is not None:
             self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _variant(self, name: str) -> str:
+        """How this gateway computes ``name``'s scores, beyond its spec, where that changes them by
+        more than rounding: the decode path, and the device, dtype and compiled form of the forward
+        (bf16 moves a score by percents). Cache keys carry it, so gateways that differ in any of
+        these never share entries. Behind Triton, the gateway's own VRS_DEVICE/DTYPE/COMPILE, which
+        ``vrs triton`` reads from the same configuration; a remote judge's numerics are its
+        upstream's, named by its fingerprint (service/judge_backend.py)."""
+        s = self.settings
+        if name in self.judges.names:
+            where = self.judges.describe(name)
+            numerics = [where["device"].split(":")[0], where["dtype"]] if "dtype" in where else []
+        elif s.backend == "triton":
+            numerics = ["triton", s.device, s.dtype, s.compile]
+        else:
+            model = self.models[name]
+            device, dtype = (
+                (model.placement.device, model.placement.dtype)
+                if model.placement != CPU
+                else (self.backend.device, torch.float32)  # weight-free: computes where its frames are
+            )
+            numerics = [device.type, str(dtype).removeprefix("torch."), s.compile]
+        return ".".join([self.decode_policy.pixels_id, *numerics])
 
     def spec(self, name: str, pairwise: bool = False) -> ModelSpec:
         """A served model's spec; ``pairwise``: its pairwise mode's, for a judge configured with one."""
@@ -282,7 +307,9 @@ class Engine:
             mine = [p for key, p in first.items() if key in claimed]
 
             async def publish(computed: dict[Pair, np.ndarray]) -> None:
-                await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in computed.items()})
+                # A non-finite score is refused (``non_finite_score``), and not kept: it may be a one-off.
+                finite = {p: v for p, v in computed.items() if np.isfinite(v).all()}
+                await flight.publish({call.keys[p]: cache.encode_scores(v) for p, v in finite.items()})
 
             computed, found = await asyncio.gather(self._compute(call, mine, publish), flight.others())
             theirs = [p for key, p in first.items() if key not in claimed]
@@ -410,13 +437,12 @@ class Engine:
         A pairwise judge's result for one side depends on both videos and on which is A: its key
         holds both digests and the side."""
         digests = await asyncio.gather(*(_in_pool(self._decode_pool, cache.content_digest, v) for v in videos))
-        pixels = self.decode_policy.pixels_id
 
         def content(i: int, m: int) -> str:
             return f"{digests[0]}+{digests[1]}:{'ab'[i]}" if m in together else digests[i]
 
         return {
-            (i, m): cache.cache_key(content(i, m), spec, items[i].prompt, pixels)
+            (i, m): cache.cache_key(content(i, m), spec, items[i].prompt, self.variants[spec.name])
             for i in range(len(items))
             for m, spec in enumerate(specs)
         }

@@ -30,8 +30,8 @@ Policy (``DecodePolicy.choose``), per video, from its header:
   is refused by the shared checks before either decoder runs and is never retried.
 
 Cache keys: GPU pixels differ from the CPU's by rounding (within a grey level or two, see
-tests/test_colour.py), so a gateway whose policy can decode on the GPU stores scores under keys
-that name the decode path (``pixels_id``), and CPU-only gateways keep their keys.
+tests/test_colour.py), so cache keys name the decode path (``pixels_id``, in ``Engine.variants``):
+a gateway whose policy can decode on the GPU never shares entries with a CPU-only one.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,13 +23,15 @@ import numpy as np
 import pytest
 from vrs_client.videos import video_ref
 
-from models import signal
+from models import fingerprint, signal
 from models.registry import builtin_models
+from models.registry import load_spec as read_spec
 from models.spec import FrameSampling, Resolution
 from service.api import create_app
 from service.cache import LRU, CircuitBreaker, cache_key, content_digest, encode_scores
+from service.compose import build_engine
 from service.ingest import EncodedVideo, RawFrames
-from tests import videos
+from tests import tiny_checkpoints, videos
 from tests.conftest import PROMPT_PROBE, RunningServer, start_server, test_settings
 from tests.redis_server import RedisServer
 from tests.test_api import expected_scores
@@ -96,6 +100,46 @@ def test_key_changes_with_content_model_version_preprocessing_and_prompt():
     # The prompt is part of the key for models that read it, and only for those.
     assert cache_key(digest, probe, "a cat") != cache_key(digest, probe, "a dog")
     assert cache_key(digest, spec, "a cat") == cache_key(digest, spec, "a dog") == base
+    assert cache_key(digest, spec, None, "nvdec.cuda.bfloat16.none") != cache_key(
+        digest, spec, None, "cpu.cpu.float32.none"
+    )
+
+
+def test_a_checkpoints_version_changes_with_its_files(tmp_path: Path, tiny_dirs, monkeypatch):
+    """Two checkpoints under one directory name, or one replaced in place, must not share cache
+    entries on a shared Redis (found by a probe: a second gateway served the first's scores as
+    cached). Copies that keep the files and their times do share them."""
+    original = tiny_dirs["clip"]
+    a = shutil.copytree(original, tmp_path / "a" / "clip")  # copy2: contents and modification times
+    b = shutil.copytree(original, tmp_path / "b" / "clip")
+    version = read_spec("clip-segmental", a).spec.version
+    assert version.startswith("clip+") and read_spec("clip-segmental", b).spec.version == version
+    other = tiny_checkpoints.clip(tmp_path / "c" / "clip", seed=7)  # other weights, same name
+    assert read_spec("clip-segmental", other).spec.version != version
+    (b / "segmental_reward.json").write_text('{"lambda": 0.5}')  # the reward's own configuration
+    assert read_spec("clip-segmental", b).spec.version != version
+    # Large files count by size and modification time (hashing gigabytes would stall start-up).
+    monkeypatch.setattr(fingerprint, "CONTENT_BYTES", 0)
+    weights = next(a.glob("*.safetensors"))
+    before = fingerprint.fingerprint(a)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))  # rewritten in place
+    assert fingerprint.fingerprint(a) != before
+
+
+def test_gateways_that_compute_a_model_differently_never_share_cache_keys(tiny_dirs):
+    """Dtype (bf16 moved a probe's clip-segmental score by 20%), compiled form and backend are in
+    the key's variant; the same configuration gives the same keys in every replica."""
+
+    def variant(**overrides) -> str:
+        settings = test_settings(
+            models=["clip-segmental"], model_dirs={"clip-segmental": tiny_dirs["clip"]}, device="cpu", **overrides
+        )
+        return build_engine(settings).variants["clip-segmental"]
+
+    base = variant()
+    assert base == "cpu.cpu.float32.none" == variant()
+    variants = [variant(dtype="bfloat16"), variant(compile="inductor"), variant(backend="triton")]
+    assert len({base, *variants}) == 4, variants
 
 
 # --- L1 alone (the embedded default) ----------------------------------------------------------
@@ -312,13 +356,19 @@ async def test_identical_requests_across_replicas_run_one_inference(replicas):
     assert work == {"videos_decoded": 1, "inferences": 1}
 
 
-def test_a_corrupt_redis_entry_is_a_miss_and_is_overwritten(replicas, redis_server):
+@pytest.mark.parametrize(
+    "corrupt", [b"not six floats", encode_scores(np.full(len(signal.SPEC.dimensions), np.nan, np.float32))]
+)
+def test_a_corrupt_redis_entry_is_a_miss_and_is_overwritten(replicas, redis_server, corrupt):
+    """A value of the wrong size, or with a non-finite score (which the engine never stores), is
+    a miss: recomputed and overwritten, not served nor blamed on the model."""
     a, b = replicas
     clip = unique_clip()
-    key = cache_key(content_digest(RawFrames(clip, 16.0)), signal.SPEC, None)
-    redis_server.client().set(key, b"not six floats")
+    key = cache_key(content_digest(RawFrames(clip, 16.0)), signal.SPEC, None, a.app.state.engine.variants["signal"])
+    redis_server.client().set(key, corrupt)
     result = score(a, clip)
     assert result["cached"] is False and result["scores"] == pytest.approx(expected_scores(clip), abs=1e-5)
+    assert np.isfinite(np.frombuffer(redis_server.client().get(key), "<f4")).all()
     assert len(redis_server.client().get(key)) == 4 * len(signal.SPEC.dimensions)
     assert score(b, clip)["cached"] is True
 
@@ -377,7 +427,9 @@ async def test_redis_killed_mid_run_then_back(redis_server):
         redis_server.start()  # same port
         await asyncio.sleep(0.4)  # past the breaker's cooldown
         back = unique_clip()
-        key = cache_key(content_digest(RawFrames(back, 16.0)), signal.SPEC, None)
+        key = cache_key(
+            content_digest(RawFrames(back, 16.0)), signal.SPEC, None, server.app.state.engine.variants["signal"]
+        )
         for _ in range(10):  # the first call after the cooldown is the probe that closes the circuit
             await asyncio.to_thread(score, server, back, cache="refresh")
             if redis_server.client().exists(key):

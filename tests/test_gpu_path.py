@@ -19,9 +19,10 @@ from models import signal
 from models.placement import CPU, Placement, resolve
 from models.registry import RewardModel, Stages, builtin_models
 from models.spec import FrameSampling, Resolution
-from service import cache, colour, decode, nvdec
+from service import colour, decode, nvdec
 from service.backends.base import FrameBatch
 from service.backends.inprocess import InProcessBackend
+from service.engine import Engine
 from service.errors import TooLarge
 from service.ingest import EncodedVideo
 from tests import videos
@@ -211,11 +212,15 @@ def test_decode_policy():
     assert auto.pixels_id == "nvdec" and nvdec.DecodePolicy("auto", cpu).pixels_id == "cpu"
 
 
-def test_cache_keys_name_the_gpu_decode_path_only():
-    digest = "0" * 64
-    plain = cache.cache_key(digest, signal.SPEC, None)
-    assert cache.cache_key(digest, signal.SPEC, None, "cpu") == plain  # CPU gateways keep their keys
-    assert cache.cache_key(digest, signal.SPEC, None, "nvdec") != plain
+def test_cache_keys_name_the_decode_path_and_the_device():
+    """A gateway that can decode on the GPU keys its entries apart from a CPU one (building its
+    engine touches no GPU); the weight-free signal model computes in float32 where its frames are."""
+    models = builtin_models()
+    cuda = Placement(torch.device("cuda", 0), torch.bfloat16)
+    on_cpu = Engine(test_settings(), models, InProcessBackend(models))
+    on_cuda = Engine(test_settings(), models, InProcessBackend(models, placement=cuda))
+    assert on_cpu.variants["signal"] == "cpu.cpu.float32.none"
+    assert on_cuda.variants["signal"] == "nvdec.cuda.float32.none"
 
 
 def test_placement_resolution():

@@ -164,5 +164,11 @@ def test_non_finite_model_output_is_an_error_not_a_null(refs):
         assert [o["item"] for o in error["others"]] == [3]
         fine = httpx.post(f"{running.url}/v1/score", json={"items": items[:1], "models": ["nan-probe"]}, timeout=60)
         assert fine.status_code == 200 and fine.json()["results"][0]["scores"]["nan-probe.n"] > 0
+        assert fine.json()["results"][0]["cached"]  # the failed request's good items were kept
+        stats = running.app.state.engine.stats
+        before = stats["inferences"]
+        again = httpx.post(f"{running.url}/v1/score", json={"items": items[1:2], "models": ["nan-probe"]}, timeout=60)
+        assert_error(again, 422, "non_finite_score", 0, "nan-probe.n")
+        assert stats["inferences"] == before + 1  # computed again: a non-finite score is never cached
     finally:
         running.stop()

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from models import fingerprint
 from models.clip_segmental import reward
 from models.placement import CPU, Placement
 from models.registry import RewardModel, Stages
@@ -241,7 +242,7 @@ def read_spec(directory: Path) -> ModelSpec:
         image_size = int(CLIPConfig.from_pretrained(directory).vision_config.image_size)
     except Exception as exc:
         raise CheckpointError(f"{directory / 'config.json'}: not a CLIP config ({type(exc).__name__}: {exc})") from exc
-    return make_spec(read_config(directory), image_size, version=f"{directory.name}")
+    return make_spec(read_config(directory), image_size, version=fingerprint.version(directory))
 
 
 def _check_layout(directory: Path) -> None:
@@ -287,5 +288,5 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
             goal = scorer.text_embeddings(list(config.goal_prompts)).mean(0)
             baseline = scorer.text_embeddings(list(config.baseline_prompts)).mean(0)
         scorer.goal, scorer.projection = goal, reward.goal_baseline_projection(goal, baseline, config.alpha)
-    spec = make_spec(config, image_size, version=f"{directory.name}")
+    spec = make_spec(config, image_size, version=fingerprint.version(directory))
     return RewardModel(spec=spec, forward=scorer.forward, placement=placement, stages=Stages(scorer.pre, scorer.core))

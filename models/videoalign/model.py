@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from models import fingerprint
 from models.placement import CPU, Placement
 from models.registry import RewardModel, Stages
 from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Pairwise, Resolution
@@ -184,7 +185,7 @@ class _Prepared:
 def read_spec(directory: Path) -> ModelSpec:
     """The spec of a checkpoint directory, without loading weights (a gateway in front of Triton needs only this)."""
     config, step = _config_and_step(Path(directory))
-    return make_spec(config, version=f"{Path(directory).name}@{step.name}")
+    return make_spec(config, version=fingerprint.version(directory, step.name))
 
 
 def _config_and_step(directory: Path) -> tuple[checkpoint.VideoRewardConfig, Path]:
@@ -245,5 +246,5 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     mean = torch.tensor([stats[d][0] for d in ("VQ", "MQ", "TA")], device=placement.device)
     std = torch.tensor([stats[d][1] for d in ("VQ", "MQ", "TA")], device=placement.device)
     scorer = VideoReward(model, head, tokenizer, reward_ids, mean, std)
-    spec = make_spec(config, version=f"{directory.name}@{step.name}")
+    spec = make_spec(config, version=fingerprint.version(directory, step.name))
     return RewardModel(spec=spec, forward=scorer.forward, placement=placement, stages=Stages(scorer.pre, scorer.core))
