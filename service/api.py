@@ -32,7 +32,7 @@ from service.compose import build_engine
 from service.config import Settings
 from service.docs import serve_docs
 from service.engine import Engine
-from service.errors import BadInput, InvalidRequest, ServiceError, UnsupportedMedia, shown
+from service.errors import BadInput, InvalidRequest, ServiceError, TooLarge, UnsupportedMedia, shown
 from service.head_limits import HeadLimits
 from service.ingest import ScoreInput, WireRequest
 from service.telemetry import RequestTelemetry
@@ -211,6 +211,13 @@ def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:
     return out | {name: engine.judges.describe(name) for name in engine.judges.names}
 
 
+RANK_FORM_PROPERTIES = {
+    "top_k": {"type": "integer", "minimum": 1},
+    "advantage_eps": {"type": "number", "minimum": 0},
+    "advantage_std": {"type": "string", "enum": ["sample", "population"]},
+}
+
+
 def _request_body(schema: str) -> dict:
     """OpenAPI for a route that reads its body by hand: the JSON schema, or multipart form fields."""
     return {
@@ -231,7 +238,8 @@ def _request_body(schema: str) -> dict:
                             "cache": {"type": "string", "enum": ["use", "refresh", "bypass"]},
                             "fps": {"type": "number", "description": "frame rate of application/x-npy parts"},
                             "video": {"type": "string", "format": "binary"},
-                        },
+                        }
+                        | (RANK_FORM_PROPERTIES if schema == "RankRequest" else {}),
                     }
                 },
             },
@@ -250,7 +258,7 @@ async def _read_request(
     media_type = content_type.split(";")[0].strip().lower()
     budget = ingest.json_budget(settings.max_items)  # JSON values a request may hold (pydantic's memory)
     if media_type == "multipart/form-data":
-        form = await request.form(max_files=settings.max_items, max_fields=64)
+        form = await _form(request, settings)
         try:
             fields: dict[str, list[str]] = {}
             uploads: dict[str, ingest.Upload] = {}
@@ -274,6 +282,19 @@ async def _read_request(
         raise UnsupportedMedia(
             f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type"
         )
+
+
+async def _form(request: Request, settings: Settings):
+    """The multipart form, within the request's limits: at most ``max_items`` file parts, 64 plain
+    fields, and a plain field (the ``request`` JSON) as large as a JSON body may be. The parser's
+    refusals become ours: past a limit is 413, a malformed body 400 ``bad_multipart``."""
+    try:
+        return await request.form(max_files=settings.max_items, max_fields=64, max_part_size=settings.max_request_bytes)
+    except StarletteHTTPException as exc:
+        message = str(exc.detail)
+        if message.startswith(("Too many files", "Too many fields", "Part exceeded", "Field exceeded")):
+            raise TooLarge(f"multipart body: {message} (file parts: at most {settings.max_items})") from None
+        raise BadInput(f"multipart body: {message}", code="bad_multipart") from None
 
 
 def _add_wire_schemas(app: FastAPI) -> None:

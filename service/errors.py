@@ -114,9 +114,19 @@ class InvalidRequest(ServiceError):
 
     @classmethod
     def from_errors(cls, errors: list[dict]) -> InvalidRequest:
-        """From pydantic's error list: the first error's field path, and its item index when inside one."""
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [p for p in first.get("loc", ()) if p != "body"]
+        """From pydantic's error list: the first error's field path, and its item index when inside
+        one; ``others``: the first error of each other item that has one."""
+        found = [cls._one(e) for e in errors] or [cls._one({"loc": (), "msg": "invalid request"})]
+        first, seen = found[0], {found[0].item}
+        for error in found[1:]:
+            if error.item is not None and error.item not in seen:
+                seen.add(error.item)
+                first.others.append(error)
+        return first
+
+    @classmethod
+    def _one(cls, error: dict) -> InvalidRequest:
+        loc = [p for p in error.get("loc", ()) if p != "body"]
         item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
         where = ".".join(str(p)[:80] for p in loc) or "body"
-        return cls(f"{where}: {first.get('msg', 'invalid')}", item=item)
+        return cls(f"{where}: {error.get('msg', 'invalid')}", item=item)

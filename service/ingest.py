@@ -152,11 +152,20 @@ def parse_form(
 ) -> WireRequest:
     """A multipart request: its ``request`` field (the JSON request), or plain fields that apply to
     every file part (``prompt``, ``model`` (repeatable), ``weights`` (JSON), ``preset``,
-    ``normalise``, ``cache``, and ``fps`` for ``application/x-npy`` parts). An empty field counts
-    as not sent, as an HTML form sends every field it has, filled or not."""
+    ``normalise``, ``cache``, ``fps`` for ``application/x-npy`` parts, and for /v1/rank ``top_k``,
+    ``advantage_eps``, ``advantage_std``). An empty field counts as not sent, as an HTML form sends
+    every field it has, filled or not. Any other field is refused, as JSON refuses unknown keys: a
+    misspelt option must not be silently ignored."""
     fields = {name: [v for v in values if v != ""] for name, values in fields.items()}
     first = {name: values[0] for name, values in fields.items() if values}
+    known = FORM_FIELDS | (RANK_FORM_FIELDS if kind is RankRequest else set())
+    if unknown := sorted(set(fields) - known):
+        raise InvalidRequest(
+            f"{shown(unknown[0][:80])}: not a form field of this endpoint (it takes {', '.join(sorted(known))})"
+        )
     if "request" in first:
+        if len(first) > 1:
+            raise InvalidRequest("request: give the JSON request alone, or plain fields, not both")
         return parse_json(kind, first["request"], max_values)
     if not uploads:
         raise BadInput("multipart request has no file parts", code="no_items")
@@ -173,9 +182,13 @@ def parse_form(
         "models": list(fields.get("model", ())) or None,
         "weights": weights,
         "preset": first.get("preset"),
-        "normalise": first.get("normalise", "false").lower() in ("1", "true", "yes"),
+        "normalise": _boolean(first.get("normalise", "false")),
         "cache": first.get("cache") or "use",
     }
+    if kind is RankRequest:
+        request |= {"top_k": _number(first["top_k"], int)} if "top_k" in first else {}
+        request |= {"advantage_eps": _number(first["advantage_eps"])} if "advantage_eps" in first else {}
+        request |= {"advantage_std": first["advantage_std"]} if "advantage_std" in first else {}
     if kind is ScoreRequest:
         request["items"] = [{"video": ref, "prompt": prompt} for ref in refs]
     else:
@@ -186,12 +199,21 @@ def parse_form(
         raise InvalidRequest.from_errors(exc.errors()) from None
 
 
-def _number(text: str | None) -> float | str | None:
-    """A form field as a float when it reads as one; otherwise as given, for validation to name it."""
+FORM_FIELDS = {"request", "prompt", "model", "weights", "preset", "normalise", "cache", "fps"}
+RANK_FORM_FIELDS = {"top_k", "advantage_eps", "advantage_std"}
+
+
+def _number(text: str | None, kind: type = float) -> int | float | str | None:
+    """A form field as a ``kind`` when it reads as one; otherwise as given, for validation to name it."""
     try:
-        return float(text) if text else None
+        return kind(text) if text else None
     except ValueError:
         return text
+
+
+def _boolean(text: str) -> bool | str:
+    """A form field as a bool when it reads as one (true/false, 1/0, yes/no); otherwise as given."""
+    return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower(), text)
 
 
 def to_inputs(body: WireRequest, uploads: Mapping[str, Upload], max_bytes: int) -> list[ScoreInput]:

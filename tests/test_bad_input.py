@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import socket
 from collections.abc import Iterator
 
@@ -200,12 +201,68 @@ def test_malformed_request_names_the_field_and_item(client):
 
 
 def test_multipart_errors_use_the_error_shape(client, clean_mp4):
+    """The parser's limits answer as JSON's do (413 ``too_large`` for 65 parts, as for 65 items),
+    a malformed body 400 ``bad_multipart``."""
     too_many = [(f"v{i}", (f"{i}.mp4", b"x")) for i in range(70)]  # max_items is 64
-    r = client.post("/v1/score", files=too_many)
-    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
+    assert_error(client.post("/v1/score", files=too_many), 413, "too_large", None, "Too many files")
     r = client.post("/v1/score", content=b"--nope\r\n", headers={"content-type": "multipart/form-data; boundary=x"})
-    assert 400 <= r.status_code < 500 and "error" in r.json(), r.text
+    assert_error(r, 400, "bad_multipart", None, "multipart body")
     assert client.get("/v1/nothing").json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        ({"modle": "signal"}, "'modle': not a form field"),  # a typo is not silently ignored
+        ({"top_k": "1"}, "'top_k': not a form field"),  # /v1/score has no top_k
+        ({"normalise": "ture"}, "normalise"),
+        ({"cache": "sometimes"}, "cache"),
+    ],
+)
+def test_multipart_fields_are_checked_as_json_keys_are(client, clean_mp4, fields, fragment):
+    r = client.post("/v1/score", data=fields, files={"video": ("clip.mp4", clean_mp4, "video/mp4")})
+    assert_error(r, 422, "invalid_request", None, fragment)
+
+
+def test_multipart_rank_takes_its_own_fields(client, clean_mp4, clean_webm):
+    files = {"a": ("a.mp4", clean_mp4, "video/mp4"), "b": ("b.webm", clean_webm, "video/webm")}
+    ranked = client.post(
+        "/v1/rank", data={"top_k": "1", "advantage_eps": "0", "advantage_std": "population"}, files=files
+    )
+    assert ranked.status_code == 200, ranked.text
+    assert len(ranked.json()["ranking"]) == 1
+    assert sorted(abs(r["advantage"]) for r in ranked.json()["results"]) == pytest.approx(
+        [1.0, 1.0]
+    )  # eps 0, population
+    assert_error(client.post("/v1/rank", data={"top_k": "many"}, files=files), 422, "invalid_request", None, "top_k")
+
+
+def test_a_large_request_field_is_accepted(client, clean_mp4):
+    """The ``request`` JSON is a plain form field: it may be as large as a JSON body (it was cut
+    at Starlette's 1 MiB part limit: 64 items with a 3000-character CJK prompt each)."""
+    prompt = "一只猫在日落时冲浪" * 340  # 3060 characters, 9 KB as UTF-8, 18 KB as JSON escapes
+    request = {"items": [{"video": {"file": "v"}, "prompt": prompt} for _ in range(64)], "cache": "bypass"}
+    body = json.dumps(request)
+    assert len(body) > 1 << 20
+    r = client.post("/v1/score", data={"request": body}, files={"v": ("clip.mp4", clean_mp4, "video/mp4")})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 64
+
+
+def test_an_empty_models_list_is_refused(client, clean_mp4):
+    r = client.post("/v1/score", json={"items": [{"video": {"data": b64(clean_mp4)}}], "models": []})
+    assert_error(r, 422, "invalid_request", None, "models")
+
+
+def test_schema_errors_name_every_bad_item(client):
+    items = [
+        {"video": {"url": "https://x/y"}},
+        {"video": {}},
+        {"video": {"url": "https://x/z"}},
+        {"video": {"fps": -1}},
+    ]
+    error = assert_error(client.post("/v1/score", json={"items": items}), 422, "invalid_request", 1, "items.1.video")
+    assert [o["item"] for o in error["others"]] == [3]
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "TRACE"])

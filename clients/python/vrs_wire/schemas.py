@@ -79,6 +79,7 @@ class ScoringOptions(BaseModel):
 
     models: Optional[list[str]] = Field(
         default=None,
+        min_length=1,
         description="Models to score with; default: the models named by `weights` or `preset`, else the default model.",
     )
     weights: Optional[dict[str, float]] = Field(
