@@ -236,22 +236,7 @@ class Engine:
             )
         if len(items) > self.settings.max_items:
             raise TooLarge(f"{len(items)} items in one request; the limit is {self.settings.max_items}")
-        for i, item in enumerate(items):
-            if item.prompt is not None and len(item.prompt) > self.settings.max_prompt_chars:
-                raise Unprocessable(
-                    f"prompt has {len(item.prompt)} characters; the limit is {self.settings.max_prompt_chars}",
-                    item=i,
-                    code="prompt_too_long",
-                )
-            for spec in specs:
-                if spec.needs_prompt and not (item.prompt and item.prompt.strip()):
-                    raise BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
-                if spec.prompt_forbidden and item.prompt and (found := re.search(spec.prompt_forbidden, item.prompt)):
-                    raise Unprocessable(
-                        f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
-                        item=i,
-                        code="bad_prompt",
-                    )
+        _raise_all([e for i, item in enumerate(items) if (e := self._prompt_error(i, item.prompt, specs))])
         # A request's downloads are capped by the body limit and by the whole budget (a cap above the
         # budget would answer a lone request 429 again and again instead of 413).
         downloads = Holding(self.bytes_in_flight, min(self.settings.max_request_bytes, self.bytes_in_flight.limit))
@@ -264,6 +249,25 @@ class Engine:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
             finally:
                 downloads.release()
+
+    def _prompt_error(self, i: int, prompt: str | None, specs: list[ModelSpec]) -> ServiceError | None:
+        """What is wrong with item ``i``'s prompt for these models, if anything."""
+        if prompt is not None and len(prompt) > self.settings.max_prompt_chars:
+            return Unprocessable(
+                f"prompt has {len(prompt)} characters; the limit is {self.settings.max_prompt_chars}",
+                item=i,
+                code="prompt_too_long",
+            )
+        for spec in specs:
+            if spec.needs_prompt and not (prompt and prompt.strip()):
+                return BadInput(f"model {spec.name!r} needs a prompt", item=i, code="missing_prompt")
+            if spec.prompt_forbidden and prompt and (found := re.search(spec.prompt_forbidden, prompt)):
+                return Unprocessable(
+                    f"prompt contains {shown(found.group())}, a control token of model {spec.name!r}; remove it",
+                    item=i,
+                    code="bad_prompt",
+                )
+        return None
 
     async def _score(
         self,

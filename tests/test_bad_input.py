@@ -189,6 +189,11 @@ def test_missing_prompt_where_the_model_needs_one(client, clean_mp4):
     items = [{"video": {"data": b64(clean_mp4)}, "prompt": "a cat"}, {"video": {"data": b64(clean_mp4)}}]
     r = client.post("/v1/score", json={"models": ["prompt-probe"], "items": items})
     assert_error(r, 400, "missing_prompt", 1, "needs a prompt")
+    r = client.post(
+        "/v1/score", json={"models": ["prompt-probe"], "items": items + items + [items[0] | {"prompt": "x" * 10**5}]}
+    )
+    error = assert_error(r, 400, "missing_prompt", 1, "needs a prompt")  # every bad prompt is named
+    assert [(o["item"], o["code"]) for o in error["others"]] == [(3, "missing_prompt"), (4, "prompt_too_long")]
 
 
 def test_malformed_request_names_the_field_and_item(client):
