@@ -84,6 +84,17 @@ def test_503_without_retry_after_backs_off_exponentially(proxy, script, group_mp
     assert script.seen == 4 and sorted(result.ranking) == [0, 1]
 
 
+def test_a_retry_after_that_is_not_a_finite_non_negative_number_counts_as_absent(proxy, script, group_mp4):
+    script.answers = [(429, {"Retry-After": value}) for value in ("nan", "inf", "-3")]
+    waits = []
+    with Client(proxy[0], retry=Retry(backoff_s=0.01), on_retry=lambda *w: waits.append(w)) as client:
+        result = client.score(group_mp4[:1])  # nan reached time.sleep once: ValueError
+    assert [(n, w) for n, w, _ in waits] == [(1, 0.01), (2, 0.02), (3, 0.04)]  # the backoff, as without one
+    assert script.seen == 4 and len(result.results) == 1
+    past = format_datetime(datetime.now(UTC) - timedelta(seconds=30), usegmt=True)
+    assert retry_after_s(httpx.Response(429, headers={"Retry-After": past})) == 0.0  # a date gone by: now
+
+
 def test_attempts_are_bounded(proxy, script, group_mp4):
     script.answers = [(429, {"Retry-After": "0"})] * 5
     waits = []
