@@ -21,10 +21,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from vrs_client import APIError, AsyncClient, Client, Retry
+from vrs_client import APIError, AsyncClient, Client, Frames, Retry
 from vrs_client.retry import retry_after_s
 
 from tests.conftest import free_port, start_server
+from tests.videos import unique_clip
 
 
 @dataclass
@@ -159,3 +160,34 @@ def test_client_side_input_checks():
     with pytest.raises(ValueError, match="uint8"):
         client.score([np.zeros((2, 8, 8, 3), np.float32)], fps=16)
     client.close()
+
+
+def content_types(client: Client | AsyncClient) -> list[str]:
+    """The media type of every request the client sends from now on."""
+    sent: list[str] = []
+
+    def hook(request: httpx.Request) -> None:
+        sent.append(request.headers["content-type"].split(";")[0])
+
+    async def async_hook(request: httpx.Request) -> None:
+        hook(request)
+
+    client._http.event_hooks["request"].append(async_hook if isinstance(client, AsyncClient) else hook)
+    return sent
+
+
+@pytest.mark.parametrize("cache", ["refresh", "bypass"])
+async def test_reuse_uploads_at_once_when_the_cache_may_not_answer(scoring_gateway, cache):
+    """A digest is scored from the cache only (400 with refresh/bypass): reuse skips it for those calls."""
+    clip = Frames(unique_clip(), 16)
+    with Client(scoring_gateway.url, reuse=True) as client:
+        sent = content_types(client)
+        assert client.score([clip]).results[0].cached is False  # cache="use": digest, not_cached, upload
+        assert sent == ["application/json", "multipart/form-data"]
+        sent.clear()
+        result = client.score([clip], cache=cache)
+        assert sent == ["multipart/form-data"] and result.results[0].cached is False
+    async with AsyncClient(scoring_gateway.url, reuse=True) as async_client:
+        sent = content_types(async_client)
+        ranked = await async_client.rank([clip, Frames(unique_clip(), 16)], cache=cache)
+        assert sent == ["multipart/form-data"] and not any(r.cached for r in ranked.results)

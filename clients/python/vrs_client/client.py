@@ -3,7 +3,8 @@ retries on 429/503 and refused connections honouring Retry-After, timeouts, and 
 
 Videos go as binary multipart parts by default (numpy frames as ``application/x-npy``, streamed from
 the array); ``transport="json"`` sends base64 JSON instead. With ``reuse=True`` a call first sends
-only the videos' digests and uploads them only when the server answers ``not_cached``.
+only the videos' digests and uploads them only when the server answers ``not_cached`` (a call with
+``cache="refresh"`` or ``"bypass"`` uploads at once: the cache cannot answer it).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class _Base:
         api_key: Optional[str] = None,
     ) -> None:
         """``transport``: how videos travel (binary ``multipart``, or base64 ``json``). ``reuse``: send
-        digests first, uploading only when the server no longer has the scores (``not_cached``).
+        digests first, uploading only when the server no longer has the scores (``not_cached``);
+        calls with ``cache="refresh"`` or ``"bypass"`` upload at once.
         ``api_key``: sent as ``Authorization: Bearer`` (for a gateway with ``VRS_API_KEYS``)."""
         if transport not in ("multipart", "json"):
             raise ValueError(f"transport must be 'multipart' or 'json', not {transport!r}")
@@ -193,9 +195,11 @@ class _Base:
         self.reuse = reuse
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def _forms(self) -> list[Form]:
-        """The bodies to try in turn: digests first when reusing, then the videos themselves."""
-        return ["digest", self.transport] if self.reuse else [self.transport]
+    def _forms(self, call: _Call[Any]) -> list[Form]:
+        """The bodies to try in turn: digests first when reusing, then the videos themselves. Not with
+        ``cache="refresh"`` or ``"bypass"``: the server scores a digest from the cache only."""
+        digest_first = self.reuse and call.options.get("cache", "use") == "use"
+        return ["digest", self.transport] if digest_first else [self.transport]
 
     def _wait_or_raise(self, failures: int, response: Optional[httpx.Response], error: Optional[Exception]) -> float:
         """After a failed try: the seconds to wait before the next, or raise when it is final."""
@@ -244,7 +248,7 @@ class Client(_Base):
         return GroupAdvantages.from_rank(self.rank(videos, prompt, **options))
 
     def _send(self, call: _Call[R]) -> R:
-        *first, last = self._forms()
+        *first, last = self._forms(call)
         for form in first:
             try:
                 return self._post(call, form)
@@ -310,7 +314,7 @@ class AsyncClient(_Base):
         return GroupAdvantages.from_rank(await self.rank(videos, prompt, **options))
 
     async def _send(self, call: _Call[R]) -> R:
-        *first, last = self._forms()
+        *first, last = self._forms(call)
         for form in first:
             try:
                 return await self._post(call, form)
