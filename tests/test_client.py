@@ -191,3 +191,15 @@ async def test_reuse_uploads_at_once_when_the_cache_may_not_answer(scoring_gatew
         sent = content_types(async_client)
         ranked = await async_client.rank([clip, Frames(unique_clip(), 16)], cache=cache)
         assert sent == ["multipart/form-data"] and not any(r.cached for r in ranked.results)
+
+
+@pytest.mark.parametrize("transport", ["multipart", "json"])
+def test_a_long_non_ascii_prompt_for_every_item_arrives_intact(scoring_gateway, transport):
+    """64 items with a 3000-character CJK prompt: escaped as \\uXXXX the multipart ``request`` field
+    was 1.15 MB, over the server's 1 MiB per field (400); as UTF-8 it is 576 KB. ``prompt-probe``
+    scores len(prompt) + frames/1000, so each item's score shows its prompt decoded as sent."""
+    prompt = "一只猫在冲浪，🏄" * 375  # 3000 characters, one outside the BMP (a surrogate pair when escaped)
+    clip = Frames(unique_clip(), 16)
+    with Client(scoring_gateway.url, transport=transport) as client:
+        result = client.score([clip] * 64, prompt, models=["prompt-probe"], cache="bypass")
+    assert [r.overall for r in result.results] == pytest.approx([len(prompt) + 9 / 1000] * 64)
