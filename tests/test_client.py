@@ -203,3 +203,20 @@ def test_a_long_non_ascii_prompt_for_every_item_arrives_intact(scoring_gateway, 
     with Client(scoring_gateway.url, transport=transport) as client:
         result = client.score([clip] * 64, prompt, models=["prompt-probe"], cache="bypass")
     assert [r.overall for r in result.results] == pytest.approx([len(prompt) + 9 / 1000] * 64)
+
+
+@pytest.mark.parametrize("one", ["clip.mp4", b"\x00\x00\x00\x18ftypmp42", np.zeros((9, 8, 8, 3), np.uint8)])
+async def test_one_video_where_a_list_is_expected_is_a_type_error(scoring_gateway, one):
+    """A str was taken apart character by character (FileNotFoundError: 'c'), bytes byte by byte;
+    a [N, T, H, W, 3] array stays N videos."""
+    with Client(scoring_gateway.url) as client:
+        assert len(client.score(np.stack([unique_clip(), unique_clip()]), fps=16).results) == 2
+    methods = ["score", "rank", "grpo_advantages"]
+    with Client("http://127.0.0.1:9") as client:
+        for method in methods:
+            with pytest.raises(TypeError, match=f"videos must be a list of videos, not one {type(one).__name__}"):
+                getattr(client, method)(one, fps=16)
+    async with AsyncClient("http://127.0.0.1:9") as async_client:
+        for method in methods:
+            with pytest.raises(TypeError, match="videos must be a list of videos"):
+                await getattr(async_client, method)(one, fps=16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing_extensions import TypedDict, Unpack
 
 from vrs_client import videos as wire_videos
 from vrs_client.retry import Retry
-from vrs_client.videos import Part, Video
+from vrs_client.videos import Frames, Part, Video
 from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
 
 R = TypeVar("R", bound=BaseModel)
@@ -157,8 +158,17 @@ def _json(refs: list[dict[str, Any]], prompt: Prompt, options: dict[str, Any], g
     return {**options, "items": [{"video": r, "prompt": p} for r, p in zip(refs, prompts)]}
 
 
+def _many(videos: Sequence[Video]) -> Sequence[Video]:
+    """``videos`` when it is a list of videos (a uint8 [N, T, H, W, 3] array counts as N of them);
+    TypeError for one video given alone (a path or bytes would be taken apart character by character)."""
+    single = (str, bytes, bytearray, memoryview, os.PathLike, Frames)
+    if isinstance(videos, single) or (isinstance(videos, np.ndarray) and videos.ndim != 5):
+        raise TypeError(f"videos must be a list of videos, not one {type(videos).__name__}; give [video]")
+    return videos
+
+
 def _score(videos: Sequence[Video], prompt: Prompt, options: Options) -> _Call[ScoreResponse]:
-    return _Call("/v1/score", videos, prompt, options, False, ScoreResponse)
+    return _Call("/v1/score", _many(videos), prompt, options, False, ScoreResponse)
 
 
 def _compare(a: Video, b: Video, prompt: Optional[str], options: Options) -> _Call[CompareResponse]:
@@ -166,7 +176,7 @@ def _compare(a: Video, b: Video, prompt: Optional[str], options: Options) -> _Ca
 
 
 def _rank(videos: Sequence[Video], prompt: Prompt, options: RankOptions) -> _Call[RankResponse]:
-    return _Call("/v1/rank", videos, prompt, options, True, RankResponse)
+    return _Call("/v1/rank", _many(videos), prompt, options, True, RankResponse)
 
 
 class _Base:
@@ -233,7 +243,8 @@ class Client(_Base):
         self._http.close()
 
     def score(self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[Options]) -> ScoreResponse:
-        """Pointwise scores; ``prompt`` is one prompt for every video or one per video."""
+        """Pointwise scores of a list of videos (one video alone: TypeError); ``prompt`` is one prompt
+        for every video or one per video."""
         return self._send(_score(videos, prompt, options))
 
     def compare(self, a: Video, b: Video, prompt: Optional[str] = None, **options: Unpack[Options]) -> CompareResponse:
@@ -241,7 +252,7 @@ class Client(_Base):
         return self._send(_compare(a, b, prompt, options))
 
     def rank(self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[RankOptions]) -> RankResponse:
-        """Ranking (best first), scores and group advantages."""
+        """Ranking (best first), scores and group advantages of a list of videos (as ``score``)."""
         return self._send(_rank(videos, prompt, options))
 
     def grpo_advantages(
