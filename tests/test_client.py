@@ -24,6 +24,7 @@ from starlette.routing import Route
 from vrs_client import APIError, AsyncClient, Client, Frames, Retry
 from vrs_client.retry import retry_after_s
 
+from tests import videos
 from tests.conftest import free_port, start_server
 from tests.videos import unique_clip
 
@@ -220,3 +221,16 @@ async def test_one_video_where_a_list_is_expected_is_a_type_error(scoring_gatewa
         for method in methods:
             with pytest.raises(TypeError, match="videos must be a list of videos"):
                 await getattr(async_client, method)(one, fps=16)
+
+
+def test_every_bad_item_keeps_its_own_code_and_message(scoring_gateway, group_mp4):
+    """The server names every bad item in ``error.others`` with its own reason; the client kept only the indices."""
+    corrupt, audio = b"\x00not a video" * 100, videos.audio_only()
+    with Client(scoring_gateway.url) as client:
+        with pytest.raises(APIError) as err:
+            client.score([group_mp4[0], corrupt, group_mp4[1], audio, corrupt[1:]])
+    assert (err.value.status, err.value.code, err.value.item) == (415, "unsupported_media", 1)
+    assert err.value.others == [3, 4]
+    assert [(e.code, e.item) for e in err.value.other_errors] == [("no_video_stream", 3), ("unsupported_media", 4)]
+    audio_error, corrupt_error = err.value.other_errors
+    assert "video stream" in audio_error.message and corrupt_error.message == err.value.message

@@ -25,7 +25,7 @@ from typing_extensions import TypedDict, Unpack
 from vrs_client import videos as wire_videos
 from vrs_client.retry import Retry
 from vrs_client.videos import Frames, Part, Video
-from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
+from vrs_wire.schemas import CompareResponse, ErrorDetail, RankResponse, ScoreResponse
 
 R = TypeVar("R", bound=BaseModel)
 Prompt = Union[str, Sequence[str], None]
@@ -53,21 +53,30 @@ class RankOptions(Options, total=False):
 
 class APIError(Exception):
     """The service answered with an error: HTTP status plus the body's ``{code, message, item}``;
-    ``others`` lists the indices of further bad items of the same request."""
+    ``other_errors``: the further bad items of the same request, each with its own code, message
+    and item; ``others``: their indices."""
 
     def __init__(
-        self, status: int, code: str, message: str, item: Optional[int] = None, others: Sequence[int] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        item: Optional[int] = None,
+        others: Sequence[int] = (),
+        other_errors: Sequence[ErrorDetail] = (),
     ) -> None:
         super().__init__(f"HTTP {status} {code}: {message}" + (f" (item {item})" if item is not None else ""))
         self.status, self.code, self.message, self.item = status, code, message, item
         self.others = list(others)
+        self.other_errors = list(other_errors)
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> APIError:
         try:
             error = response.json()["error"]
-            others = [o["item"] for o in error.get("others") or () if o.get("item") is not None]
-            return cls(response.status_code, error["code"], error["message"], error.get("item"), others)
+            details = [ErrorDetail.model_validate(o) for o in error.get("others") or ()]
+            others = [d.item for d in details if d.item is not None]
+            return cls(response.status_code, error["code"], error["message"], error.get("item"), others, details)
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls(response.status_code, "http_error", response.text[:500])
 
