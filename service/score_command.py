@@ -147,6 +147,9 @@ def parse_weights(text: str) -> dict[str, float]:
             raise ValueError(f"--weights is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ValueError("--weights JSON must be an object")
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"--weights: {k!r} must be a number, got {json.dumps(v)}")
         return {str(k): float(v) for k, v in value.items()}
     try:
         return {k.strip(): float(v) for k, v in (pair.split("=", 1) for pair in text.split(",") if pair.strip())}

@@ -106,6 +106,10 @@ def test_errors_exit_nonzero_with_a_message(scoring_gateway, folder, tmp_path):
     assert empty.returncode == 2 and "no videos found" in empty.stderr
     bad_weights = vrs(str(folder), "--local", "--weights", "signal.sharpness")
     assert bad_weights.returncode == 2 and "--weights" in bad_weights.stderr
+    for weight in ("true", '"2"', "null"):  # JSON true was taken as 1.0
+        not_a_number = vrs(str(folder), "--local", "--weights", f'{{"signal.sharpness": {weight}}}')
+        assert not_a_number.returncode == 2, not_a_number.stderr
+        assert f"--weights: 'signal.sharpness' must be a number, got {weight}" in not_a_number.stderr
 
 
 def test_failed_videos_are_reported_by_path_and_the_rest_scored(scoring_gateway, folder, tmp_path):
