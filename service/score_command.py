@@ -2,7 +2,7 @@
 bar; print a table, or write JSON / CSV.
 
 For evaluation jobs: a video that cannot be read or that the service refuses is reported on stderr
-by its path and the others are still scored (exit status 1 says some failed); ``--fail-fast``
+by its path and its own reason, and the others are still scored (exit status 1 says some failed); ``--fail-fast``
 stops at the first failure instead and writes nothing. Exit status 2: bad arguments.
 """
 
@@ -166,7 +166,8 @@ async def _score_remote(paths: list[Path], args: argparse.Namespace, options: di
             except APIError as exc:
                 if exc.item is None:
                     raise Aborted(str(exc)) from None
-                raise Failed({i: str(exc) if i == exc.item else "refused" for i in [exc.item, *exc.others]}) from None
+                bad = [exc, *exc.other_errors]
+                raise Failed({e.item: f"{e.code}: {e.message}" for e in bad if e.item is not None}) from None
             except httpx.HTTPError as exc:
                 raise Aborted(f"cannot reach the server at {args.server}: {exc!r}") from None
 

@@ -119,14 +119,18 @@ def test_failed_videos_are_reported_by_path_and_the_rest_scored(scoring_gateway,
     (bad / "b-corrupt.mp4").write_bytes(b"\x00not a video" * 100)
     (bad / "c-unreadable.mp4").symlink_to("/proc/self/mem")  # a file whose read fails (EIO), even as root
     (bad / "d-dark.mp4").write_bytes((folder / "dark.MP4").read_bytes())
+    (bad / "e-audio.mp4").write_bytes(videos.audio_only())
     for where in (["--server", scoring_gateway.url], ["--local"]):
         done = vrs(str(bad), *where, "--json", str(tmp_path / "out.json"))
         assert done.returncode == 1, done.stderr
         report = json.loads((tmp_path / "out.json").read_text())
         assert [Path(r["path"]).name for r in report["results"]] == ["a-clean.mp4", "d-dark.mp4"]
-        assert f"{bad / 'b-corrupt.mp4'}: " in done.stderr and "unsupported_media" in done.stderr
+        # Each bad video by its path with its own reason (not "refused", not its index in the request).
+        assert f"{bad / 'b-corrupt.mp4'}: unsupported_media: cannot open as a video container" in done.stderr
         assert f"{bad / 'c-unreadable.mp4'}: cannot read" in done.stderr
-        assert "2 of 4 videos failed" in done.stderr
+        assert f"{bad / 'e-audio.mp4'}: no_video_stream: " in done.stderr
+        assert "refused" not in done.stderr and "(item" not in done.stderr
+        assert "3 of 5 videos failed" in done.stderr
         fast = vrs(str(bad), *where, "--fail-fast", "--json", str(tmp_path / "fast.json"))
         assert fast.returncode == 1 and "--fail-fast" in fast.stderr
         assert not (tmp_path / "fast.json").exists()
