@@ -2,8 +2,12 @@
 bar; print a table, or write JSON / CSV.
 
 For evaluation jobs: a video that cannot be read or that the service refuses is reported on stderr
-by its path and the others are still scored (exit status 1 says some failed); ``--fail-fast``
-stops at the first failure instead and writes nothing. Exit status 2: bad arguments.
+by its path and its own reason, and the others are still scored and written (exit status 1 says
+some failed). A request the service refuses as a whole (too large, timed out, overloaded) is sent
+again one video at a time, so only the videos at fault fail. A server that cannot be reached stops
+the run; what was scored until then is still written (exit status 1). ``--fail-fast`` stops at the
+first failure instead and writes nothing. Exit status 2: bad arguments, the service's refusals of
+the arguments included (``ARGUMENT_CODES``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +37,9 @@ VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif", ".ts", ".flv", ".ogv", ".mpg", ".mpeg"}
 )
 ScoreChunk = Callable[[list[bytes]], Awaitable[ScoreResponse]]
+ARGUMENT_CODES = frozenset({"unknown_model", "bad_weights", "unknown_preset", "cannot_normalise", "missing_prompt"})
+"""Codes of a request refused as a whole for what the command's arguments asked (models, weights,
+preset, normalisation, prompt): every chunk would fail the same way, so the run stops, exit status 2."""
 
 
 class Failed(Exception):
@@ -42,8 +50,32 @@ class Failed(Exception):
         self.reasons = reasons
 
 
+class ChunkRefused(Exception):
+    """The service refused a chunk as a whole, not for the arguments (too large, timeout, overloaded,
+    a dropped connection): its videos are sent again one by one; a single video's refusal is its failure."""
+
+
 class Aborted(Exception):
-    """The run cannot go on (the service refused the request as a whole, or --fail-fast)."""
+    """The run cannot go on: the server cannot be reached, the engine cannot be built, the service
+    refused the arguments (``status`` 2), or --fail-fast."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _refused(code: str, reason: str) -> Exception:
+    """The exception for a request refused as a whole with ``code``: the arguments' fault, or the chunk's."""
+    return Aborted(reason, status=2) if code in ARGUMENT_CODES else ChunkRefused(reason)
+
+
+@dataclass
+class Scores:
+    """What a run has so far: the response's models and weights, a row per scored video, failures by path."""
+
+    header: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +102,9 @@ def _usage_error(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 every video scored; 1 some failed or the service refused (messages on stderr);
-    2 bad arguments."""
+    """Exit status: 0 every video scored; 1 some failed, or the run stopped (server unreachable,
+    engine not built, --fail-fast); 2 bad arguments, or arguments the service refused. Messages on
+    stderr; what was scored is written unless --fail-fast stopped the run or the arguments were bad."""
     try:
         options = _options(args)
         paths = find_videos(args.paths)
@@ -79,23 +112,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"vrs score: {exc}", file=sys.stderr)
         return 2
     score = _score_local if args.local else _score_remote
+    scores = Scores()
     try:
-        header, rows, failures = asyncio.run(score(paths, args, options))
+        asyncio.run(score(paths, args, options, scores))
+        aborted = None
     except Aborted as exc:
-        print(f"vrs score: {exc}", file=sys.stderr)
-        return 1
-    for path, reason in failures.items():
+        if args.fail_fast or exc.status == 2:
+            print(f"vrs score: {exc}", file=sys.stderr)
+            return exc.status
+        aborted = exc
+    for path, reason in scores.failures.items():
         print(f"vrs score: {path}: {reason}", file=sys.stderr)
-    if rows:
-        report = {"models": header["models"], "weights": header["weights"], "results": rows}
+    if scores.rows:
+        rows = scores.rows
+        report = {"models": scores.header["models"], "weights": scores.header["weights"], "results": rows}
         if args.json_path:
             _write(args.json_path, lambda f: json.dump(report, f, indent=2))
         if args.csv_path:
             _write(args.csv_path, lambda f: write_csv(rows, f))
         if "-" not in (args.json_path, args.csv_path):
             print(table(rows))
-    if failures:
-        print(f"vrs score: {len(failures)} of {len(paths)} videos failed", file=sys.stderr)
+    if aborted is not None:
+        print(f"vrs score: {aborted}", file=sys.stderr)
+        unscored = len(paths) - len(scores.rows) - len(scores.failures)
+        print(f"vrs score: stopped; {len(scores.failures)} failed and {unscored} not scored", file=sys.stderr)
+        return aborted.status
+    if scores.failures:
+        print(f"vrs score: {len(scores.failures)} of {len(paths)} videos failed", file=sys.stderr)
         return 1
     return 0
 
@@ -147,6 +190,9 @@ def parse_weights(text: str) -> dict[str, float]:
             raise ValueError(f"--weights is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise ValueError("--weights JSON must be an object")
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"--weights: {k!r} must be a number, got {json.dumps(v)}")
         return {str(k): float(v) for k, v in value.items()}
     try:
         return {k.strip(): float(v) for k, v in (pair.split("=", 1) for pair in text.split(",") if pair.strip())}
@@ -154,7 +200,7 @@ def parse_weights(text: str) -> dict[str, float]:
         raise ValueError(f"--weights: expected model.dim=w,... or JSON, got {text!r}") from None
 
 
-async def _score_remote(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict], dict]:
+async def _score_remote(paths: list[Path], args: argparse.Namespace, options: dict, scores: Scores) -> None:
     async with AsyncClient(args.server) as client:
 
         async def score_chunk(chunk: list[bytes]) -> ScoreResponse:
@@ -162,15 +208,18 @@ async def _score_remote(paths: list[Path], args: argparse.Namespace, options: di
                 return await client.score(chunk, args.prompt, **options)
             except APIError as exc:
                 if exc.item is None:
-                    raise Aborted(str(exc)) from None
-                raise Failed({i: str(exc) if i == exc.item else "refused" for i in [exc.item, *exc.others]}) from None
-            except httpx.HTTPError as exc:
+                    raise _refused(exc.code, f"HTTP {exc.status} {exc.code}: {exc.message}") from None
+                bad = [exc, *exc.other_errors]
+                raise Failed({e.item: f"{e.code}: {e.message}" for e in bad if e.item is not None}) from None
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # after the client's retries
                 raise Aborted(f"cannot reach the server at {args.server}: {exc!r}") from None
+            except httpx.HTTPError as exc:  # a read timeout, a connection dropped mid-request: this chunk's
+                raise ChunkRefused(f"{type(exc).__name__}: {exc}") from None
 
-        return await _score_all(paths, args, score_chunk)
+        await _score_all(paths, args, score_chunk, scores)
 
 
-async def _score_local(paths: list[Path], args: argparse.Namespace, options: dict) -> tuple[dict, list[dict], dict]:
+async def _score_local(paths: list[Path], args: argparse.Namespace, options: dict, scores: Scores) -> None:
     """In this process, with the engine ``vrs serve`` would build from the same VRS_* settings."""
     try:
         engine = build_engine()
@@ -185,7 +234,7 @@ async def _score_local(paths: list[Path], args: argparse.Namespace, options: dic
             return await operations.score(engine, body, [ScoreInput(EncodedVideo(d), args.prompt) for d in chunk])
         except ServiceError as exc:
             if exc.item is None:
-                raise Aborted(exc.message) from None
+                raise _refused(exc.code, f"{exc.code}: {exc.message}") from None
             raise Failed({e.item: f"{e.code}: {e.message}" for e in [exc, *exc.others] if e.item is not None}) from None
 
     try:
@@ -193,42 +242,52 @@ async def _score_local(paths: list[Path], args: argparse.Namespace, options: dic
         ready, reason = await engine.ready()
         if not ready:
             raise Aborted(f"the {engine.settings.backend} backend is not ready: {reason}")
-        return await _score_all(paths, args, score_chunk)
+        await _score_all(paths, args, score_chunk, scores)
     finally:
         await engine.stop()
 
 
-async def _score_all(
-    paths: list[Path], args: argparse.Namespace, score_chunk: ScoreChunk
-) -> tuple[dict, list[dict], dict[str, str]]:
-    """Score in chunks of ``--batch-size`` with a progress bar on stderr; rows carry each video's path.
-    Unreadable and refused videos go to the failures by path; the rest of their chunk is scored again."""
-    rows: list[dict[str, Any]] = []
-    failures: dict[str, str] = {}
-    header: dict[str, Any] = {}
+async def _score_all(paths: list[Path], args: argparse.Namespace, score_chunk: ScoreChunk, scores: Scores) -> None:
+    """Score in chunks of ``--batch-size`` with a progress bar on stderr, into ``scores`` (so what was
+    scored survives an Aborted); rows carry each video's path, unreadable videos go to the failures."""
     with tqdm(total=len(paths), unit="video", file=sys.stderr, desc="scoring") as bar:
         for chunk in _chunks(paths, args.batch_size):
             readable: list[tuple[Path, bytes]] = []
             for path, data in zip(chunk, await asyncio.gather(*(_read(p) for p in chunk))):
                 if isinstance(data, OSError):
-                    failures[str(path)] = f"cannot read: {data.strerror or data}"
+                    scores.failures[str(path)] = f"cannot read: {data.strerror or data}"
                 else:
                     readable.append((path, data))
-            while readable and not (failures and args.fail_fast):
-                try:
-                    response = await score_chunk([data for _, data in readable])
-                except Failed as exc:
-                    failures |= {str(readable[i][0]): reason for i, reason in exc.reasons.items()}
-                    readable = [r for i, r in enumerate(readable) if i not in exc.reasons]
-                    continue
-                header = {"models": [m.model_dump() for m in response.models], "weights": response.weights}
-                rows += [_row(path, item) for (path, _), item in zip(readable, response.results)]
-                break
-            if failures and args.fail_fast:
-                path, reason = next(iter(failures.items()))
+            await _score_files(readable, score_chunk, scores, args.fail_fast)
+            if scores.failures and args.fail_fast:
+                path, reason = next(iter(scores.failures.items()))
                 raise Aborted(f"{path}: {reason} (--fail-fast: nothing written)")
             bar.update(len(chunk))
-    return header, rows, failures
+
+
+async def _score_files(
+    files: list[tuple[Path, bytes]], score_chunk: ScoreChunk, scores: Scores, fail_fast: bool
+) -> None:
+    """Score ``files`` in one request. Videos the service refuses go to the failures by path, with
+    their own reasons, and the rest is sent again; a request refused as a whole is sent again one
+    video at a time. With ``fail_fast``, nothing more is sent after a failure."""
+    while files and not (scores.failures and fail_fast):
+        try:
+            response = await score_chunk([data for _, data in files])
+        except Failed as exc:
+            scores.failures |= {str(files[i][0]): reason for i, reason in exc.reasons.items()}
+            files = [f for i, f in enumerate(files) if i not in exc.reasons]
+            continue
+        except ChunkRefused as exc:
+            if len(files) == 1:
+                scores.failures[str(files[0][0])] = str(exc)
+            else:
+                for one in files:
+                    await _score_files([one], score_chunk, scores, fail_fast)
+            return
+        scores.header = {"models": [m.model_dump() for m in response.models], "weights": response.weights}
+        scores.rows += [_row(path, item) for (path, _), item in zip(files, response.results)]
+        return
 
 
 async def _read(path: Path) -> bytes | OSError:

@@ -11,10 +11,12 @@ for a reader running the examples from it.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +61,31 @@ def test_the_extractor_finds_the_examples():
     assert len(runnable) >= 7 and {e.lang for e in runnable} >= {"sh", "python"}
     # The skipped set stays small (installs, benchmarks, GPU, containers, clusters): say why in the marker.
     assert len([e for e in EXAMPLES if e.skip]) <= 20
+
+
+def test_the_python_client_examples_need_only_the_clients_install():
+    """The "Python client" section's examples import only what ``pip install ./clients/python`` brings
+    (its packages and dependencies) and the standard library: ``tests.videos`` needs PyAV, which a
+    trainer's environment need not have. (The runs below have the repository on PYTHONPATH.)"""
+    client = tomllib.loads((ROOT / "clients/python/pyproject.toml").read_text())
+    requirements = [re.match(r"[\w-]+", r).group() for r in client["project"]["dependencies"]]
+    allowed = {*client["tool"]["setuptools"]["packages"], *(r.replace("-", "_") for r in requirements)}
+    text = README.read_text()
+    start = text.index("\n## Python client\n")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = [e for e in examples(section) if e.lang == "python"]
+    assert blocks
+    for block in blocks:
+        for node in ast.walk(ast.parse(block.code)):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top in allowed or top in sys.stdlib_module_names, f"{top} is not in a client-only install"
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,15 @@ retries on 429/503 and refused connections honouring Retry-After, timeouts, and 
 
 Videos go as binary multipart parts by default (numpy frames as ``application/x-npy``, streamed from
 the array); ``transport="json"`` sends base64 JSON instead. With ``reuse=True`` a call first sends
-only the videos' digests and uploads them only when the server answers ``not_cached``.
+only the videos' digests and uploads them only when the server answers ``not_cached`` (a call with
+``cache="refresh"`` or ``"bypass"`` uploads at once: the cache cannot answer it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +24,8 @@ from typing_extensions import TypedDict, Unpack
 
 from vrs_client import videos as wire_videos
 from vrs_client.retry import Retry
-from vrs_client.videos import Part, Video
-from vrs_wire.schemas import CompareResponse, RankResponse, ScoreResponse
+from vrs_client.videos import Frames, Part, Video
+from vrs_wire.schemas import CompareResponse, ErrorDetail, RankResponse, ScoreResponse
 
 R = TypeVar("R", bound=BaseModel)
 Prompt = Union[str, Sequence[str], None]
@@ -51,21 +53,30 @@ class RankOptions(Options, total=False):
 
 class APIError(Exception):
     """The service answered with an error: HTTP status plus the body's ``{code, message, item}``;
-    ``others`` lists the indices of further bad items of the same request."""
+    ``other_errors``: the further bad items of the same request, each with its own code, message
+    and item; ``others``: their indices."""
 
     def __init__(
-        self, status: int, code: str, message: str, item: Optional[int] = None, others: Sequence[int] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        item: Optional[int] = None,
+        others: Sequence[int] = (),
+        other_errors: Sequence[ErrorDetail] = (),
     ) -> None:
         super().__init__(f"HTTP {status} {code}: {message}" + (f" (item {item})" if item is not None else ""))
         self.status, self.code, self.message, self.item = status, code, message, item
         self.others = list(others)
+        self.other_errors = list(other_errors)
 
     @classmethod
     def from_response(cls, response: httpx.Response) -> APIError:
         try:
             error = response.json()["error"]
-            others = [o["item"] for o in error.get("others") or () if o.get("item") is not None]
-            return cls(response.status_code, error["code"], error["message"], error.get("item"), others)
+            details = [ErrorDetail.model_validate(o) for o in error.get("others") or ()]
+            others = [d.item for d in details if d.item is not None]
+            return cls(response.status_code, error["code"], error["message"], error.get("item"), others, details)
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls(response.status_code, "http_error", response.text[:500])
 
@@ -92,15 +103,18 @@ class GroupAdvantages:
 
 @dataclass
 class _Body:
-    """One request body: JSON, or multipart (a ``request`` field holding the JSON, plus file parts)."""
+    """One request body: JSON, or multipart (a ``request`` field holding the JSON, plus file parts).
+    The JSON is UTF-8 as it is (no ``\\uXXXX`` escapes: a CJK prompt repeated per item stays 3 bytes
+    a character, not 6, within the server's size of a multipart field)."""
 
     json: dict[str, Any]
     parts: list[tuple[str, Part]] = field(default_factory=list)
 
     def send_kwargs(self) -> dict[str, Any]:
+        text = json.dumps(self.json, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         if not self.parts:
-            return {"json": self.json}
-        return {"data": {"request": json.dumps(self.json)}, "files": self.parts}
+            return {"content": text.encode(), "headers": {"content-type": "application/json"}}
+        return {"data": {"request": text}, "files": self.parts}
 
     def close(self) -> None:
         wire_videos.close_parts(self.parts)
@@ -153,8 +167,17 @@ def _json(refs: list[dict[str, Any]], prompt: Prompt, options: dict[str, Any], g
     return {**options, "items": [{"video": r, "prompt": p} for r, p in zip(refs, prompts)]}
 
 
+def _many(videos: Sequence[Video]) -> Sequence[Video]:
+    """``videos`` when it is a list of videos (a uint8 [N, T, H, W, 3] array counts as N of them);
+    TypeError for one video given alone (a path or bytes would be taken apart character by character)."""
+    single = (str, bytes, bytearray, memoryview, os.PathLike, Frames)
+    if isinstance(videos, single) or (isinstance(videos, np.ndarray) and videos.ndim != 5):
+        raise TypeError(f"videos must be a list of videos, not one {type(videos).__name__}; give [video]")
+    return videos
+
+
 def _score(videos: Sequence[Video], prompt: Prompt, options: Options) -> _Call[ScoreResponse]:
-    return _Call("/v1/score", videos, prompt, options, False, ScoreResponse)
+    return _Call("/v1/score", _many(videos), prompt, options, False, ScoreResponse)
 
 
 def _compare(a: Video, b: Video, prompt: Optional[str], options: Options) -> _Call[CompareResponse]:
@@ -162,7 +185,7 @@ def _compare(a: Video, b: Video, prompt: Optional[str], options: Options) -> _Ca
 
 
 def _rank(videos: Sequence[Video], prompt: Prompt, options: RankOptions) -> _Call[RankResponse]:
-    return _Call("/v1/rank", videos, prompt, options, True, RankResponse)
+    return _Call("/v1/rank", _many(videos), prompt, options, True, RankResponse)
 
 
 class _Base:
@@ -181,7 +204,8 @@ class _Base:
         api_key: Optional[str] = None,
     ) -> None:
         """``transport``: how videos travel (binary ``multipart``, or base64 ``json``). ``reuse``: send
-        digests first, uploading only when the server no longer has the scores (``not_cached``).
+        digests first, uploading only when the server no longer has the scores (``not_cached``);
+        calls with ``cache="refresh"`` or ``"bypass"`` upload at once.
         ``api_key``: sent as ``Authorization: Bearer`` (for a gateway with ``VRS_API_KEYS``)."""
         if transport not in ("multipart", "json"):
             raise ValueError(f"transport must be 'multipart' or 'json', not {transport!r}")
@@ -193,9 +217,11 @@ class _Base:
         self.reuse = reuse
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def _forms(self) -> list[Form]:
-        """The bodies to try in turn: digests first when reusing, then the videos themselves."""
-        return ["digest", self.transport] if self.reuse else [self.transport]
+    def _forms(self, call: _Call[Any]) -> list[Form]:
+        """The bodies to try in turn: digests first when reusing, then the videos themselves. Not with
+        ``cache="refresh"`` or ``"bypass"``: the server scores a digest from the cache only."""
+        digest_first = self.reuse and call.options.get("cache", "use") == "use"
+        return ["digest", self.transport] if digest_first else [self.transport]
 
     def _wait_or_raise(self, failures: int, response: Optional[httpx.Response], error: Optional[Exception]) -> float:
         """After a failed try: the seconds to wait before the next, or raise when it is final."""
@@ -226,7 +252,8 @@ class Client(_Base):
         self._http.close()
 
     def score(self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[Options]) -> ScoreResponse:
-        """Pointwise scores; ``prompt`` is one prompt for every video or one per video."""
+        """Pointwise scores of a list of videos (one video alone: TypeError); ``prompt`` is one prompt
+        for every video or one per video."""
         return self._send(_score(videos, prompt, options))
 
     def compare(self, a: Video, b: Video, prompt: Optional[str] = None, **options: Unpack[Options]) -> CompareResponse:
@@ -234,7 +261,7 @@ class Client(_Base):
         return self._send(_compare(a, b, prompt, options))
 
     def rank(self, videos: Sequence[Video], prompt: Prompt = None, **options: Unpack[RankOptions]) -> RankResponse:
-        """Ranking (best first), scores and group advantages."""
+        """Ranking (best first), scores and group advantages of a list of videos (as ``score``)."""
         return self._send(_rank(videos, prompt, options))
 
     def grpo_advantages(
@@ -244,7 +271,7 @@ class Client(_Base):
         return GroupAdvantages.from_rank(self.rank(videos, prompt, **options))
 
     def _send(self, call: _Call[R]) -> R:
-        *first, last = self._forms()
+        *first, last = self._forms(call)
         for form in first:
             try:
                 return self._post(call, form)
@@ -310,7 +337,7 @@ class AsyncClient(_Base):
         return GroupAdvantages.from_rank(await self.rank(videos, prompt, **options))
 
     async def _send(self, call: _Call[R]) -> R:
-        *first, last = self._forms()
+        *first, last = self._forms(call)
         for form in first:
             try:
                 return await self._post(call, form)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 
@@ -29,16 +30,20 @@ class Retry:
 
 
 def retry_after_s(response: httpx.Response) -> float | None:
-    """The Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
+    """The Retry-After header in seconds, or None when absent or unusable: delta-seconds count only
+    when finite and non-negative (``nan``, ``inf``, ``-1`` are None); an HTTP date gives the seconds
+    until then, 0 when it has passed."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return when.timestamp() - time.time()
+    return max(when.timestamp() - time.time(), 0.0)
