@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,16 @@ def stage_env(stage: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
+def stage_requirements(name: str) -> list[str]:
+    """What stage ``name`` installs before its sources are copied: its own command that lists them
+    from pyproject.toml, run here on this checkout's pyproject.toml."""
+    (run,) = [a for i, a in dockerfile_stages()[name] if i == "RUN" and "tomllib" in a]
+    python, flag, code = shlex.split(run.split(" > ")[0])
+    assert python in ("python", "python3") and flag == "-c", run
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
 def test_hadolint_passes():
     hadolint = Path(sys.executable).with_name("hadolint")
     done = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
@@ -91,6 +102,23 @@ def test_dockerfile_has_pinned_bases_non_root_users_and_healthchecks():
     assert any(i == "COPY" and a.startswith("--from=gateway-build") for i, a in stages["gateway"])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests"} <= set(ignored) and "README.md" not in ignored  # pyproject's readme
+
+
+@pytest.mark.parametrize("name, extras", [("gateway-build", ["models"]), ("triton", ["models"])])
+def test_images_install_dependencies_before_copying_the_sources(name: str, extras: list[str]):
+    """A source change must not reinstall torch and the rest: each stage copies pyproject.toml and
+    constraints.txt, installs the project's dependencies (and extras') from them, and only then
+    copies the sources and installs the package itself, without dependencies."""
+    stage = dockerfile_stages()[name]
+    steps = [(i, a) for i, a in stage if i in ("COPY", "RUN") and "venv" not in a]
+    assert steps[0] == ("COPY", "pyproject.toml constraints.txt ./"), steps
+    assert steps[1][0] == "RUN" and "tomllib" in steps[1][1] and "-c constraints.txt" in steps[1][1], steps
+    assert "-r /tmp/requirements.txt" in steps[1][1]
+    assert steps[2] == ("COPY", ". ."), steps
+    assert steps[3][0] == "RUN" and steps[3][1].endswith("pip install --no-cache-dir --no-deps ."), steps
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    assert stage_requirements(name) == wanted
 
 
 def test_gateway_image_command_serves_and_its_healthcheck_passes():
