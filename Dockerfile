@@ -58,11 +58,12 @@ FROM ${TRITON_IMAGE} AS triton
 # (the image is this service's alone; PEP 668's guard is for shared system Pythons).
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/vrs/src
-# Dependencies first, from pyproject.toml alone (its dependencies + the models extra), so that a
-# source change reuses this layer; then the package itself.
+# Dependencies first, from pyproject.toml alone (its dependencies + the models and compile extras:
+# the init container runs `vrs compile export`, which needs onnx and onnxscript), so that a source
+# change reuses this layer; then the package itself.
 COPY pyproject.toml constraints.txt ./
-RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['models']))" > /tmp/requirements.txt \
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; e = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + e['models'] + e['compile']))" > /tmp/requirements.txt \
     && python3 -m pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 COPY . .
 RUN python3 -m pip install --no-cache-dir --no-deps .

@@ -104,7 +104,7 @@ def test_dockerfile_has_pinned_bases_non_root_users_and_healthchecks():
     assert {".git", ".venv", "tests"} <= set(ignored) and "README.md" not in ignored  # pyproject's readme
 
 
-@pytest.mark.parametrize("name, extras", [("gateway-build", ["models"]), ("triton", ["models"])])
+@pytest.mark.parametrize("name, extras", [("gateway-build", ["models"]), ("triton", ["models", "compile"])])
 def test_images_install_dependencies_before_copying_the_sources(name: str, extras: list[str]):
     """A source change must not reinstall torch and the rest: each stage copies pyproject.toml and
     constraints.txt, installs the project's dependencies (and extras') from them, and only then
@@ -162,15 +162,16 @@ def test_gateway_image_command_serves_and_its_healthcheck_passes():
         process.kill()
 
 
-def run_init_step(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def run_init_step(tmp_path: Path, bin_dir: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     """The Triton init container's script (k8s/overlays/gpu/triton-deployment.yaml) as written,
-    run here with its volumes (/models, /engine-cache) and scratch (/tmp/onnx) under ``tmp_path``."""
+    run here with its volumes (/models, /engine-cache) and scratch (/tmp/onnx) under ``tmp_path``,
+    and ``vrs`` from ``bin_dir`` (default: this environment's)."""
     manifest = yaml.safe_load((K8S / "overlays/gpu/triton-deployment.yaml").read_text())
     (init,) = manifest["spec"]["template"]["spec"]["initContainers"]
     script = init["args"][0]
     for path in ("/models", "/engine-cache", "/tmp/onnx"):
         script = script.replace(path, str(tmp_path / path.strip("/").replace("/", "-")))
-    bin_dir = str(Path(sys.executable).parent)  # `vrs` on PATH, as in the image
+    bin_dir = str(bin_dir or Path(sys.executable).parent)  # `vrs` on PATH, as in the image
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VRS_")}
     environ |= {"PATH": f"{bin_dir}:{environ['PATH']}", "VRS_MODELS": '["signal"]', **env}
     assert init["command"] == ["/bin/sh", "-c"]
@@ -194,6 +195,69 @@ def test_triton_init_step_with_tensorrt_exports_then_needs_tensorrt_to_build(tmp
     assert (tmp_path / "tmp-onnx" / "signal.onnx").is_file(), done.stderr
     assert done.returncode == 2 and "TensorRT's Python API is not installed" in done.stderr, done.stderr
     assert not (tmp_path / "models").exists()
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions installed here that ``requirements`` bring, with their dependencies (normalised names)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, str]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        for extra in ("", *requirement.extras):
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            try:
+                requires = metadata.requires(name) or []
+            except metadata.PackageNotFoundError:
+                continue  # not installed here (another platform's): nothing to link
+            todo += [r for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": extra})]
+    return {name for name, _ in seen}
+
+
+def confined_python(tmp_path: Path, requirements: list[str]) -> tuple[Path, dict[str, str]]:
+    """A ``vrs`` (in the returned bin dir) whose interpreter sees only this checkout and the installed
+    distributions ``requirements`` bring: a site-packages of links to just those, no other site."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    wanted = installed_closure(requirements)
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    for dist in metadata.distributions():
+        if canonicalize_name(dist.metadata["Name"]) in wanted:
+            for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:  # not its scripts in bin/
+                if Path(dist.locate_file(top)).exists() and not (site / top).exists():
+                    (site / top).symlink_to(dist.locate_file(top))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vrs = bin_dir / "vrs"
+    vrs.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -S -c 'import sys; from service.cli import main; sys.exit(main())' \"$@\"\n"
+    )
+    vrs.chmod(0o755)
+    return bin_dir, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients/python"), str(site)])}
+
+
+def test_triton_image_has_what_the_engine_build_step_imports(tmp_path: Path):
+    """The init container's VRS_COMPILE=tensorrt step, run by an interpreter that sees only what the
+    triton stage installs (its requirements and their dependencies): the export finds all it imports
+    (torch.onnx's exporter needs onnx and onnxscript), and the step stops only at TensorRT, which the
+    NGC base image brings and this machine cannot have. With the models extra alone the export failed."""
+    bin_dir, env = confined_python(tmp_path, stage_requirements("triton"))
+    confined = {**os.environ, **env}
+    # Confined indeed: the test extra's pytest is out of its reach.
+    assert subprocess.run([sys.executable, "-S", "-c", "import pytest"], env=confined, capture_output=True).returncode
+    done = run_init_step(tmp_path, bin_dir, VRS_COMPILE="tensorrt", **env)
+    assert (tmp_path / "tmp-onnx" / "signal.onnx").is_file(), done.stderr
+    assert done.returncode == 2 and "TensorRT's Python API is not installed" in done.stderr, done.stderr
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
