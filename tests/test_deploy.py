@@ -452,6 +452,16 @@ def test_triton_runs_on_a_gpu_node_after_building_engines(rendered):
     assert find(rendered["overlays/cpu-dev"], "ConfigMap", "vrs-config")["data"]["VRS_BACKEND"] == "inprocess"
 
 
+def test_triton_rollout_needs_no_spare_gpu(rendered):
+    """One Triton pod per GPU: a rollout must not wait for a GPU that no pod frees. A surge pod
+    would stay Pending on a full GPU pool (the default RollingUpdate: maxSurge 1, maxUnavailable 0)."""
+    deployment = find(rendered["overlays/gpu"], "Deployment", "vrs-triton")
+    assert deployment["spec"].get("strategy") == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},  # the new pod takes the old one's GPU
+    }
+
+
 def _egress_peers(policy: dict) -> list[tuple[dict, set[int]]]:
     return [
         (peer, {p["port"] for p in rule.get("ports", [])})
