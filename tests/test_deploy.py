@@ -27,6 +27,7 @@ import pytest
 import yaml
 from vrs_client.videos import video_ref
 
+from models.registry import builtin_models
 from service.config import Settings
 from tests import videos
 from tests.conftest import RunningServer, free_port
@@ -387,6 +388,41 @@ def test_gateway_deployment_probes_resources_and_drain(rendered, target, monkeyp
     assert selects(
         find(objects, "Service", "vrs-redis")["spec"]["selector"], redis["spec"]["template"]["metadata"]["labels"]
     )
+
+
+# The gateway process itself (torch, PyAV, the app): about 525 MiB RSS after scoring, measured with
+# `vrs serve` on the development machine.
+PROCESS_BYTES = 640 * 1024**2
+
+
+def quantity(text: str) -> int:
+    """A Kubernetes byte quantity ("1Gi", "512Mi", "1000")."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(text[:-2]) * units[text[-2:]] if text[-2:] in units else int(text)
+
+
+@pytest.mark.parametrize("target", ["overlays/cpu-dev", "overlays/gpu"])
+def test_gateway_pod_has_room_for_what_it_admits(rendered, target, monkeypatch):
+    """Overload must be a 429, not an eviction or an OOM kill: the /tmp emptyDir (where multipart
+    parts over 1 MiB and URL downloads spool) is larger than the body bytes the gateway admits, and
+    the memory limit holds those bodies as JSON (3x: raw, text, decoded), the decode-ahead window of
+    the configured models' largest clips, and the process."""
+    objects = rendered[target]
+    _, pod = _gateway_pod(objects)
+    (container,) = pod["spec"]["containers"]
+    for key, value in find(objects, "ConfigMap", "vrs-config")["data"].items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    bodies = max(settings.max_inflight_body_bytes, settings.max_request_bytes)  # a request alone may pass the budget
+    (tmp,) = [v for v in pod["spec"]["volumes"] if v["name"] == "tmp"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert quantity(tmp["emptyDir"]["sizeLimit"]) > bodies, (tmp, bodies)
+
+    specs = [builtin_models()[name].spec for name in settings.models]
+    clip = sum(s.sampling.max_frames * s.resolution.max_pixels * 3 for s in specs)  # one video's decoded frames
+    held = 3 * bodies + settings.decode_ahead * clip + PROCESS_BYTES
+    limit = quantity(container["resources"]["limits"]["memory"])
+    assert held <= limit, f"{held / 1024**3:.2f} GiB held > {limit / 1024**3:.2f} GiB limit"
 
 
 def test_hpa_scales_the_gateway_on_a_metric_the_gateway_exports(rendered, gateway: RunningServer):
