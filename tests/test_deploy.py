@@ -498,6 +498,36 @@ def test_triton_rollout_needs_no_spare_gpu(rendered):
     }
 
 
+def test_triton_container_has_a_read_only_root(rendered):
+    """Triton writes only to volumes (tritonserver with the python backend served a model here under a
+    read-only root with a writable /tmp and /dev/shm; the NGC image itself was not tried)."""
+    pod = find(rendered["overlays/gpu"], "Deployment", "vrs-triton")["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert triton["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in triton["volumeMounts"]}
+    assert "emptyDir" in mounts["/tmp"] and mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in mounts["/models"]
+
+
+@pytest.mark.parametrize("target", ["overlays/cpu-dev", "overlays/gpu"])
+def test_gateway_torch_threads_follow_the_cpu_limit(rendered, target):
+    """OMP_NUM_THREADS comes from the container's CPU limit (Kubernetes rounds it up to whole CPUs),
+    and torch takes its thread count from it (here fewer than this machine's cores, which it
+    would use otherwise; it ignores counts above them)."""
+    _, pod = _gateway_pod(rendered[target])
+    (container,) = pod["spec"]["containers"]
+    (threads,) = [e for e in container.get("env", []) if e["name"] == "OMP_NUM_THREADS"]
+    assert threads["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
+    assert "cpu" in container["resources"]["limits"]
+    wanted = max(1, (os.cpu_count() or 2) - 1)
+    done = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env={**os.environ, "OMP_NUM_THREADS": str(wanted)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert int(done.stdout) == wanted
+
+
 def _egress_peers(policy: dict) -> list[tuple[dict, set[int]]]:
     return [
         (peer, {p["port"] for p in rule.get("ports", [])})
