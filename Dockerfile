@@ -20,12 +20,18 @@ FROM ${PYTHON_IMAGE} AS gateway-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/vrs
 WORKDIR /src
-COPY . .
+# Dependencies first, from pyproject.toml alone (its dependencies + the models extra), so that a
+# source change reuses this layer instead of reinstalling torch and the rest.
 # torch from PyTorch's CPU index: the default index would bring the CUDA build (gigabytes) to a
 # gateway that never touches a GPU. constraints.txt pins torch's version (2.13.0 matches 2.13.0+cpu).
-RUN /opt/vrs/bin/pip install --no-cache-dir -c constraints.txt \
+COPY pyproject.toml constraints.txt ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['models']))" > /tmp/requirements.txt \
+    && /opt/vrs/bin/pip install --no-cache-dir -c constraints.txt \
         --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
-        ".[models]"
+        -r /tmp/requirements.txt
+COPY . .
+RUN /opt/vrs/bin/pip install --no-cache-dir --no-deps .
 
 # --- gateway: runtime ---------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS gateway
@@ -52,8 +58,15 @@ FROM ${TRITON_IMAGE} AS triton
 # (the image is this service's alone; PEP 668's guard is for shared system Pythons).
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/vrs/src
+# Dependencies first, from pyproject.toml alone (its dependencies + the models and compile extras:
+# the init container runs `vrs compile export`, which needs onnx and onnxscript), so that a source
+# change reuses this layer; then the package itself.
+COPY pyproject.toml constraints.txt ./
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; e = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + e['models'] + e['compile']))" > /tmp/requirements.txt \
+    && python3 -m pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 COPY . .
-RUN python3 -m pip install --no-cache-dir -c constraints.txt ".[models]"
+RUN python3 -m pip install --no-cache-dir --no-deps .
 # TensorRT's Python bindings for `vrs compile engine` (module tensorrt_bindings), at the version of
 # the image's own TensorRT libraries, which they load (a plan loads only in the TensorRT that built
 # it). The version comes from libnvinfer's file name, the CUDA major from the image's CUDA_VERSION.

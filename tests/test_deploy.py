@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ import pytest
 import yaml
 from vrs_client.videos import video_ref
 
+from models.registry import builtin_models
 from service.config import Settings
 from tests import videos
 from tests.conftest import RunningServer, free_port
@@ -70,6 +72,16 @@ def stage_env(stage: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
+def stage_requirements(name: str) -> list[str]:
+    """What stage ``name`` installs before its sources are copied: its own command that lists them
+    from pyproject.toml, run here on this checkout's pyproject.toml."""
+    (run,) = [a for i, a in dockerfile_stages()[name] if i == "RUN" and "tomllib" in a]
+    python, flag, code = shlex.split(run.split(" > ")[0])
+    assert python in ("python", "python3") and flag == "-c", run
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
 def test_hadolint_passes():
     hadolint = Path(sys.executable).with_name("hadolint")
     done = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
@@ -91,6 +103,23 @@ def test_dockerfile_has_pinned_bases_non_root_users_and_healthchecks():
     assert any(i == "COPY" and a.startswith("--from=gateway-build") for i, a in stages["gateway"])
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests"} <= set(ignored) and "README.md" not in ignored  # pyproject's readme
+
+
+@pytest.mark.parametrize("name, extras", [("gateway-build", ["models"]), ("triton", ["models", "compile"])])
+def test_images_install_dependencies_before_copying_the_sources(name: str, extras: list[str]):
+    """A source change must not reinstall torch and the rest: each stage copies pyproject.toml and
+    constraints.txt, installs the project's dependencies (and extras') from them, and only then
+    copies the sources and installs the package itself, without dependencies."""
+    stage = dockerfile_stages()[name]
+    steps = [(i, a) for i, a in stage if i in ("COPY", "RUN") and "venv" not in a]
+    assert steps[0] == ("COPY", "pyproject.toml constraints.txt ./"), steps
+    assert steps[1][0] == "RUN" and "tomllib" in steps[1][1] and "-c constraints.txt" in steps[1][1], steps
+    assert "-r /tmp/requirements.txt" in steps[1][1]
+    assert steps[2] == ("COPY", ". ."), steps
+    assert steps[3][0] == "RUN" and steps[3][1].endswith("pip install --no-cache-dir --no-deps ."), steps
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    assert stage_requirements(name) == wanted
 
 
 def test_gateway_image_command_serves_and_its_healthcheck_passes():
@@ -134,15 +163,16 @@ def test_gateway_image_command_serves_and_its_healthcheck_passes():
         process.kill()
 
 
-def run_init_step(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def run_init_step(tmp_path: Path, bin_dir: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     """The Triton init container's script (k8s/overlays/gpu/triton-deployment.yaml) as written,
-    run here with its volumes (/models, /engine-cache) and scratch (/tmp/onnx) under ``tmp_path``."""
+    run here with its volumes (/models, /engine-cache) and scratch (/tmp/onnx) under ``tmp_path``,
+    and ``vrs`` from ``bin_dir`` (default: this environment's)."""
     manifest = yaml.safe_load((K8S / "overlays/gpu/triton-deployment.yaml").read_text())
     (init,) = manifest["spec"]["template"]["spec"]["initContainers"]
     script = init["args"][0]
     for path in ("/models", "/engine-cache", "/tmp/onnx"):
         script = script.replace(path, str(tmp_path / path.strip("/").replace("/", "-")))
-    bin_dir = str(Path(sys.executable).parent)  # `vrs` on PATH, as in the image
+    bin_dir = str(bin_dir or Path(sys.executable).parent)  # `vrs` on PATH, as in the image
     environ = {k: v for k, v in os.environ.items() if not k.startswith("VRS_")}
     environ |= {"PATH": f"{bin_dir}:{environ['PATH']}", "VRS_MODELS": '["signal"]', **env}
     assert init["command"] == ["/bin/sh", "-c"]
@@ -166,6 +196,69 @@ def test_triton_init_step_with_tensorrt_exports_then_needs_tensorrt_to_build(tmp
     assert (tmp_path / "tmp-onnx" / "signal.onnx").is_file(), done.stderr
     assert done.returncode == 2 and "TensorRT's Python API is not installed" in done.stderr, done.stderr
     assert not (tmp_path / "models").exists()
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions installed here that ``requirements`` bring, with their dependencies (normalised names)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, str]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        for extra in ("", *requirement.extras):
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            try:
+                requires = metadata.requires(name) or []
+            except metadata.PackageNotFoundError:
+                continue  # not installed here (another platform's): nothing to link
+            todo += [r for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": extra})]
+    return {name for name, _ in seen}
+
+
+def confined_python(tmp_path: Path, requirements: list[str]) -> tuple[Path, dict[str, str]]:
+    """A ``vrs`` (in the returned bin dir) whose interpreter sees only this checkout and the installed
+    distributions ``requirements`` bring: a site-packages of links to just those, no other site."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    wanted = installed_closure(requirements)
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    for dist in metadata.distributions():
+        if canonicalize_name(dist.metadata["Name"]) in wanted:
+            for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:  # not its scripts in bin/
+                if Path(dist.locate_file(top)).exists() and not (site / top).exists():
+                    (site / top).symlink_to(dist.locate_file(top))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vrs = bin_dir / "vrs"
+    vrs.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -S -c 'import sys; from service.cli import main; sys.exit(main())' \"$@\"\n"
+    )
+    vrs.chmod(0o755)
+    return bin_dir, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients/python"), str(site)])}
+
+
+def test_triton_image_has_what_the_engine_build_step_imports(tmp_path: Path):
+    """The init container's VRS_COMPILE=tensorrt step, run by an interpreter that sees only what the
+    triton stage installs (its requirements and their dependencies): the export finds all it imports
+    (torch.onnx's exporter needs onnx and onnxscript), and the step stops only at TensorRT, which the
+    NGC base image brings and this machine cannot have. With the models extra alone the export failed."""
+    bin_dir, env = confined_python(tmp_path, stage_requirements("triton"))
+    confined = {**os.environ, **env}
+    # Confined indeed: the test extra's pytest is out of its reach.
+    assert subprocess.run([sys.executable, "-S", "-c", "import pytest"], env=confined, capture_output=True).returncode
+    done = run_init_step(tmp_path, bin_dir, VRS_COMPILE="tensorrt", **env)
+    assert (tmp_path / "tmp-onnx" / "signal.onnx").is_file(), done.stderr
+    assert done.returncode == 2 and "TensorRT's Python API is not installed" in done.stderr, done.stderr
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
@@ -297,6 +390,41 @@ def test_gateway_deployment_probes_resources_and_drain(rendered, target, monkeyp
     )
 
 
+# The gateway process itself (torch, PyAV, the app): about 525 MiB RSS after scoring, measured with
+# `vrs serve` on the development machine.
+PROCESS_BYTES = 640 * 1024**2
+
+
+def quantity(text: str) -> int:
+    """A Kubernetes byte quantity ("1Gi", "512Mi", "1000")."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(text[:-2]) * units[text[-2:]] if text[-2:] in units else int(text)
+
+
+@pytest.mark.parametrize("target", ["overlays/cpu-dev", "overlays/gpu"])
+def test_gateway_pod_has_room_for_what_it_admits(rendered, target, monkeypatch):
+    """Overload must be a 429, not an eviction or an OOM kill: the /tmp emptyDir (where multipart
+    parts over 1 MiB and URL downloads spool) is larger than the body bytes the gateway admits, and
+    the memory limit holds those bodies as JSON (3x: raw, text, decoded), the decode-ahead window of
+    the configured models' largest clips, and the process."""
+    objects = rendered[target]
+    _, pod = _gateway_pod(objects)
+    (container,) = pod["spec"]["containers"]
+    for key, value in find(objects, "ConfigMap", "vrs-config")["data"].items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    bodies = max(settings.max_inflight_body_bytes, settings.max_request_bytes)  # a request alone may pass the budget
+    (tmp,) = [v for v in pod["spec"]["volumes"] if v["name"] == "tmp"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert quantity(tmp["emptyDir"]["sizeLimit"]) > bodies, (tmp, bodies)
+
+    specs = [builtin_models()[name].spec for name in settings.models]
+    clip = sum(s.sampling.max_frames * s.resolution.max_pixels * 3 for s in specs)  # one video's decoded frames
+    held = 3 * bodies + settings.decode_ahead * clip + PROCESS_BYTES
+    limit = quantity(container["resources"]["limits"]["memory"])
+    assert held <= limit, f"{held / 1024**3:.2f} GiB held > {limit / 1024**3:.2f} GiB limit"
+
+
 def test_hpa_scales_the_gateway_on_a_metric_the_gateway_exports(rendered, gateway: RunningServer):
     objects = rendered["overlays/gpu"]
     hpa = find(objects, "HorizontalPodAutoscaler", "vrs-gateway")
@@ -358,6 +486,46 @@ def test_triton_runs_on_a_gpu_node_after_building_engines(rendered):
     # cpu-dev has no Triton and scores in-process.
     assert not [o for o in rendered["overlays/cpu-dev"] if o["metadata"]["name"].startswith("vrs-triton")]
     assert find(rendered["overlays/cpu-dev"], "ConfigMap", "vrs-config")["data"]["VRS_BACKEND"] == "inprocess"
+
+
+def test_triton_rollout_needs_no_spare_gpu(rendered):
+    """One Triton pod per GPU: a rollout must not wait for a GPU that no pod frees. A surge pod
+    would stay Pending on a full GPU pool (the default RollingUpdate: maxSurge 1, maxUnavailable 0)."""
+    deployment = find(rendered["overlays/gpu"], "Deployment", "vrs-triton")
+    assert deployment["spec"].get("strategy") == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},  # the new pod takes the old one's GPU
+    }
+
+
+def test_triton_container_has_a_read_only_root(rendered):
+    """Triton writes only to volumes (tritonserver with the python backend served a model here under a
+    read-only root with a writable /tmp and /dev/shm; the NGC image itself was not tried)."""
+    pod = find(rendered["overlays/gpu"], "Deployment", "vrs-triton")["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert triton["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in triton["volumeMounts"]}
+    assert "emptyDir" in mounts["/tmp"] and mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in mounts["/models"]
+
+
+@pytest.mark.parametrize("target", ["overlays/cpu-dev", "overlays/gpu"])
+def test_gateway_torch_threads_follow_the_cpu_limit(rendered, target):
+    """OMP_NUM_THREADS comes from the container's CPU limit (Kubernetes rounds it up to whole CPUs),
+    and torch takes its thread count from it (here fewer than this machine's cores, which it
+    would use otherwise; it ignores counts above them)."""
+    _, pod = _gateway_pod(rendered[target])
+    (container,) = pod["spec"]["containers"]
+    (threads,) = [e for e in container.get("env", []) if e["name"] == "OMP_NUM_THREADS"]
+    assert threads["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
+    assert "cpu" in container["resources"]["limits"]
+    wanted = max(1, (os.cpu_count() or 2) - 1)
+    done = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env={**os.environ, "OMP_NUM_THREADS": str(wanted)}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert int(done.stdout) == wanted
 
 
 def _egress_peers(policy: dict) -> list[tuple[dict, set[int]]]:

@@ -723,3 +723,77 @@ async def test_system_shared_memory_transport_scores_equal_grpc_bytes(triton_gat
     with grpcclient.InferenceServerClient(triton.grpc_url) as client:
         status = client.get_system_shared_memory_status(as_json=True).get("regions", {})
     assert not {r.name for r in regions} & set(status)  # unregistered when the gateway stopped
+
+
+async def test_system_shm_gateway_recovers_when_triton_restarts(tmp_path: Path):
+    """A restarted Triton knows none of the gateway's shared-memory regions: the gateway registers
+    them again (retrying the batch once), so scoring resumes without a gateway restart, and /readyz's
+    200 is true. The probe found every request answered 503 "not loaded" after the restart, forever."""
+    triton_repo = write_python_repo(tmp_path / "repo", {"signal": SIGNAL}, TEST_OPTIONS)  # signal only: quick restarts
+    server = start_triton(triton_repo)
+    ports = (server.grpc_port, server.http_port, server.metrics_port)
+    running = start_server(triton_gateway_app(server.grpc_url, triton_transport="system_shm"))
+    backend = running.app.state.engine.backend
+    regions = backend.max_concurrent_batches
+
+    async def score(client: httpx.AsyncClient, status: int = 200) -> dict:
+        # One item per request, one at a time: the regions are taken in turn, so each is used.
+        response = await client.post("/v1/score", json={"items": [{"video": video_ref(unique_clip(), fps=16)}]})
+        assert response.status_code == status, response.text
+        return response.json()
+
+    async def restart(client: httpx.AsyncClient, during_outage=None) -> LocalTriton:
+        await asyncio.to_thread(server.stop)
+        if during_outage:
+            await during_outage()
+        back = await asyncio.to_thread(start_triton, triton_repo, ports)  # same address: no gateway restart
+        deadline = time.monotonic() + 60  # the channel reconnects within about a second
+        while (await client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never saw Triton ready again"
+            await asyncio.sleep(0.2)
+        return back
+
+    async def refused(client: httpx.AsyncClient) -> None:
+        error = (await score(client, 503))["error"]
+        assert error["code"] == "backend_unavailable" and "unavailable" in error["message"], error
+        assert not [r for r in backend._all_regions if r.registered]  # re-registered when Triton is back
+
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
+            for _ in range(regions):
+                await score(client)
+            # Restarted while the gateway was idle: Triton names the region unknown; registered, sent again.
+            server = await restart(client)
+            for _ in range(regions + 1):  # a 200 for every region, each registered with the new Triton
+                await score(client)
+            # A request during the outage: Triton unavailable, so the regions are registered again on use.
+            server = await restart(client, lambda: refused(client))
+            for _ in range(regions):
+                await score(client)
+        with grpcclient.InferenceServerClient(server.grpc_url) as triton_client:
+            status = triton_client.get_system_shared_memory_status(as_json=True).get("regions", {})
+        assert sorted(status) == sorted(r.name for r in backend._all_regions), status
+    finally:
+        running.stop()
+        server.stop()
+
+
+async def test_a_region_triton_does_not_know_is_named_as_such(triton):
+    """Triton's answer for an unknown shared-memory region is a 503 that says so, not "model not loaded"."""
+    import tritonclient.grpc.aio as grpcaio
+    from tritonclient.utils import InferenceServerException
+
+    from service.backends.base import FrameBatch
+    from service.backends.triton import to_inputs, to_service_error
+    from service.errors import BackendUnavailable
+
+    batch = FrameBatch.assemble([videos.moving_scene(9, 64, 64)], [""])
+    inputs = to_inputs(batch)
+    inputs[0].set_shared_memory("vrs_never_registered", batch.frames.numel())
+    async with grpcaio.InferenceServerClient(triton.grpc_url) as client:
+        with pytest.raises(InferenceServerException) as info:
+            await client.infer("signal", inputs)
+    error = to_service_error(info.value, "signal", triton.grpc_url, 60)
+    assert isinstance(error, BackendUnavailable) and error.status == 503
+    assert "shared-memory region" in str(error) and "not loaded" not in str(error), error
+    assert triton.grpc_url in str(error) and "VRS_TRITON_TRANSPORT" in str(error)

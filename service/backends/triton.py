@@ -7,9 +7,12 @@ text, the prompts tokenised here as ``INPUT_IDS`` / ``ATTENTION_MASK`` int64 [B,
 fp32 [B,K]. Frames travel in the gRPC message (``grpc``) or, when Triton runs on this host,
 through a shared-memory region per in-flight batch (``system_shm``, ``cuda_shm``), registered with
 Triton once and reused (grown when a batch needs more).
-Triton's errors become the gateway's: unreachable or model not loaded -> 503, deadline or
-queue timeout -> 504, Triton's queue full -> 429. The gRPC channel reconnects by itself (with
-a short backoff cap), so the gateway recovers when Triton comes back without a restart.
+Triton's errors become the gateway's: unreachable, model not loaded or a shared-memory region
+Triton does not know -> 503, deadline or queue timeout -> 504, Triton's queue full -> 429. The
+gRPC channel reconnects by itself (with a short backoff cap), so the gateway recovers when Triton
+comes back without a restart; a restarted Triton knows none of the regions, so they are
+registered again (after Triton was unavailable, or when it names a region unknown: then the
+batch is sent once more).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class TritonBackend:
             raise ValueError(f"unknown Triton transport {transport!r} (one of {', '.join(TRANSPORTS)})")
         self.transport = transport
         self._regions: asyncio.Queue | None = None  # free shared-memory regions, one per in-flight batch
+        self._all_regions: list[ShmRegion] = []  # free or in use
 
     def triton_name(self, model: str) -> str:
         return self._names.get(model, model)
@@ -81,7 +85,8 @@ class TritonBackend:
         if self.transport != "grpc":
             self._regions = asyncio.Queue()
             for i in range(self.max_concurrent_batches * max(1, len(self._models))):
-                self._regions.put_nowait(TRANSPORTS[self.transport](f"vrs{os.getpid()}_{id(self):x}_{i}"))
+                self._all_regions.append(TRANSPORTS[self.transport](f"vrs{os.getpid()}_{id(self):x}_{i}"))
+                self._regions.put_nowait(self._all_regions[-1])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -89,6 +94,7 @@ class TritonBackend:
                 while not self._regions.empty():
                     await self._regions.get_nowait().release(self._client)
                 self._regions = None
+                self._all_regions = []
             await self._client.close()
             self._client = None
 
@@ -114,11 +120,18 @@ class TritonBackend:
         region = await self._regions.get() if self._regions is not None else None
         try:
             arrays = await asyncio.to_thread(input_arrays, batch, wire)  # tokenising, copies: off the event loop
-            if region is not None:
-                await region.fit(self._client, arrays[contract.FRAMES].nbytes)
-                await asyncio.to_thread(region.write, arrays[contract.FRAMES])
-            inputs = await asyncio.to_thread(to_inputs, batch, wire, arrays, region)
-            result = await self._client.infer(name, inputs, client_timeout=self.timeout_s)
+            try:
+                result = await self._send(name, batch, wire, arrays, region)
+            except InferenceServerException as exc:
+                if region is None or not (unknown_region(exc) or exc.status() == "StatusCode.UNAVAILABLE"):
+                    raise
+                # Triton restarted (or may have): it knows none of our regions. Register them again as
+                # each is next used; Triton refused this batch before running it, so send it again.
+                for each in self._all_regions:
+                    each.registered = False
+                if not unknown_region(exc):
+                    raise
+                result = await self._send(name, batch, wire, arrays, region)
         except InferenceServerException as exc:
             raise to_service_error(exc, name, self.url, self.timeout_s) from exc
         finally:
@@ -128,6 +141,13 @@ class TritonBackend:
         if scores is None:
             raise RuntimeError(f"Triton model {name!r} returned no {contract.SCORES} output")
         return scores.astype(np.float32, copy=False)
+
+    async def _send(self, name: str, batch: FrameBatch, wire: Wire, arrays: dict[str, np.ndarray], region):
+        if region is not None:
+            await region.fit(self._client, arrays[contract.FRAMES].nbytes)
+            await asyncio.to_thread(region.write, arrays[contract.FRAMES])
+        inputs = await asyncio.to_thread(to_inputs, batch, wire, arrays, region)
+        return await self._client.infer(name, inputs, client_timeout=self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -193,66 +213,97 @@ def to_inputs(
     return inputs
 
 
-class SystemShmRegion:
-    """A POSIX shared-memory region registered with Triton (tritonclient.utils.shared_memory)."""
+class ShmRegion:
+    """A shared-memory region of the gateway's, registered with Triton under ``name``. A subclass says
+    how the memory is made (``_create``, ``_destroy``, ``write``) and registered (``_register``, ``_unregister``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.size = 0
+        self.registered = False  # set to False when Triton may have forgotten it (a restart)
         self._handle = None
 
     async def fit(self, client: grpcaio.InferenceServerClient, nbytes: int) -> None:
-        """Make the region hold at least ``nbytes`` (re-created and re-registered only when it grows)."""
-        if nbytes <= self.size:
+        """Make the region hold at least ``nbytes`` (re-created only when it grows) and be registered
+        with Triton (once, and again after ``registered`` was cleared)."""
+        if nbytes > self.size:
+            await self.release(client)
+            size = max(nbytes, 2 * self.size)
+            self._handle = self._create(size)
+            self.size = size
+        if not self.registered:
+            try:  # a Triton that did not restart still has it
+                await self._unregister(client)
+            except InferenceServerException:
+                pass
+            await self._register(client)
+            self.registered = True
+
+    async def release(self, client: grpcaio.InferenceServerClient) -> None:
+        if self._handle is None:
             return
-        await self.release(client)
+        try:
+            await self._unregister(client)
+        except InferenceServerException:
+            pass  # Triton gone: nothing registered any more
+        self._destroy()
+        self._handle, self.size, self.registered = None, 0, False
+
+
+class SystemShmRegion(ShmRegion):
+    """A POSIX shared-memory region (tritonclient.utils.shared_memory)."""
+
+    def _create(self, size: int):
         import tritonclient.utils.shared_memory as shm
 
-        size = max(nbytes, 2 * self.size)
-        self._handle = shm.create_shared_memory_region(self.name, f"/{self.name}", size)
-        self.size = size
-        await client.register_system_shared_memory(self.name, f"/{self.name}", size)
+        return shm.create_shared_memory_region(self.name, f"/{self.name}", size)
+
+    def _destroy(self) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.destroy_shared_memory_region(self._handle)
+
+    async def _register(self, client: grpcaio.InferenceServerClient) -> None:
+        await client.register_system_shared_memory(self.name, f"/{self.name}", self.size)
+
+    async def _unregister(self, client: grpcaio.InferenceServerClient) -> None:
+        await client.unregister_system_shared_memory(self.name)
 
     def write(self, array: np.ndarray) -> None:
         import tritonclient.utils.shared_memory as shm
 
         shm.set_shared_memory_region(self._handle, [array])
 
-    async def release(self, client: grpcaio.InferenceServerClient) -> None:
-        if self._handle is None:
-            return
-        import tritonclient.utils.shared_memory as shm
 
-        try:
-            await client.unregister_system_shared_memory(self.name)
-        except InferenceServerException:
-            pass  # Triton gone: nothing registered any more
-        shm.destroy_shared_memory_region(self._handle)
-        self._handle, self.size = None, 0
-
-
-class CudaShmRegion:
+class CudaShmRegion(ShmRegion):
     """A CUDA memory region on ``device`` shared with Triton by IPC handle (needs cuda-python and a GPU
     Triton can see). Frames already on the GPU (a torch CUDA tensor) are copied device to device."""
 
     def __init__(self, name: str, device: int = 0) -> None:
         import tritonclient.utils.cuda_shared_memory  # noqa: F401  (fails early without cuda-python)
 
-        self.name = name
+        super().__init__(name)
         self.device = device
-        self.size = 0
-        self._handle = None
 
-    async def fit(self, client: grpcaio.InferenceServerClient, nbytes: int) -> None:
-        if nbytes <= self.size:
-            return
-        await self.release(client)
+    def _create(self, size: int):
         import tritonclient.utils.cuda_shared_memory as cudashm
 
-        size = max(nbytes, 2 * self.size)
-        self._handle = cudashm.create_shared_memory_region(self.name, size, self.device)
-        self.size = size
-        await client.register_cuda_shared_memory(self.name, cudashm.get_raw_handle(self._handle), self.device, size)
+        return cudashm.create_shared_memory_region(self.name, size, self.device)
+
+    def _destroy(self) -> None:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        cudashm.destroy_shared_memory_region(self._handle)
+
+    async def _register(self, client: grpcaio.InferenceServerClient) -> None:
+        import tritonclient.utils.cuda_shared_memory as cudashm
+
+        await client.register_cuda_shared_memory(
+            self.name, cudashm.get_raw_handle(self._handle), self.device, self.size
+        )
+
+    async def _unregister(self, client: grpcaio.InferenceServerClient) -> None:
+        await client.unregister_cuda_shared_memory(self.name)
 
     def write(self, array) -> None:
         import tritonclient.utils.cuda_shared_memory as cudashm
@@ -262,20 +313,13 @@ class CudaShmRegion:
         else:
             cudashm.set_shared_memory_region(self._handle, [array])
 
-    async def release(self, client: grpcaio.InferenceServerClient) -> None:
-        if self._handle is None:
-            return
-        import tritonclient.utils.cuda_shared_memory as cudashm
-
-        try:
-            await client.unregister_cuda_shared_memory(self.name)
-        except InferenceServerException:
-            pass
-        cudashm.destroy_shared_memory_region(self._handle)
-        self._handle, self.size = None, 0
-
 
 TRANSPORTS = {"grpc": None, "system_shm": SystemShmRegion, "cuda_shm": CudaShmRegion}
+
+
+def unknown_region(exc: InferenceServerException) -> bool:
+    """Triton's answer to an input in a shared-memory region it has no registration for."""
+    return exc.status() == "StatusCode.NOT_FOUND" and "shared memory region" in (exc.message() or "").lower()
 
 
 def to_service_error(exc: InferenceServerException, model: str, url: str, timeout_s: float) -> Exception:
@@ -290,6 +334,11 @@ def to_service_error(exc: InferenceServerException, model: str, url: str, timeou
         return Overloaded(f"Triton's queue for model {model!r} is full; try again shortly", retry_after_s=1.0)
     if status == "StatusCode.UNAVAILABLE":
         return BackendUnavailable(f"Triton at {url} is unavailable (model {model!r}): {message}")
+    if "shared memory region" in lowered:
+        return BackendUnavailable(
+            f"Triton at {url} cannot use the gateway's shared-memory region (VRS_TRITON_TRANSPORT) "
+            f"for model {model!r}: {message}"
+        )
     if status == "StatusCode.NOT_FOUND" or "unknown model" in lowered or "not ready" in lowered:
         return BackendUnavailable(f"model {model!r} is not loaded on Triton at {url}: {message}")
     return RuntimeError(f"Triton error for model {model!r}: {status} {message}")
