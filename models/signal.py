@@ -57,11 +57,12 @@ SPEC = ModelSpec(
     sampling=FrameSampling(mode="count", count=64, min_frames=1, max_frames=64),
     resolution=Resolution(max_pixels=256 * 256, min_pixels=32 * 32, size_factor=16, filter="bilinear"),
     needs_prompt=False,
-    batching=Batching(max_batch_size=16, max_wait_ms=5.0),
+    # A batch of 8 videos of 64 frames at 256x256 peaks at ~0.9 GB of float planes (see
+    # _frame_statistics); batching a weight-free model buys little, so the cap keeps memory small.
+    batching=Batching(max_batch_size=8, max_wait_ms=5.0),
 )
 
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _region_means(flat: torch.Tensor, n: int) -> torch.Tensor:
@@ -79,25 +80,53 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def _frame_statistics(frames: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-frame statistics of uint8 [N, H, W, 3] frames, each [N] (``regions4`` [N, 16], ``regions8``
+    [N, 64]). Works one colour plane at a time and lets each full-size intermediate go as soon as
+    its statistics are taken: a batch's peak is about seven float planes, not the ~20 that holding
+    every intermediate (and a conv2d's unfolded copies) cost (16 videos x 64 frames x 256^2: 5.3 GB)."""
+    n, h, w, _ = frames.shape
+    r, g, b = (frames[..., c].float() / 255.0 for c in range(3))
+    luma = r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2]  # [N,H,W]
+    out: dict[str, torch.Tensor] = {}
+    rg = (r - g) * 255.0
+    yb = (0.5 * (r + g) - b) * 255.0
+    del r, g, b
+    out["colourfulness"] = torch.sqrt(
+        rg.var(dim=(1, 2), unbiased=False) + yb.var(dim=(1, 2), unbiased=False)
+    ) + 0.3 * torch.sqrt(rg.mean(dim=(1, 2)) ** 2 + yb.mean(dim=(1, 2)) ** 2)
+    del rg, yb
+    out["mu"] = luma.mean(dim=(1, 2))
+    out["clipped"] = ((luma <= 2.0 / 255.0) | (luma >= 253.0 / 255.0)).to(luma.dtype).mean(dim=(1, 2))
+    out["std"] = luma.std(dim=(1, 2), unbiased=False)
+    # The 3x3 Laplacian over the interior, by shifted views: a conv2d with one channel would unfold
+    # nine copies of every plane first (im2col), the largest intermediate of the whole forward.
+    centre = luma[:, 1:-1, 1:-1]
+    laplacian = luma[:, :-2, 1:-1] + luma[:, 2:, 1:-1] + luma[:, 1:-1, :-2] + luma[:, 1:-1, 2:] - 4.0 * centre
+    out["sharp_v"] = laplacian.var(dim=(1, 2), unbiased=False)
+    del laplacian
+    flat = luma.reshape(n, 1, h, w)
+    out["regions4"] = _region_means(flat, 4)
+    out["regions8"] = _region_means(flat, 8)
+    return out
+
+
 def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
     """Score a padded batch: uint8 [B, T, H, W, 3] with per-item frame counts [B] -> float32 [B, 6]."""
     del prompts  # signal needs no prompt
     b, t, h, w, _ = frames.shape
-    rgb = frames.float() / 255.0  # [B,T,H,W,3]
-    luma = (rgb * _LUMA.to(rgb.device)).sum(-1)  # [B,T,H,W]
     valid = torch.arange(t, device=frames.device)[None, :] < num_frames.to(frames.device)[:, None]  # [B,T]
+    stats = _frame_statistics(frames.reshape(b * t, h, w, 3))
 
-    flat = luma.reshape(b * t, 1, h, w)
-    laplacian = F.conv2d(flat, _LAPLACIAN.to(rgb.device))
-    sharp_v = laplacian.var(dim=(1, 2, 3), unbiased=False).view(b, t)
+    sharp_v = stats["sharp_v"].view(b, t)
     sharpness = _masked_mean(sharp_v / (sharp_v + 0.002), valid)
 
-    regions = _region_means(flat, 4).view(b, t, 16)
+    regions = stats["regions4"].view(b, t, 16)
     region_change = (regions[:, 1:] - regions[:, :-1]).abs().mean(-1)  # [B,T-1]
     pair_valid = valid[:, 1:] & valid[:, :-1]
     stability = torch.exp(-_masked_mean(region_change, pair_valid) / 0.03)
 
-    low = _region_means(flat, 8).view(b, t, 64)
+    low = stats["regions8"].view(b, t, 64)
     prev, mid, nxt = low[:, :-2], low[:, 1:-1], low[:, 2:]
     triplet_valid = (valid[:, 2:] & valid[:, 1:-1] & valid[:, :-2]).to(low.dtype)
     error = (mid - 0.5 * (prev + nxt)).abs().mean(-1) * triplet_valid
@@ -106,18 +135,10 @@ def forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[st
     ratio = error.sum(1) / (motion.sum(1) + triplets / 255.0).clamp(min=1e-8)
     smoothness = torch.where(triplets > 0, 1.0 / (1.0 + 4.0 * ratio), torch.ones_like(ratio))  # < 3 frames: 1
 
-    mu = luma.mean(dim=(2, 3))
-    clipped = ((luma <= 2.0 / 255.0) | (luma >= 253.0 / 255.0)).to(luma.dtype).mean(dim=(2, 3))
+    mu, clipped = stats["mu"].view(b, t), stats["clipped"].view(b, t)
     exposure = _masked_mean((1.0 - (2.0 * mu - 1.0).abs()) * (1.0 - clipped), valid)
-
-    contrast = _masked_mean(2.0 * luma.std(dim=(2, 3), unbiased=False), valid)
-
-    r, g, bl = rgb[..., 0] * 255.0, rgb[..., 1] * 255.0, rgb[..., 2] * 255.0
-    rg = r - g
-    yb = 0.5 * (r + g) - bl
-    m = torch.sqrt(rg.var(dim=(2, 3), unbiased=False) + yb.var(dim=(2, 3), unbiased=False)) + 0.3 * torch.sqrt(
-        rg.mean(dim=(2, 3)) ** 2 + yb.mean(dim=(2, 3)) ** 2
-    )
+    contrast = _masked_mean(2.0 * stats["std"].view(b, t), valid)
+    m = stats["colourfulness"].view(b, t)
     colourfulness = _masked_mean(m / (m + 50.0), valid)
 
     return torch.stack([sharpness, stability, smoothness, exposure, contrast, colourfulness], dim=1).float()
