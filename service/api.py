@@ -272,12 +272,15 @@ async def _read_request(
                 else:
                     uploads[name] = ingest.Upload(value.content_type or "", value.file, value.size)
             body = await run_in_threadpool(ingest.parse_form, kind, fields, uploads, budget)
-            yield body, await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes)
+            yield (
+                body,
+                await run_in_threadpool(ingest.to_inputs, body, uploads, settings.max_video_bytes, settings.max_items),
+            )
         finally:
             await form.close()
     elif media_type in ("application/json", ""):
         body = await run_in_threadpool(ingest.parse_json, kind, await request.body(), budget)
-        yield body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes)
+        yield body, await run_in_threadpool(ingest.to_inputs, body, {}, settings.max_video_bytes, settings.max_items)
     else:
         raise UnsupportedMedia(
             f"send application/json or multipart/form-data, not {shown(content_type)}", code="bad_content_type"

@@ -38,7 +38,7 @@ from service.backends.base import Backend, FrameBatch
 from service.batching import MicroBatcher, Window
 from service.body_limits import ByteBudget, Holding
 from service.config import Settings
-from service.errors import BadInput, NotCached, ServiceError, Timeout, TooLarge, Unprocessable, shown
+from service.errors import BadInput, NotCached, ServiceError, Timeout, Unprocessable, shown
 from service.fetch import UrlFetcher
 from service.ingest import ScoreInput
 from service.judge_backend import JudgeBackend, JudgeScorer
@@ -234,8 +234,7 @@ class Engine:
             raise BadInput(
                 f"model {model_names[min(together)]!r} compares two videos against one prompt", code="bad_input"
             )
-        if len(items) > self.settings.max_items:
-            raise TooLarge(f"{len(items)} items in one request; the limit is {self.settings.max_items}")
+        ingest.check_count(len(items), self.settings.max_items)
         _raise_all([e for i, item in enumerate(items) if (e := self._prompt_error(i, item.prompt, specs))])
         # A request's downloads are capped by the body limit and by the whole budget (a cap above the
         # budget would answer a lone request 429 again and again instead of 413).

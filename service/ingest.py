@@ -216,10 +216,19 @@ def _boolean(text: str) -> bool | str:
     return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower(), text)
 
 
-def to_inputs(body: WireRequest, uploads: Mapping[str, Upload], max_bytes: int) -> list[ScoreInput]:
-    """The request's videos as engine inputs; an error names the item it came from."""
+def check_count(items: int, max_items: int) -> None:
+    """413 for a request of more than ``max_items`` items."""
+    if items > max_items:
+        raise TooLarge(f"{items} items in one request; the limit is {max_items}")
+
+
+def to_inputs(body: WireRequest, uploads: Mapping[str, Upload], max_bytes: int, max_items: int) -> list[ScoreInput]:
+    """The request's videos as engine inputs; an error names the item it came from. The item count
+    is checked first, so an oversized request is refused before any of its videos is decoded."""
+    videos = body.videos_with_prompts()
+    check_count(len(videos), max_items)
     inputs, errors = [], []
-    for i, (video, prompt) in enumerate(body.videos_with_prompts()):
+    for i, (video, prompt) in enumerate(videos):
         try:
             inputs.append(ScoreInput(source=to_source(video, uploads, max_bytes), prompt=prompt))
         except ServiceError as exc:
