@@ -126,7 +126,13 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         ok, reason = await engine.ready()
         if not ok:
             return JSONResponse({"error": {"code": "not_ready", "message": reason, "item": None}}, status_code=503)
-        return {"status": "ready", "models": sorted(engine.specs), "placement": _placement(settings, engine)}
+        # Redis is an optimisation: its state is reported, never a reason to be unready.
+        return {
+            "status": "ready",
+            "models": sorted(engine.specs),
+            "placement": _placement(settings, engine),
+            "cache": {"redis": engine.cache.redis_state},
+        }
 
     @app.get("/v1/models", response_model=ModelsResponse, summary="Specs of the loaded models and judges")
     async def list_models() -> ModelsResponse:

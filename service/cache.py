@@ -324,6 +324,13 @@ class ScoreCache:
         if self.l2 is not None:
             await self.l2.close()
 
+    @property
+    def redis_state(self) -> str:
+        """``up``, ``down`` (its circuit breaker is open: lookups skip it) or ``none`` (not configured)."""
+        if self.l2 is None:
+            return "none"
+        return "down" if self.l2.breaker.is_open else "up"
+
     async def get_many(self, keys: list[str]) -> dict[str, bytes]:
         """Values found for ``keys``; L2 hits are copied into L1."""
         found: dict[str, bytes] = {}

@@ -126,6 +126,8 @@ class Engine:
         self.stats: Counter[str] = Counter()  # videos_decoded, frames_decoded, inferences
         self.metrics = Metrics()
         self.metrics.watch_stats(self.stats, self.cache.stats)
+        if self.cache.l2 is not None:
+            self.metrics.watch_redis(lambda: float(self.cache.redis_state == "up"))
         self._decode_pool: ThreadPoolExecutor | None = None
         self._fetcher: UrlFetcher | None = None
         self.admission = Admission(

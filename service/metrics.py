@@ -69,6 +69,12 @@ class Metrics:
         """Export the engine's and cache's own counters at each scrape."""
         self.registry.register(_StatsCollector(engine_stats, cache_stats))
 
+    def watch_redis(self, up: Callable[[], float]) -> None:
+        """``vrs_cache_redis_up``: 1 while the Redis cache is used, 0 while its circuit breaker is open."""
+        Gauge(
+            "vrs_cache_redis_up", "1 while Redis is used, 0 while its breaker is open.", registry=self.registry
+        ).set_function(up)
+
     def watch_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
 

@@ -373,6 +373,16 @@ def test_a_corrupt_redis_entry_is_a_miss_and_is_overwritten(replicas, redis_serv
     assert score(b, clip)["cached"] is True
 
 
+def redis_state(server: RunningServer) -> tuple[str, float]:
+    """What /readyz (200) and /metrics say of Redis."""
+    ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    gauge = next(
+        line for line in httpx.get(f"{server.url}/metrics").text.splitlines() if line.startswith("vrs_cache_redis_up ")
+    )
+    return ready.json()["cache"]["redis"], float(gauge.split()[1])
+
+
 def test_slow_redis_is_a_miss_not_an_error(redis_server):
     server = gateway_with(redis_url=redis_server.url, redis_timeout_s=0.2)
     try:
@@ -423,6 +433,7 @@ async def test_redis_killed_mid_run_then_back(redis_server):
             assert response.json()["results"][0]["scores"] == pytest.approx(expected[i], abs=1e-5)
         cache_stats = server.app.state.engine.cache.stats
         assert cache_stats["redis_errors"] + cache_stats["redis_skipped"] > 0
+        assert redis_state(server) == ("down", 0.0)  # reported, and still ready: Redis is an optimisation
 
         redis_server.start()  # same port
         await asyncio.sleep(0.4)  # past the breaker's cooldown
@@ -436,6 +447,7 @@ async def test_redis_killed_mid_run_then_back(redis_server):
                 break
             await asyncio.sleep(0.4)
         assert redis_server.client().exists(key), "caching in Redis did not resume"
+        assert redis_state(server) == ("up", 1.0)
         other = gateway_with(redis_url=redis_server.url)
         try:
             assert (await asyncio.to_thread(score, other, back))["cached"] is True
