@@ -4,7 +4,8 @@ A model's version names its checkpoint (``<directory>[@<step>]+<fingerprint>``),
 keys carry the version, so two checkpoints must never share one: two directories with the same
 name, or a checkpoint replaced in place, would otherwise serve each other's scores from a shared
 Redis. The fingerprint is a sha256 over every file under the directory (symbolic links followed,
-as a Hugging Face cache's snapshots are): its relative path and size, and its content when it is
+as a Hugging Face cache's snapshots are; hidden files and folders, such as a download tool's
+``.cache``, left out): its relative path and size, and its content when it is
 at most ``CONTENT_BYTES`` (configurations, tokenizers, LoRA adapters, small heads) or else its
 modification time. Hashing gigabytes of weights would cost the gateway seconds to minutes at
 start-up for a spec it reads without loading weights (models/registry.py ``load_spec``); a rewritten
@@ -26,7 +27,12 @@ def fingerprint(directory: Path, length: int = 12) -> str:
     """Hex digits of the directory's fingerprint (the first ``length``)."""
     digest = hashlib.sha256()
     root = Path(directory)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = (
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    for path in sorted(files):
         stat = path.stat()
         digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0".encode())
         if stat.st_size <= CONTENT_BYTES:

@@ -118,6 +118,9 @@ def test_a_checkpoints_version_changes_with_its_files(tmp_path: Path, tiny_dirs,
     assert read_spec("clip-segmental", other).spec.version != version
     (b / "segmental_reward.json").write_text('{"lambda": 0.5}')  # the reward's own configuration
     assert read_spec("clip-segmental", b).spec.version != version
+    (a / ".cache").mkdir()  # a download tool's own files are not the checkpoint's
+    (a / ".cache" / "clip.lock").write_text("1")
+    assert read_spec("clip-segmental", a).spec.version == version
     # Large files count by size and modification time (hashing gigabytes would stall start-up).
     monkeypatch.setattr(fingerprint, "CONTENT_BYTES", 0)
     weights = next(a.glob("*.safetensors"))
