@@ -20,8 +20,12 @@ The drain time is estimated from measured costs, not from counts, in two steps:
    clamped to [``MIN_CALIBRATION``, ``MAX_CALIBRATION``]. Wait = backlog work * calibration.
 
 The backlog is always priced at the current cost estimates (not those at admission), so work
-admitted before its model was measured counts once it has been.
-Until a model has been measured its work counts as 0 (only ``max_pending`` bounds it).
+admitted before its model was measured is repriced once it has been.
+Until a model has been measured (its first batch), each of its videos is priced at a prior,
+``unmeasured_s`` seconds (over the model's concurrency): a cold gateway otherwise admitted any
+burst at 0 s of work, and the burst then timed out (504) instead of being refused (429). The
+prior only prices admission; the calibration counts measured work only, so a first batch that
+is slower or faster than the prior does not skew it.
 ``max_pending`` stays a hard cap on admitted (video, model) pairs. Pure bookkeeping with an
 injectable clock; not thread-safe (call it from the event loop).
 """
@@ -63,9 +67,11 @@ class Admission:
         decode_workers: int = 1,
         alpha: float = 0.2,
         window_s: float = 2.0,
+        unmeasured_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue_budget_s = queue_budget_s
+        self.unmeasured_s = unmeasured_s  # seconds per video of a model not yet measured (the prior)
         self.max_pending = max_pending
         self._concurrency = concurrency
         self.decode_workers = max(1, decode_workers)
@@ -107,20 +113,23 @@ class Admission:
 
     # --- estimates ----------------------------------------------------------------------------
 
-    def seconds_per_video(self, model: str) -> float:
-        """Backend seconds one more video of ``model`` adds to the drain time (0 if unmeasured)."""
+    def seconds_per_video(self, model: str, prior: bool = True) -> float:
+        """Backend seconds one more video of ``model`` adds to the drain time; for a model not yet
+        measured, the prior ``unmeasured_s`` (0 with ``prior=False``)."""
         cost = self.model_cost.get(model)
-        return (cost.value or 0.0) / self.concurrency(model) if cost is not None else 0.0
+        seconds = cost.value if cost is not None and cost.value is not None else (self.unmeasured_s if prior else 0.0)
+        return seconds / self.concurrency(model)
 
-    def work_seconds(self, per_model: Mapping[str, int], videos: int) -> float:
-        """Drain time of this much work: the slower of the backend and the decode stage."""
-        backend = sum(n * self.seconds_per_video(m) for m, n in per_model.items())
+    def work_seconds(self, per_model: Mapping[str, int], videos: int, prior: bool = True) -> float:
+        """Drain time of this much work: the slower of the backend and the decode stage. With
+        ``prior=False`` only measured costs count (unmeasured models' work is 0)."""
+        backend = sum(n * self.seconds_per_video(m, prior) for m, n in per_model.items())
         decode = videos * (self.decode_cost.value or 0.0) / self.decode_workers
         return max(backend, decode)
 
-    def backlog_s(self) -> float:
+    def backlog_s(self, prior: bool = True) -> float:
         """Stage work of everything admitted and not yet answered, at the current estimates."""
-        return self.work_seconds(self.pending, self.pending_videos)
+        return self.work_seconds(self.pending, self.pending_videos, prior)
 
     def estimated_wait_s(self) -> float:
         """How long work admitted now would queue behind the backlog."""
@@ -130,8 +139,8 @@ class Admission:
         """Account busy time since the last event and ``done_s`` of work just completed; when work
         completes, close the calibration window if it holds ``window_s`` of busy time."""
         now = self._clock()
-        if self._working and self.backlog_s() > 0:  # time on work not yet priced (an unmeasured
-            self._window_busy += now - self._last_event  # model's first batch) would inflate the ratio
+        if self._working and self.backlog_s(prior=False) > 0:  # time on work not yet measured (a
+            self._window_busy += now - self._last_event  # model's first batch) would skew the ratio
         self._last_event = now
         self._window_done += done_s
         if done_s > 0 and self._window_busy >= self.window_s:
@@ -195,7 +204,9 @@ class Admission:
         try:
             yield ticket
         finally:
-            done = self.work_seconds(Counter({m: videos for m in models}), videos) if ticket.worked else 0.0
+            done = (
+                self.work_seconds(Counter({m: videos for m in models}), videos, prior=False) if ticket.worked else 0.0
+            )
             self._tick(done_s=done)
             for m in models:
                 self.pending[m] -= videos

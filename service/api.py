@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from vrs_wire.schemas import (
     CompareRequest,
     CompareResponse,
@@ -40,6 +43,10 @@ from service.telemetry import RequestTelemetry
 _WIRE_REQUESTS = (ScoreRequest, CompareRequest, RankRequest)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CLIENT_GONE = 499  # nginx's "client closed request": the status recorded for an answer nobody reads
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 502, 503, 504)}
 
@@ -102,6 +109,14 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
         error = InvalidRequest.from_errors(list(exc.errors()))
         return JSONResponse({"error": error.to_dict()}, status_code=error.status)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """The client went away before its answer (mid-body, or while its request was scored): not a
+        server error, so no 500 and no traceback. Nobody reads the answer; its status, 499, is what
+        the access log and ``vrs_requests_total`` record."""
+        log.info("client disconnected before its answer on %s", request.url.path)
+        return Response(status_code=CLIENT_GONE)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
@@ -154,7 +169,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def score(request: Request) -> ScoreResponse:
         async with _read_request(request, settings, ScoreRequest) as (body, inputs):
-            return _labelled(request, await operations.score(engine, body, inputs))
+            return _labelled(request, await _unless_gone(request, operations.score(engine, body, inputs)))
 
     @app.post(
         "/v1/compare",
@@ -169,7 +184,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def compare(request: Request) -> CompareResponse:
         async with _read_request(request, settings, CompareRequest) as (body, inputs):
-            return _labelled(request, await operations.compare(engine, body, inputs))
+            return _labelled(request, await _unless_gone(request, operations.compare(engine, body, inputs)))
 
     @app.post(
         "/v1/rank",
@@ -184,7 +199,7 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     async def rank(request: Request) -> RankResponse:
         async with _read_request(request, settings, RankRequest) as (body, inputs):
-            return _labelled(request, await operations.rank(engine, body, inputs))
+            return _labelled(request, await _unless_gone(request, operations.rank(engine, body, inputs)))
 
     _add_wire_schemas(app)
     auth.document(app, settings.api_keys)
@@ -196,6 +211,33 @@ def _labelled(request: Request, response):
     """Tell the telemetry middleware which models answered (the ``model`` label of vrs_requests_total)."""
     request.state.models = ",".join(m.name for m in response.models)
     return response
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` (the request's scoring, its body read) while watching the connection. If the
+    client disconnects first, the work is cancelled, which frees its admission and drops its videos
+    from batches not yet run (keys other requests were waiting for are handed back to them, which
+    compute them themselves: ``Flight.release`` in service/cache.py), and ``ClientDisconnect`` is
+    raised (answered 499). Work that finishes first is returned, whatever the connection does."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():  # the client left, or this request was cancelled (e.g. shutdown)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its clean-up runs before the answer
+    if task.cancelled():
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects. Only once the body is read: the server's ``receive``
+    then blocks until the connection closes (uvicorn) or the response is complete."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _placement(settings: Settings, engine: Engine) -> dict[str, dict[str, str]]:

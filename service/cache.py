@@ -315,7 +315,12 @@ class ScoreCache:
                 local[key] = future
         mine, remote = led, []
         if led and self.l2 is not None and self.lock_s > 0:
-            held = await self.l2.lock_many(led, self.lock_s)
+            try:
+                held = await self.l2.lock_many(led, self.lock_s)
+            except BaseException:  # cancelled (its client left): followers must not wait on it forever
+                for key in led:
+                    self.flights.finish(key, None)
+                raise
             mine = [k for k, h in zip(led, held) if h]
             remote = [k for k, h in zip(led, held) if not h]
         return Flight(self, mine, led=led, local=local, remote=remote)

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     queue_budget_s: float = Field(
         default=10.0, gt=0, description="Refuse (429) work that would queue longer than this (service/admission.py)."
     )
+    unmeasured_cost_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="Backend seconds per video that admission assumes for a model until its first batch is "
+        "measured, so a cold gateway refuses a burst past the queue budget instead of timing it out.",
+    )
     request_timeout_s: float = 120.0
 
     # Score cache (service/cache.py). Without redis_url the cache is in-process only.

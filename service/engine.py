@@ -136,6 +136,7 @@ class Engine:
             concurrency={n: backend.max_concurrent_batches for n in models}
             | {n: self.judges.concurrency(n) for n in self.judges.names},
             decode_workers=settings.decode_workers,
+            unmeasured_s=settings.unmeasured_cost_s,
         )
         # Bytes requests hold at once: their bodies (service/body_limits.py) and their URL downloads.
         self.bytes_in_flight = ByteBudget(settings.max_inflight_body_bytes, self.admission.estimated_wait_s)

@@ -8,7 +8,9 @@ refused connection:
 - every new request other than ``/healthz``, ``/readyz`` and ``/metrics`` answers 503
   (``shutting_down``, with ``Retry-After``), so clients retry on another replica;
 - requests already admitted run to completion, for at most ``grace_s`` seconds
-  (``VRS_SHUTDOWN_GRACE_S``); then uvicorn stops, and the engine stops with the app's lifespan.
+  (``VRS_SHUTDOWN_GRACE_S``); those still running then are cancelled and answered the same 503
+  ``shutting_down`` (unless their answer had begun), not uvicorn's plain-text 500; then uvicorn
+  stops, and the engine stops with the app's lifespan.
 
 A second signal exits at once. :class:`DrainGate` is the ASGI middleware that keeps the count
 and answers the 503s; :class:`DrainingServer` is the uvicorn server that starts the drain.
@@ -38,21 +40,28 @@ class Drain:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.draining = False
+        self.expired = False  # the grace is over: requests still in flight are cut
         self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()  # the requests in flight (DrainGate keeps it)
 
     def begin(self) -> None:
         if not self.draining:
             log.info("draining: no new requests; waiting for %d in flight (grace %.1fs)", self.in_flight, self.grace_s)
         self.draining = True
 
-    async def wait_idle(self) -> bool:
-        """Wait until no request is in flight, at most ``grace_s``; True when all finished."""
-        deadline = time.monotonic() + self.grace_s
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no request is in flight, at most ``timeout_s`` (default ``grace_s``); True when all finished."""
+        deadline = time.monotonic() + (self.grace_s if timeout_s is None else timeout_s)
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.in_flight:
-            log.warning("drain grace of %.1fs over with %d requests in flight; stopping", self.grace_s, self.in_flight)
         return not self.in_flight
+
+    def expire(self) -> None:
+        """End the grace: cancel every request still in flight; ``DrainGate`` answers each 503."""
+        log.warning("drain grace of %.1fs over with %d requests in flight; cutting them", self.grace_s, self.in_flight)
+        self.expired = True
+        for task in self.tasks:
+            task.cancel()
 
 
 class DrainGate:
@@ -69,10 +78,25 @@ class DrainGate:
             if scope["path"] == "/readyz":
                 return await _unavailable(send, "draining", "the gateway is shutting down", retry=False)
             return await _unavailable(send, "shutting_down", "the gateway is shutting down; retry on another replica")
+        task = asyncio.current_task()
+        answered = False
+
+        async def watching_send(message):
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
         self.drain.in_flight += 1
+        self.drain.tasks.add(task)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watching_send)
+        except asyncio.CancelledError:
+            if not self.drain.expired or answered:
+                raise
+            task.uncancel()  # cut by the end of the grace (Drain.expire): the client is told to retry
+            await _unavailable(send, "shutting_down", "the gateway is shutting down; retry on another replica")
         finally:
+            self.drain.tasks.discard(task)
             self.drain.in_flight -= 1
 
 
@@ -110,7 +134,9 @@ class DrainingServer(uvicorn.Server):
         self._exit_task = asyncio.ensure_future(self._exit_when_idle())  # held: the loop keeps only weak refs
 
     async def _exit_when_idle(self) -> None:
-        await self.drain.wait_idle()
+        if not await self.drain.wait_idle():
+            self.drain.expire()
+            await self.drain.wait_idle(timeout_s=2.0)  # the cut requests' clean-up and 503s
         self.should_exit = True
 
 

@@ -142,6 +142,21 @@ def test_calibration_scales_stage_costs_to_the_measured_drain_rate():
             assert refused.value.retry_after_s == 3  # ceil(6 + 1.5 - 5)
 
 
+def test_an_unmeasured_model_is_priced_at_the_prior_until_its_first_batch():
+    """Work of a model never measured used to cost 0 s: a cold gateway admitted any burst. It is
+    priced at ``unmeasured_s`` until the first batch, then at the measured cost."""
+    a = Admission(queue_budget_s=2.0, max_pending=1000, concurrency=2, unmeasured_s=0.5)
+    assert a.work_seconds({"m": 4}, 4) == pytest.approx(1.0)  # 4 x 0.5 s over 2 batches at once
+    with a.admit(["m"], 4), a.admit(["m"], 4):  # 2 s queued: not over the budget
+        with pytest.raises(Overloaded):
+            with a.admit(["m"], 4), a.admit(["m"], 1):
+                pass
+        a.observe_batch("m", 0.1, 1)  # measured: 0.05 s per video
+        assert a.estimated_wait_s() == pytest.approx(0.4)
+        with a.admit(["m"], 20):
+            pass
+
+
 def test_max_pending_is_still_a_hard_cap():
     a = Admission(queue_budget_s=100.0, max_pending=10)
     with pytest.raises(TooLarge):
@@ -196,6 +211,28 @@ async def test_a_burst_past_the_budget_is_shed_early_with_retry_after_from_the_b
     statuses = [r.status_code for r in burst]
     assert set(statuses) <= {200, 429}, statuses
     assert 2 <= statuses.count(200) <= 10, statuses  # ~ 1 s / 0.25 s + the one being served
+    for r in burst:
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_a_cold_gateway_refuses_a_burst_past_the_budget_rather_than_timing_it_out():
+    """A fresh gateway has measured nothing; it used to price all work at 0 s, admit the whole
+    burst (10 s of work against a 2 s budget) and answer its tail 504 after the request timeout,
+    the work wasted. The default prior admits about a budget's worth and refuses the rest 429."""
+    settings = test_settings(
+        models=["slow"], default_model="slow", queue_budget_s=2.0, request_timeout_s=8.0, max_batch_size=1,
+        max_wait_ms=0.0,
+    )  # fmt: skip
+    running = start_server(create_app(settings, models=builtin_models() | {"slow": SLOW}))
+    try:
+        async with httpx.AsyncClient(base_url=running.url, timeout=60) as client:
+            burst = await asyncio.gather(*(client.post("/v1/score", json=_body(4)) for _ in range(10)))
+    finally:
+        running.stop()
+    statuses = [r.status_code for r in burst]
+    assert set(statuses) <= {200, 429}, statuses  # no 504: nothing admitted that could not finish
+    assert 1 <= statuses.count(200) <= 5, statuses  # ~ 2 s budget / 1 s per request + the first
     for r in burst:
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1

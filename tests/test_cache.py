@@ -28,7 +28,7 @@ from models.registry import builtin_models
 from models.registry import load_spec as read_spec
 from models.spec import FrameSampling, Resolution
 from service.api import create_app
-from service.cache import LRU, CircuitBreaker, cache_key, content_digest, encode_scores
+from service.cache import LRU, CircuitBreaker, ScoreCache, cache_key, content_digest, encode_scores
 from service.compose import build_engine
 from service.ingest import EncodedVideo, RawFrames
 from tests import tiny_checkpoints, videos
@@ -458,3 +458,19 @@ async def test_redis_killed_mid_run_then_back(redis_server):
             other.stop()
     finally:
         server.stop()
+
+
+async def test_a_claim_cancelled_while_locking_leaves_no_flight_behind(redis_server: RedisServer):
+    """A request cancelled (its client left) while its Redis locks were being taken used to leave its
+    keys' single-flight futures unresolved: every later request for those videos in this process
+    followed a leader that would never answer, until its own timeout."""
+    cache = ScoreCache(test_settings(redis_url=redis_server.url, redis_timeout_s=5.0))
+    slow = asyncio.create_task(asyncio.to_thread(redis_server.client().execute_command, "DEBUG", "SLEEP", "1.5"))
+    await asyncio.sleep(0.3)  # Redis is asleep
+    claim = asyncio.create_task(cache.claim(["k"]))
+    await asyncio.sleep(0.3)  # the claim waits on its lock round trip
+    claim.cancel()
+    await asyncio.gather(claim, return_exceptions=True)
+    await slow
+    assert cache.flights.lead_or_follow("k") is None  # the next request leads: nobody waits on a dead one
+    await cache.close()
