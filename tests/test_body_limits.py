@@ -263,6 +263,64 @@ def _answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
+def _wait_for(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _score_one_clip(url: str) -> httpx.Response:
+    ref = {"frames": base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode(), "fps": 8}
+    return httpx.post(f"{url}/v1/score", json={"items": [{"video": ref}]}, timeout=120)
+
+
+def test_slow_uploads_hold_only_the_bytes_they_sent(tight_gateway):
+    """Two uploads that declare 1 MiB each but have sent 20 kB (slow clients, or an attack that
+    trickles just above the minimum rate) hold 40 kB of the 2 MiB in-flight budget, not the 2 MiB
+    they declared, so a normal request meanwhile is served rather than refused 429."""
+    budget = tight_gateway.app.state.engine.bytes_in_flight
+    holders = [_connect(tight_gateway.url) for _ in range(2)]
+    try:
+        for sock in holders:
+            sock.sendall(_head(b"/v1/score", MiB) + b'{"items": [' + b" " * 20_000)
+        _wait_for(lambda: budget.used >= 40_000)
+        response = _score_one_clip(tight_gateway.url)
+        assert response.status_code == 200, response.text
+    finally:
+        for sock in holders:
+            sock.close()
+    _wait_for(lambda: budget.used == 0)
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n"], ids=["keep-alive", "connection-close"])
+def test_a_body_that_outgrows_the_budget_part_way_gets_429(tight_gateway, connection):
+    """With 1.2 MiB of another body held, a 1 MiB body is refused 429 (with Retry-After) when its
+    bytes no longer fit. The client sends its whole body before it reads, and gets the answer, not
+    a reset, also with ``Connection: close``; a kept-alive connection then serves its next request.
+    The refused request gives back what it held."""
+    budget = tight_gateway.app.state.engine.bytes_in_flight
+    holder = _connect(tight_gateway.url)
+    sock = _connect(tight_gateway.url)
+    try:
+        holder.sendall(_head(b"/v1/score", 3 * MiB // 2) + b'{"items": [' + b" " * (6 * MiB // 5))
+        _wait_for(lambda: budget.used >= 6 * MiB // 5)
+        body = b'{"items": [' + b" " * MiB + b"]}"
+        sock.sendall(_head(b"/v1/score", len(body), extra=connection) + body)
+        status, headers, answer = _answer(sock)
+        assert status == 429, answer
+        assert json.loads(answer)["error"]["code"] == "overloaded" and int(headers[b"retry-after"]) >= 1
+        if connection:
+            assert sock.recv(65536) == b""  # closed once the body was in: no reset
+        else:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _answer(sock)[0] == 200
+    finally:
+        holder.close()
+        sock.close()
+    _wait_for(lambda: budget.used == 0)
+
+
 @pytest.mark.parametrize(
     "head, expected",
     [
@@ -309,8 +367,9 @@ def _trickle_after_answer(url: str, head: bytes, first: bytes, give_up_s: float 
     [
         (_head(b"/nope", MiB), b"", 404),
         (_head(b"/v1/score", None, content_type=b"text/plain"), b"100000\r\n", 415),
+        (_head(b"/v1/score", 10 * MiB), b"", 413),  # declared over the limit
     ],
-    ids=["404", "415-chunked"],
+    ids=["404", "415-chunked", "413"],
 )
 def test_the_unread_rest_of_an_answered_body_has_the_body_deadline(tight_gateway, head, first, expected):
     """After an answer sent before the body was read, the rest of the body must still arrive at
