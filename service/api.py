@@ -75,7 +75,13 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
     )
     app.state.engine = engine
     app.state.drain = lifecycle.Drain(settings.shutdown_grace_s)  # `vrs serve` starts it on SIGTERM
-    app.state.head_limits = HeadLimits(settings.header_timeout_s, settings.max_header_bytes)  # for uvicorn_config
+    app.state.head_limits = HeadLimits(  # for uvicorn_config; the body's limits bind the unread rest of a body
+        settings.header_timeout_s,
+        settings.max_header_bytes,
+        body_read_timeout_s=settings.body_read_timeout_s,
+        body_min_bytes_per_s=settings.body_min_bytes_per_s,
+        max_body_bytes=settings.max_request_bytes,
+    )
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_request_bytes,

@@ -1,23 +1,29 @@
-"""ASGI middleware guarding request bodies: size, bytes read at once, and how slowly they arrive.
+"""ASGI middleware guarding request bodies: size, bytes held at once, and how slowly they arrive.
 
-- A body over ``max_bytes`` (declared by Content-Length, or counted as it streams) gets 413.
-- ``budget`` (a ``ByteBudget``) caps the bytes of all requests being read or processed at once:
-  a request reserves its declared length before its body is read (a chunked body reserves as
-  it streams) and releases it when its answer is sent. The engine charges the videos it
-  downloads for URL items to the same budget (``Holding``). A request that would push the total
-  over the cap gets 429 ``overloaded`` at once, with ``Retry-After``, rather than waiting:
-  a waiting request still holds its connection and the client's half-sent body, and clients
-  (trainers) already retry on 429. Its body is then read and dropped (no memory held), as is
-  the unread body of any request the app answered without reading it (an early 429), because
-  HTTP/1.1 clients send the whole body before reading the answer and would otherwise see a
-  reset connection instead of the 429. An idle server always takes one body, however large, up to
-  ``max_bytes``. Memory held per body is up to ~3x its bytes for JSON with base64 videos
-  (raw body, decoded text, decoded bytes).
+- A body over ``max_bytes`` (declared by Content-Length, or counted as it streams) gets 413; a
+  declared length over it is answered at once, with ``Connection: close``.
+- ``budget`` (a ``ByteBudget``) caps the bytes of all requests being read or processed at once.
+  A body is charged for the bytes that have actually arrived, chunk by chunk as the app reads
+  them (a ``Holding``), not for its declared length, and gives them back when its answer is sent;
+  the engine charges the videos it downloads for URL items to the same budget the same way. So
+  a client that declares a large body and sends it slowly holds only what it has sent, and
+  cannot lock others out with the length it promises. A chunk that would push the total over
+  the cap gets 429 ``overloaded`` then, with ``Retry-After``, even part way through a body (the
+  request gives back what it held, and the client, which retries on 429, sends it again),
+  rather than waiting: a waiting request would still hold its bytes, its connection and the
+  client's half-sent body, and requests part way could wait on each other. An idle server (no
+  other holder) always takes one body, however large, up to ``max_bytes``. Memory held per body
+  is up to ~3x its bytes for JSON with base64 videos (raw body, decoded text, decoded bytes).
 - Slow senders (slowloris): the body must arrive at ``min_rate`` bytes/s on average after a
   grace of ``read_timeout_s`` (deadline = start + read_timeout_s + received / min_rate). Past
   the deadline the request gets 408 ``body_timeout`` with ``Connection: close``, so the
   connection is closed. The clock starts when the request's headers are complete (how long
   those may take is below ASGI: ``service/head_limits.py``).
+- The unread rest of a body that was answered before it was read (a 404, 413, 415, 429 or a
+  multipart 400 part way) is below ASGI too: once the answer is complete, uvicorn's ``receive``
+  only says ``http.disconnect``. ``service/head_limits.py`` reads and drops it, under the same
+  deadline and up to ``max_bytes``, so that the client, which sends its whole body before it
+  reads, gets the answer (also with ``Connection: close``) rather than a reset connection.
 
 Failures are raised as ``ServiceError`` from ``receive`` when the route is reading the body,
 so the app's one error handler answers them; before the route runs they are answered here.
@@ -39,8 +45,9 @@ class BodyTimeout(ServiceError):
 
 class ByteBudget:
     """Bytes that requests hold at once (bodies being read or processed, videos downloaded for URL
-    items), capped at ``limit``; event-loop only. A holder may always grow while it is the only
-    one, so an idle server still takes one request, however large (up to the per-request limits)."""
+    items), capped at ``limit``; event-loop only. Holders take bytes as they arrive (``Holding``).
+    A holder may always grow while it is the only one, so an idle server still takes one request,
+    however large (up to the per-request limits)."""
 
     def __init__(self, limit: int, retry_after_s: Callable[[], float] = lambda: 1.0) -> None:
         self.limit = limit
@@ -67,9 +74,9 @@ class ByteBudget:
 
 
 class Holding:
-    """One request's share of a ``ByteBudget`` for the bytes it downloads (URL items): taken chunk by
-    chunk, at most ``limit`` in all (413 past it, 429 when the budget is spent), all given back by
-    ``release`` when the request ends."""
+    """One request's share of a ``ByteBudget``: its body's bytes (``BodyLimits``) or the bytes it
+    downloads (URL items), taken chunk by chunk as they arrive, at most ``limit`` in all (413 past
+    it, 429 when the budget is spent), all given back by ``release`` when the request ends."""
 
     def __init__(self, budget: ByteBudget, limit: int) -> None:
         self.budget = budget
@@ -116,20 +123,16 @@ class BodyLimits:
         declared_header = dict(scope["headers"]).get(b"content-length", b"")
         declared = int(declared_header) if declared_header.isdigit() else 0
         start = time.monotonic()
-        if declared > self.max_bytes:
-            return await _answer(send, TooLarge(f"request body exceeds {self.max_bytes} bytes"))
-        if declared and not self.budget.take(declared):
-            await _answer(send, self.budget.overloaded(declared))
-            return await self._drain(receive, start, 0)
+        if declared > self.max_bytes:  # it cannot be read, so the connection cannot be used again
+            return await _answer(send, TooLarge(f"request body exceeds {self.max_bytes} bytes"), close=True)
 
-        reserved = declared
+        body = Holding(self.budget, self.max_bytes)
         received = 0
         body_done = False
         timed_out = False
-        status = 0
 
         async def guarded_receive():
-            nonlocal reserved, received, body_done, timed_out
+            nonlocal received, body_done, timed_out
             if body_done:
                 return await receive()
             try:
@@ -139,32 +142,23 @@ class BodyLimits:
                 raise
             if message["type"] != "http.request":
                 return message
-            received += len(message.get("body", b""))
+            chunk = len(message.get("body", b""))
+            received += chunk
             body_done = not message.get("more_body", False)
             if received > self.max_bytes:
                 raise TooLarge(f"request body exceeds {self.max_bytes} bytes")
-            if received > reserved:  # chunked, or longer than declared
-                if not self.budget.take(received - reserved, reserved):
-                    raise self.budget.overloaded(received)
-                reserved = received
+            body.take(chunk)  # 429 when the budget cannot take it
             return message
 
         async def closing_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if timed_out:
-                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            if message["type"] == "http.response.start" and timed_out:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
             await self.app(scope, guarded_receive, closing_send)
         finally:
-            self.budget.give_back(reserved)
-        if not body_done and not timed_out and status not in (0, 413):
-            # answered before reading the body (e.g. 429): read the rest and drop it, so the client,
-            # which sends its whole body before reading, gets the answer rather than a reset
-            await self._drain(receive, start, received)
+            body.release()
 
     async def _receive_by_deadline(self, receive, start: float, received: int):
         """``receive()``, or ``BodyTimeout`` once the body has fallen behind the minimum rate."""
@@ -178,25 +172,12 @@ class BodyLimits:
                 f"at least {self.min_rate:g} bytes/s after {self.read_timeout_s:g} s)"
             ) from None
 
-    async def _drain(self, receive, start: float, received: int) -> None:
-        """Read and discard the rest of a body (up to ``max_bytes``, at the minimum rate)."""
-        try:
-            while received <= self.max_bytes:
-                message = await self._receive_by_deadline(receive, start, received)
-                if message["type"] != "http.request":
-                    return
-                received += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
-        except BodyTimeout:
-            return  # the server closes the connection
 
-
-async def _answer(send, error: ServiceError) -> None:
-    """Answer without the app."""
+async def _answer(send, error: ServiceError, close: bool = False) -> None:
+    """Answer without the app (and with ``Connection: close`` if ``close``)."""
     body = json.dumps({"error": error.to_dict()}).encode()
-    headers = [(b"content-type", b"application/json")]
-    if isinstance(error, Overloaded):
-        headers.append((b"retry-after", str(round(error.retry_after_s)).encode()))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -214,3 +214,208 @@ def test_a_fast_body_within_the_rate_is_not_cut(strict_gateway):
     ref = {"frames": base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode(), "fps": 8}
     response = httpx.post(f"{strict_gateway.url}/v1/score", json={"items": [{"video": ref}]}, timeout=60)
     assert response.status_code == 200, response.text
+
+
+# Byte budget and early answers, over raw sockets: small limits so that a few MiB exercise them.
+
+
+@pytest.fixture(scope="module")
+def tight_gateway():
+    """Bodies up to 1.5 MiB, 2 MiB of them at once, at 1000 bytes/s after a 1 s grace."""
+    settings = test_settings(
+        max_request_bytes=3 * MiB // 2,
+        max_inflight_body_bytes=2 * MiB,
+        body_read_timeout_s=1.0,
+        body_min_bytes_per_s=1000.0,
+    )
+    running = start_server(create_app(settings))
+    yield running
+    running.stop()
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(30)
+    return sock
+
+
+def _head(path: bytes, length: int | None, content_type: bytes = b"application/json", extra: bytes = b"") -> bytes:
+    """A POST head with ``Content-Length: length``, or chunked when None; ``extra`` more header lines."""
+    framing = b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n%s\r\n%s\r\n" % (path, content_type, framing, extra)
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Read one Content-Length framed response: status, headers (lower-case names), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines[1:])}
+    while len(body) < int(headers[b"content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-body: {data!r}"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def _wait_for(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _score_one_clip(url: str) -> httpx.Response:
+    ref = {"frames": base64.b64encode(videos.npy_bytes(videos.unique_clip())).decode(), "fps": 8}
+    return httpx.post(f"{url}/v1/score", json={"items": [{"video": ref}]}, timeout=120)
+
+
+def test_slow_uploads_hold_only_the_bytes_they_sent(tight_gateway):
+    """Two uploads that declare 1 MiB each but have sent 20 kB (slow clients, or an attack that
+    trickles just above the minimum rate) hold 40 kB of the 2 MiB in-flight budget, not the 2 MiB
+    they declared, so a normal request meanwhile is served rather than refused 429."""
+    budget = tight_gateway.app.state.engine.bytes_in_flight
+    holders = [_connect(tight_gateway.url) for _ in range(2)]
+    try:
+        for sock in holders:
+            sock.sendall(_head(b"/v1/score", MiB) + b'{"items": [' + b" " * 20_000)
+        _wait_for(lambda: budget.used >= 40_000)
+        response = _score_one_clip(tight_gateway.url)
+        assert response.status_code == 200, response.text
+    finally:
+        for sock in holders:
+            sock.close()
+    _wait_for(lambda: budget.used == 0)
+
+
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n"], ids=["keep-alive", "connection-close"])
+def test_a_body_that_outgrows_the_budget_part_way_gets_429(tight_gateway, connection):
+    """With 1.2 MiB of another body held, a 1 MiB body is refused 429 (with Retry-After) when its
+    bytes no longer fit. The client sends its whole body before it reads, and gets the answer, not
+    a reset, also with ``Connection: close``; a kept-alive connection then serves its next request.
+    The refused request gives back what it held."""
+    budget = tight_gateway.app.state.engine.bytes_in_flight
+    holder = _connect(tight_gateway.url)
+    sock = _connect(tight_gateway.url)
+    try:
+        holder.sendall(_head(b"/v1/score", 3 * MiB // 2) + b'{"items": [' + b" " * (6 * MiB // 5))
+        _wait_for(lambda: budget.used >= 6 * MiB // 5)
+        body = b'{"items": [' + b" " * MiB + b"]}"
+        sock.sendall(_head(b"/v1/score", len(body), extra=connection) + body)
+        status, headers, answer = _answer(sock)
+        assert status == 429, answer
+        assert json.loads(answer)["error"]["code"] == "overloaded" and int(headers[b"retry-after"]) >= 1
+        if connection:
+            assert sock.recv(65536) == b""  # closed once the body was in: no reset
+        else:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _answer(sock)[0] == 200
+    finally:
+        holder.close()
+        sock.close()
+    _wait_for(lambda: budget.used == 0)
+
+
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        (_head(b"/nope", MiB), 404),
+        (_head(b"/v1/score", MiB, content_type=b"text/plain"), 415),
+    ],
+    ids=["404", "415"],
+)
+def test_an_early_answer_reaches_a_client_that_sends_connection_close(tight_gateway, head, expected):
+    """Answered before its 1.4 MiB body is read, a ``Connection: close`` client (which sends the
+    whole body, then reads) gets the answer and a clean close; the server no longer closes with
+    the body unread, which made the kernel reset the connection and the answer was lost."""
+    head = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    sock = _connect(tight_gateway.url)
+    try:
+        sock.sendall(head + b" " * MiB)
+        assert _answer(sock)[0] == expected
+        assert sock.recv(65536) == b""
+    finally:
+        sock.close()
+
+
+def _trickle_after_answer(url: str, head: bytes, first: bytes, give_up_s: float = 20.0) -> tuple[int, float]:
+    """Send ``head`` and ``first``, read the answer, then send a byte every 0.3 s of a body nobody reads;
+    return the answer's status and how long the server kept the connection after it (inf: open)."""
+    sock = _connect(url)
+    try:
+        sock.sendall(head + first)
+        status = _answer(sock)[0]
+        answered = time.monotonic()
+        while time.monotonic() - answered < give_up_s:
+            time.sleep(0.3)
+            try:
+                sock.sendall(b"x")
+            except OSError:  # reset, or broken pipe: closed by the server
+                return status, time.monotonic() - answered
+        return status, float("inf")
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize(
+    "head, first, expected",
+    [
+        (_head(b"/nope", MiB), b"", 404),
+        (_head(b"/v1/score", None, content_type=b"text/plain"), b"100000\r\n", 415),
+        (_head(b"/v1/score", 10 * MiB), b"", 413),  # declared over the limit
+    ],
+    ids=["404", "415-chunked", "413"],
+)
+def test_the_unread_rest_of_an_answered_body_has_the_body_deadline(tight_gateway, head, first, expected):
+    """After an answer sent before the body was read, the rest of the body must still arrive at
+    the minimum rate after the grace (1000 bytes/s after 1 s): a byte every 0.3 s is cut within a
+    few seconds. Before, each byte kept the connection open, for ever."""
+    status, kept_s = _trickle_after_answer(tight_gateway.url, head, first)
+    assert status == expected
+    assert kept_s < 10, f"connection still open {kept_s:.1f} s after the answer"
+    assert httpx.get(f"{tight_gateway.url}/healthz", timeout=5).status_code == 200
+
+
+def test_an_answered_body_that_never_ends_is_cut_at_the_size_limit(tight_gateway):
+    """A chunked body sent as fast as the server drops it after a 415 is cut once the body passes
+    the request limit (1.5 MiB), not read for ever."""
+    sock = _connect(tight_gateway.url)
+    sent = 0
+    try:
+        sock.sendall(_head(b"/v1/score", None, content_type=b"text/plain"))
+        assert _answer(sock)[0] == 415
+        chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+        try:
+            while sent < 64 * MiB:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # reset, or broken pipe: closed by the server
+            pass
+    finally:
+        sock.close()
+    assert sent < 16 * MiB, f"{sent / MiB:.0f} MiB dropped and the connection still open"
+
+
+def test_a_connection_idle_after_an_answered_body_is_closed_by_the_keep_alive_timeout(tight_gateway):
+    """Once the rest of an answered body is in, the connection is idle as after any answer, and
+    uvicorn's keep-alive timeout (5 s) closes it; before, the body's bytes had cancelled that timer
+    and the connection stayed open for ever."""
+    sock = _connect(tight_gateway.url)
+    try:
+        sock.sendall(_head(b"/nope", 1000))
+        assert _answer(sock)[0] == 404
+        sock.sendall(b"x" * 1000)
+        sent = time.monotonic()
+        sock.settimeout(20)
+        try:
+            assert sock.recv(65536) == b""
+        except TimeoutError:
+            pytest.fail("connection still open 20 s after the body came in")
+        assert time.monotonic() - sent < 15
+    finally:
+        sock.close()
