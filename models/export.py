@@ -208,7 +208,7 @@ def _signal(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
 
 
 def _clip(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
-    scorer = model.forward.__self__  # models.clip_segmental.model.ClipSegmental
+    scorer = model.forward.__self__  # type: ignore[attr-defined]  # forward is a bound method of models.clip_segmental.model.ClipSegmental
     spec, clip, size = model.spec, scorer.model, scorer.image_size
     length = clip.config.text_config.max_position_embeddings
     image_part, text_part = contract.parts(spec, embed_dim=clip.config.projection_dim)
@@ -226,7 +226,7 @@ def _clip(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
 
 
 def _videoalign(model: RewardModel, out: Path, max_batch: int) -> list[Exported]:
-    scorer = model.forward.__self__  # models.videoalign.model.VideoReward
+    scorer = model.forward.__self__  # type: ignore[attr-defined]  # forward is a bound method of models.videoalign.model.VideoReward
     visual = scorer.model.model.visual
     spec = model.spec
     (part,) = contract.parts(spec, hidden=visual.merger.mlp[-1].out_features)

@@ -186,6 +186,7 @@ def build_all(
         )
         hit = kept is not None and kept.is_file()
         if hit:
+            assert kept is not None  # hit
             _write_atomically(plan, kept)
         else:
             toolchain.build(onnx_path, plan, part_profiles, precision, timing_cache)

@@ -17,7 +17,7 @@ def _clip(directory: Path) -> Tokenise:
     from transformers import AutoTokenizer, CLIPConfig
 
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    limit = CLIPConfig.from_pretrained(directory).text_config.max_position_embeddings
+    limit = CLIPConfig.from_pretrained(directory).text_config.max_position_embeddings  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
 
     def tokenise(prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         out = tokenizer(list(prompts), padding=True, truncation=True, max_length=limit, return_tensors="np")

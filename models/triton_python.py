@@ -66,7 +66,7 @@ class TritonPythonModel:
             from models.triton_steps import load_step
 
             self.step = load_step(parameters)
-            self.execute = self._execute_step
+            self.execute = self._execute_step  # type: ignore[method-assign]  # this instance runs a step
             return
         if args.get("model_instance_kind") == "GPU":  # KIND_GPU: Triton picks the GPU of this instance
             parameters["device"] = f"cuda:{args['model_instance_device_id']}"
@@ -105,7 +105,7 @@ class TritonPythonModel:
                 out = self.forward(batch.frames, batch.num_frames, batch.prompts)
             for row, i in zip(out.detach().float().cpu().numpy(), members):
                 rows[i] = row
-        scores = [np.stack([rows[i] for i in range(len(clips)) if owner[i] == r]) for r in range(len(requests))]
+        scores = [np.stack([rows[i] for i in range(len(clips)) if owner[i] == r]) for r in range(len(requests))]  # type: ignore[misc]  # every row is set above
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.SCORES, s)]) for s in scores]
 
 

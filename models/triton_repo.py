@@ -29,6 +29,7 @@ import re
 import site
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import vrs_wire
 
@@ -225,7 +226,7 @@ def tensorrt_profiles(
 def clip_sizes(model: RewardModel) -> dict[str, int]:
     """A CLIP checkpoint's crop size, segments and text positions (``profiles.part_profiles``'s
     keywords); nothing for other models."""
-    scorer = getattr(model.forward, "__self__", None)
+    scorer: Any = getattr(model.forward, "__self__", None)  # duck-typed: only CLIP's has image_size
     if not hasattr(scorer, "image_size"):
         return {}
     return dict(
@@ -237,7 +238,7 @@ def clip_sizes(model: RewardModel) -> dict[str, int]:
 
 def _parts(model: RewardModel) -> dict[str, contract.Part]:
     """The model's compiled parts with sizes filled in from the loaded checkpoint where it has them."""
-    scorer = getattr(model.forward, "__self__", None)
+    scorer: Any = getattr(model.forward, "__self__", None)  # duck-typed: only CLIP's has image_size
     sizes = {}
     if hasattr(scorer, "image_size"):
         sizes["embed_dim"] = scorer.model.config.projection_dim

@@ -20,16 +20,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models import contract
 
+if TYPE_CHECKING:
+    from models.clip_segmental.model import ClipSegmental
+
 
 @dataclass
 class ClipPre:
-    scorer: object  # ClipSegmental
+    scorer: ClipSegmental
     inputs: tuple[str, ...] = (contract.FRAMES, contract.NUM_FRAMES)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -48,7 +52,7 @@ class ClipPre:
 
 @dataclass
 class ClipPost:
-    scorer: object  # ClipSegmental
+    scorer: ClipSegmental
     inputs: tuple[str, ...] = (contract.IMAGE_EMBEDS, contract.TEXT_EMBEDS, contract.NUM_FRAMES)
 
     def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -76,4 +80,4 @@ def load_step(parameters: dict[str, str]):
     if step not in STEPS:
         raise ValueError(f"unknown ensemble step {step!r} (known: {', '.join(STEPS)})")
     model = load_model(step.rsplit(".", 1)[0], Path(parameters["model_dir"]))
-    return STEPS[step](model.forward.__self__)
+    return STEPS[step](model.forward.__self__)  # type: ignore[attr-defined]  # forward: a bound method of the scorer

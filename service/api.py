@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,7 +48,9 @@ T = TypeVar("T")
 
 CLIENT_GONE = 499  # nginx's "client closed request": the status recorded for an answer nobody reads
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 502, 503, 504)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 502, 503, 504)
+}
 
 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
@@ -369,4 +371,4 @@ def _add_wire_schemas(app: FastAPI) -> None:
             components[kind.__name__] = extra
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented schema override

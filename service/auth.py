@@ -85,4 +85,4 @@ def document(app: FastAPI, keys: list[SecretStr]) -> None:
                     operation.setdefault("responses", {})["401"] = {"description": "Missing or invalid API key"}
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented schema override

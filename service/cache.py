@@ -185,6 +185,7 @@ class RedisStore:
         self.breaker = CircuitBreaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_s)
         self.stats = stats
         self._token = secrets.token_hex(8)  # marks this replica's locks
+        assert settings.redis_url is not None  # made only when it is set (ScoreCache)
         self._redis = aioredis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.redis_timeout_s,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from service import compile_command, score_command, triton_command
 from service.telemetry import configure_logging
@@ -11,7 +12,8 @@ from service.telemetry import configure_logging
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vrs", description="Video reward-model service.")
-    parser.error = _one_line_error  # bad arguments: one line on stderr and exit 2, not argparse's usage dump
+    # Bad arguments: one line on stderr and exit 2, not argparse's usage dump.
+    parser.error = _one_line_error  # type: ignore[method-assign]  # argparse offers no hook for this
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         lifecycle.serve(app, settings.host, settings.port)
 
 
-def _one_line_error(message: str) -> None:
+def _one_line_error(message: str) -> NoReturn:
     print(f"vrs: {message} (see vrs --help)", file=sys.stderr)
     sys.exit(2)
 

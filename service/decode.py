@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import av
 import torch
@@ -101,12 +101,13 @@ def sample_indices(total: int, fps: float, sampling: FrameSampling) -> list[int]
     m = sampling.multiple_of
     if sampling.mode == "segments":
         n = sampling.segments
+        assert n is not None  # FrameSampling._check: the mode's field is set
         return [min(total - 1, int((s + 0.5) * total / n)) for s in range(n)]
     if sampling.spacing == "every":
         step = (total - 1) // sampling.max_frames + 1
         n = len(range(0, total, step)) // m * m
     else:
-        wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)
+        wanted = total / fps * sampling.fps if sampling.mode == "fps" else float(sampling.count)  # type: ignore[operator, arg-type]  # FrameSampling._check: the mode's field is set
         lo = math.ceil(sampling.min_frames / m) * m
         hi = math.floor(min(sampling.max_frames, total) / m) * m
         x = min(max(wanted, lo), hi, total) / m
@@ -200,7 +201,7 @@ def sample_container(
     the seeks are the same on every path)."""
     with open_container(data, limits, path.hwaccel) as container:
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
             raise UnsupportedMedia(f"no video stream in the file (streams: {', '.join(kinds)})", code="no_video_stream")
         stream = container.streams.video[0]
         height, width = stream.codec_context.height, stream.codec_context.width
@@ -254,7 +255,8 @@ def sample_container(
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
         return [
-            Clip(_stack([got[i][m] for i in indices]), indices, len(timestamps), fps)
+            # got[i][m] is a frame for every index that spec m samples
+            Clip(_stack(cast(list[torch.Tensor], [got[i][m] for i in indices])), indices, len(timestamps), fps)
             for m, (indices, _) in enumerate(plans)
         ]
 
@@ -275,7 +277,7 @@ def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[in
     their order: every timestamp is then None and frames are counted."""
     stamps: list[int | None] = []
     keyframes: list[int] = []
-    last = (None, None)  # (pts, duration) of the latest frame
+    last: tuple[int | None, int | None] = (None, None)  # (pts, duration) of the latest frame
     for packet in container.demux(stream):
         limits.check_time()
         if packet.size == 0:
@@ -289,7 +291,7 @@ def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[in
             raise TooLarge(f"video has more than {limits.max_total_frames} frames")
     if any(s is None for s in stamps) or len(set(stamps)) < len(stamps):
         return [None] * len(stamps), [], None  # fall back to counting frames in order
-    return sorted(stamps), sorted(keyframes), last[1]
+    return sorted(stamps), sorted(keyframes), last[1]  # type: ignore[type-var]  # no None: checked above
 
 
 def _present_seconds(stream, timestamps: list[int | None], fps: float, last_duration: int | None = None) -> float:
@@ -300,8 +302,9 @@ def _present_seconds(stream, timestamps: list[int | None], fps: float, last_dura
     count a late start in the duration."""
     if len(timestamps) < 2 or timestamps[0] is None:
         return len(timestamps) / fps
-    last = last_duration or statistics.median(b - a for a, b in zip(timestamps, timestamps[1:]))
-    end = timestamps[-1] + last
+    # _index: every timestamp is an int once the first one is
+    last = last_duration or statistics.median(b - a for a, b in zip(timestamps, timestamps[1:]))  # type: ignore[operator]  # all ints
+    end = timestamps[-1] + last  # type: ignore[operator]  # all ints
     return float((end - min(timestamps[0], 0)) * stream.time_base)
 
 
@@ -309,7 +312,7 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
     if stream.average_rate:
         return float(stream.average_rate)
     if len(timestamps) > 1 and timestamps[0] is not None:
-        span = (timestamps[-1] - timestamps[0]) * stream.time_base
+        span = (timestamps[-1] - timestamps[0]) * stream.time_base  # type: ignore[operator]  # all ints (_index)
         if span > 0:
             return float((len(timestamps) - 1) / span)
     return float(Fraction(stream.guessed_rate or 25))
@@ -317,7 +320,7 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
 
 def _decode_at(
     container, stream, timestamps, keyframes, indices, convert: Convert, limits: Limits
-) -> dict[int, list[torch.Tensor]]:
+) -> dict[int, list[torch.Tensor | None]]:
     """Decode and convert the frames at ``indices`` (source index -> converted); matched by
     timestamp, or by order when the stream has no timestamps."""
     if timestamps[0] is None:
@@ -326,7 +329,7 @@ def _decode_at(
     index_of = {timestamps[i]: i for i in indices}
     wanted = set(index_of)
     targets = sorted(wanted)
-    got: dict[int, list[torch.Tensor]] = {}
+    got: dict[int, list[torch.Tensor | None]] = {}
     t = 0
     aimed = _keyframe_at_or_before(keyframes, targets[0])
     container.seek(targets[0], stream=stream, backward=True, any_frame=False)
@@ -365,9 +368,11 @@ def _keyframe_at_or_before(keyframes: list[int], target: int) -> int | None:
     return keyframes[k] if k >= 0 else None
 
 
-def _decode_in_order(container, stream, indices, convert: Convert, limits: Limits) -> dict[int, list[torch.Tensor]]:
+def _decode_in_order(
+    container, stream, indices, convert: Convert, limits: Limits
+) -> dict[int, list[torch.Tensor | None]]:
     wanted = set(indices)
-    got: dict[int, list[torch.Tensor]] = {}
+    got: dict[int, list[torch.Tensor | None]] = {}
     for i, frame in enumerate(container.decode(stream)):
         limits.check_time()
         if i in wanted:

@@ -29,6 +29,7 @@ def serve_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
+        assert app.openapi_url is not None  # create_app keeps FastAPI's /openapi.json
         return get_swagger_ui_html(
             openapi_url=app.openapi_url,
             title=f"{app.title} - docs",

@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import torch
@@ -169,7 +169,7 @@ class Engine:
                 name=f"batcher-{name}",
                 observe=partial(self._observe_batch, name),
             )
-            self.metrics.watch_queue(name, lambda b=batcher: b.queue_depth)
+            self.metrics.watch_queue(name, lambda b=batcher: b.queue_depth)  # type: ignore[misc]  # mypy infers no lambda with a default
             batcher.start()
             self.batchers[name] = batcher
         judges = {n: JudgeScorer(n, self.judges, partial(self._observe_judge, n)) for n in self.judges.names}
@@ -396,7 +396,9 @@ class Engine:
 
     async def _two(self, call: _Call, m: int, a: _Job, b: _Job) -> dict[Pair, np.ndarray]:
         """A pairwise judge on items 0 and 1 together (its failure concerns the pair: no item)."""
-        score_a, score_b = await self.scorers[call.specs[m].name].compare(a, b)
+        scorer = self.scorers[call.specs[m].name]
+        assert isinstance(scorer, JudgeScorer)  # only judges have a pairwise mode (pairwise_specs)
+        score_a, score_b = await scorer.compare(a, b)
         return {(0, m): score_a, (1, m): score_b}
 
     def _observe_judge(self, model: str, seconds: float, videos: int) -> None:
@@ -416,6 +418,7 @@ class Engine:
         slots = asyncio.Semaphore(self.settings.url_fetches_per_request)
 
         async def fetch(url: str) -> ingest.EncodedVideo:
+            assert self._fetcher is not None  # made by start()
             async with slots:
                 return ingest.EncodedVideo(await self._fetcher.fetch(url, downloads))
 
@@ -485,8 +488,11 @@ def _check_cached(call: _Call, digests: list[int], known: dict[Pair, np.ndarray]
     """Items sent by digest must be fully cached: else ``not_cached`` naming them (the client resends)."""
     gone = [i for i in digests if any((i, m) not in known for m in range(len(call.specs)))]
     if gone:
-        errors = [
-            NotCached(f"no cached scores for sha256 {call.videos[i].sha256}; send the video", item=i) for i in gone
+        errors: list[ServiceError] = [
+            NotCached(
+                f"no cached scores for sha256 {cast(ingest.Digest, call.videos[i]).sha256}; send the video", item=i
+            )
+            for i in gone
         ]
         errors[0].others = errors[1:]
         raise errors[0]
@@ -526,7 +532,7 @@ def _sampled_fps(clip: decode.Clip) -> float | None:
     return len(clip.indices) / duration if duration > 0 else None
 
 
-def _in_pool(pool: ThreadPoolExecutor, fn, *args):
+def _in_pool(pool: ThreadPoolExecutor | None, fn, *args):
     """Run ``fn`` in ``pool`` with this task's context variables (the request id reaches its log lines)."""
     return asyncio.get_running_loop().run_in_executor(pool, partial(contextvars.copy_context().run, fn, *args))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from models.judges import spec as judges
 
 MAX_MESSAGE = 1000  # characters of a message sent back; a client's megabyte of text is not echoed
@@ -113,7 +116,7 @@ class InvalidRequest(ServiceError):
     status, code = 422, "invalid_request"
 
     @classmethod
-    def from_errors(cls, errors: list[dict]) -> InvalidRequest:
+    def from_errors(cls, errors: Sequence[Mapping[str, Any]]) -> InvalidRequest:
         """From pydantic's error list: the first error's field path, and its item index when inside
         one; ``others``: the first error of each other item that has one."""
         found = [cls._one(e) for e in errors] or [cls._one({"loc": (), "msg": "invalid request"})]
@@ -125,7 +128,7 @@ class InvalidRequest(ServiceError):
         return first
 
     @classmethod
-    def _one(cls, error: dict) -> InvalidRequest:
+    def _one(cls, error: Mapping[str, Any]) -> InvalidRequest:
         loc = [p for p in error.get("loc", ()) if p != "body"]
         item = loc[1] if len(loc) > 1 and loc[0] in ("items", "videos") and isinstance(loc[1], int) else None
         where = ".".join(str(p)[:80] for p in loc) or "body"

@@ -317,7 +317,7 @@ def parse_npy(
         frames = np.frombuffer(source, dtype=np.uint8, count=size, offset=f.tell()).reshape(shape)
     else:
         frames = np.empty(shape, dtype=np.uint8)
-        got = _read_into(f, memoryview(frames).cast("B"))
+        got = _read_into(f, memoryview(frames).cast("B"))  # type: ignore[arg-type]  # numpy 1.x stubs: ndarray a Buffer only on 3.12+
         if got < size:
             raise BadInput(f"{what} are truncated: {got} of {size} bytes", code="bad_frames")
     return RawFrames(frames=frames, fps=float(fps))

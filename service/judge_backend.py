@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def model_spec(spec: JudgeSpec, pairwise: bool = False) -> ModelSpec:
     dimensions, ``pairwise_frames`` per video, and ``Pairwise(model="judge")``: the model's
     relative scores are the preference)."""
     version = f"{spec.version}+{spec.fingerprint()[:16]}"
-    common = dict(
+    common: dict[str, Any] = dict(
         name=spec.name,
         description=spec.description,
         resolution=spec.resolution,
@@ -69,6 +70,7 @@ def model_spec(spec: JudgeSpec, pairwise: bool = False) -> ModelSpec:
     if not spec.has_pairwise:
         raise ValueError(f"{spec.name} has no pairwise mode")
     n = spec.pairwise_frames
+    assert spec.pairwise_dimensions is not None and n is not None  # JudgeSpec._check: a pairwise mode has both
     return ModelSpec(
         **common,
         version=f"{version}.pairwise",
@@ -116,6 +118,7 @@ class JudgeBackend:
                 else:
                     from models.judges.transformers_runner import TransformersRunner  # torch + transformers
 
+                    assert where.directory is not None  # JudgeUpstream: exactly one of url, directory
                     runners[key] = TransformersRunner.load(
                         where.directory, dtype=placement.dtype, device=str(placement.device)
                     )
@@ -158,7 +161,7 @@ class JudgeBackend:
         for r in results:  # judge failures are per item; anything else is a bug and propagates
             if isinstance(r, BaseException) and not isinstance(r, JudgeError):
                 raise r
-        return results
+        return cast(list[JudgeOutput | JudgeError], results)  # every other exception was raised above
 
     async def compare(self, name: str, a: JudgeItem, b: JudgeItem) -> PairOutput:
         """The pairwise mode on A and B (A is "Video 1"), against A's prompt."""

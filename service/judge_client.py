@@ -28,7 +28,7 @@ import email.utils
 import io
 import random
 import time
-from typing import Self
+from typing import Any, Self
 
 import httpx
 import numpy as np
@@ -58,7 +58,7 @@ def chat_payload(request: ChatRequest, jpeg_quality: int = 95) -> dict:
         frames = ",".join(jpeg_base64(frame, jpeg_quality) for frame in request.video)
         content.append({"type": "video_url", "video_url": {"url": "data:video/jpeg;base64," + frames}})
     content.append({"type": "text", "text": request.text})
-    messages = [{"role": "system", "content": request.system}] if request.system is not None else []
+    messages: list[dict] = [{"role": "system", "content": request.system}] if request.system is not None else []
     messages.append({"role": "user", "content": content})
     body = {
         "model": request.model,
@@ -72,7 +72,7 @@ def chat_payload(request: ChatRequest, jpeg_quality: int = 95) -> dict:
     return body
 
 
-def parse_completion(data: object, wants_logprobs: bool) -> Generation:
+def parse_completion(data: Any, wants_logprobs: bool) -> Generation:
     """A chat-completion JSON body -> ``Generation``; ``UpstreamRejected`` if it is not one."""
     try:
         choice = data["choices"][0]
@@ -86,7 +86,7 @@ def parse_completion(data: object, wants_logprobs: bool) -> Generation:
             raise UpstreamRejected("asked for logprobs and got none (does the upstream support logprobs?)")
         tokens = []
         for e in entries:
-            top = {}
+            top: dict[str, float] = {}
             for alt in e.get("top_logprobs") or []:
                 top.setdefault(alt["token"], float(alt["logprob"]))
             top.setdefault(e["token"], float(e["logprob"]))

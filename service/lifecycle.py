@@ -79,6 +79,7 @@ class DrainGate:
                 return await _unavailable(send, "draining", "the gateway is shutting down", retry=False)
             return await _unavailable(send, "shutting_down", "the gateway is shutting down; retry on another replica")
         task = asyncio.current_task()
+        assert task is not None  # an ASGI app runs in a task
         answered = False
 
         async def watching_send(message):

@@ -29,7 +29,7 @@ from vrs_wire.schemas import (
 from models.spec import ModelSpec, Pairwise
 from service import pairwise, ranking, scoring
 from service.engine import Engine, ScoreInput
-from service.errors import BadInput, Unprocessable, shown
+from service.errors import BadInput, ServiceError, Unprocessable, shown
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ async def rank(engine: Engine, body: RankRequest, inputs: list[ScoreInput]) -> R
 async def _score(engine: Engine, p: Plan, inputs: list[ScoreInput], cache) -> list[_Scored]:
     """Raw scores from the engine -> shown scores (normalised if asked) and the weighted overall."""
     results = await engine.score(inputs, [s.name for s in p.specs], cache=cache, pairwise=p.pairwise)
-    scored, bad = [], []
+    scored: list[_Scored] = []
+    bad: list[ServiceError] = []
     for i, result in enumerate(results):
         raw = scoring.flatten(result.scores, p.specs)
         broken = [key for key, value in raw.items() if not math.isfinite(value)]

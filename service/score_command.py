@@ -26,7 +26,7 @@ import httpx
 from pydantic import ValidationError
 from tqdm import tqdm
 from vrs_client import APIError, AsyncClient
-from vrs_wire.schemas import ItemScore, ScoreRequest, ScoreResponse, ScoringOptions
+from vrs_wire.schemas import ErrorDetail, ItemScore, ScoreItem, ScoreRequest, ScoreResponse, ScoringOptions, VideoRef
 
 from service import operations
 from service.compose import build_engine
@@ -209,7 +209,7 @@ async def _score_remote(paths: list[Path], args: argparse.Namespace, options: di
             except APIError as exc:
                 if exc.item is None:
                     raise _refused(exc.code, f"HTTP {exc.status} {exc.code}: {exc.message}") from None
-                bad = [exc, *exc.other_errors]
+                bad: list[APIError | ErrorDetail] = [exc, *exc.other_errors]
                 raise Failed({e.item: f"{e.code}: {e.message}" for e in bad if e.item is not None}) from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # after the client's retries
                 raise Aborted(f"cannot reach the server at {args.server}: {exc!r}") from None
@@ -228,7 +228,7 @@ async def _score_local(paths: list[Path], args: argparse.Namespace, options: dic
 
     async def score_chunk(chunk: list[bytes]) -> ScoreResponse:
         body = ScoreRequest(
-            items=[{"video": {"file": str(i)}, "prompt": args.prompt} for i in range(len(chunk))], **options
+            items=[ScoreItem(video=VideoRef(file=str(i)), prompt=args.prompt) for i in range(len(chunk))], **options
         )
         try:
             return await operations.score(engine, body, [ScoreInput(EncodedVideo(d), args.prompt) for d in chunk])
@@ -260,8 +260,8 @@ async def _score_all(paths: list[Path], args: argparse.Namespace, score_chunk: S
                     readable.append((path, data))
             await _score_files(readable, score_chunk, scores, args.fail_fast)
             if scores.failures and args.fail_fast:
-                path, reason = next(iter(scores.failures.items()))
-                raise Aborted(f"{path}: {reason} (--fail-fast: nothing written)")
+                failed, reason = next(iter(scores.failures.items()))
+                raise Aborted(f"{failed}: {reason} (--fail-fast: nothing written)")
             bar.update(len(chunk))
 
 

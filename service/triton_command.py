@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> None:
             f"Triton ready: gRPC {server.grpc_url}, repository {repo}; set VRS_BACKEND=triton VRS_TRITON_URL={server.grpc_url}",
             flush=True,
         )
+        assert server.process is not None  # start() started it
         server.process.wait()
     except KeyboardInterrupt:
         pass

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from models.clip_segmental import reward
 from models.placement import CPU, Placement
 from models.registry import RewardModel, Stages
 from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Resolution
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, PreTrainedTokenizerBase
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -137,8 +140,8 @@ def crop_pixels(
 
 @dataclass
 class ClipSegmental:
-    model: torch.nn.Module  # CLIPModel
-    tokenizer: object
+    model: CLIPModel
+    tokenizer: PreTrainedTokenizerBase
     config: SegmentalConfig
     image_size: int
     mean: torch.Tensor  # [3]
@@ -157,7 +160,7 @@ class ClipSegmental:
         todo = list(dict.fromkeys(p for p in prompts if p not in self._text))
         if not todo:
             return todo, None
-        limit = self.model.config.text_config.max_position_embeddings
+        limit = self.model.config.text_config.max_position_embeddings  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
         return todo, dict(self.tokenizer(todo, padding=True, truncation=True, max_length=limit, return_tensors="pt"))
 
     # Under VRS_COMPILE=inductor this stays eager: tracing the prompt cache would guard on the prompt
@@ -228,6 +231,7 @@ class ClipSegmental:
         weights = reward.temporally_attenuated_weights(picks, count, self.config.lam)
         row = [reward.segmental(segments, text, weights), reward.temporal_consistency(segments)]
         if self.projection is not None:
+            assert frames is not None and self.goal is not None  # set with projection; core passes the frames
             row.append(reward.goal_baseline(frames, self.goal, self.projection).mean())
         return torch.stack(row)
 
@@ -239,7 +243,7 @@ def read_spec(directory: Path) -> ModelSpec:
     directory = Path(directory)
     _check_layout(directory)
     try:
-        image_size = int(CLIPConfig.from_pretrained(directory).vision_config.image_size)
+        image_size = int(CLIPConfig.from_pretrained(directory).vision_config.image_size)  # type: ignore[union-attr, arg-type]  # as in tokenize
     except Exception as exc:
         raise CheckpointError(f"{directory / 'config.json'}: not a CLIP config ({type(exc).__name__}: {exc})") from exc
     return make_spec(read_config(directory), image_size, version=fingerprint.version(directory))
@@ -260,7 +264,7 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     config = read_config(directory)
     try:
         model = CLIPModel.from_pretrained(directory, dtype=placement.dtype, attn_implementation="sdpa")
-        model = model.to(placement.device).eval()
+        model = model.to(placement.device).eval()  # type: ignore[arg-type]  # transformers' @wraps(Module.to) hides that `to` is a method
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as exc:
         raise CheckpointError(

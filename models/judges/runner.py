@@ -15,7 +15,7 @@ decode stage does that for every model); ``judge_pair`` takes ``spec.pairwise_fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def _check_frames(frames: np.ndarray, what: str) -> np.ndarray:
 
 def build_request(spec: JudgeSpec, frames: np.ndarray, prompt: str, fps: float | None = None) -> ChatRequest:
     _check_frames(frames, spec.name)
-    common = {
+    common: dict[str, Any] = {
         "model": spec.upstream_model,
         "text": spec.render(prompt),
         "params": spec.generation,
@@ -68,6 +68,7 @@ def build_pair_request(spec: JudgeSpec, frames_a: np.ndarray, frames_b: np.ndarr
     """Video A's frames then video B's, as images, then the pairwise text (A is "Video 1")."""
     if not spec.has_pairwise:
         raise ValueError(f"{spec.name} has no pairwise mode")
+    assert spec.pairwise_frames is not None  # JudgeSpec._check: a pairwise mode has its frame count
     a = even_subsample(_check_frames(frames_a, f"{spec.name} video A"), spec.pairwise_frames)
     b = even_subsample(_check_frames(frames_b, f"{spec.name} video B"), spec.pairwise_frames)
     return ChatRequest(

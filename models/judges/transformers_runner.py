@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,17 +26,24 @@ from models.judges.runner import ChatRequest
 from models.judges.spec import Generation, TokenLogprob
 from models.videoalign.model import video_patches
 
+if TYPE_CHECKING:
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 
 
 class TransformersRunner:
-    def __init__(self, model: torch.nn.Module, tokenizer) -> None:
+    def __init__(
+        self,
+        model: Qwen2VLForConditionalGeneration | Qwen2_5_VLForConditionalGeneration,
+        tokenizer,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         vision = model.config.vision_config
-        self.patch = vision.patch_size
-        self.merge = vision.spatial_merge_size
-        self.temporal = vision.temporal_patch_size
+        self.patch: int = vision.patch_size  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
+        self.merge: int = vision.spatial_merge_size  # type: ignore[union-attr]  # as above
+        self.temporal: int = vision.temporal_patch_size  # type: ignore[union-attr]  # as above
         self._lock = threading.Lock()
 
     @classmethod
@@ -44,7 +52,7 @@ class TransformersRunner:
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps(Module.to) hides that `to` is a method
         return cls(model, tokenizer)
 
     async def generate(self, request: ChatRequest) -> Generation:
@@ -77,7 +85,7 @@ class TransformersRunner:
         if request.video is not None:
             content.append({"type": "video"})
         content.append({"type": "text", "text": request.text})
-        messages = [{"role": "system", "content": request.system}] if request.system is not None else []
+        messages: list[dict] = [{"role": "system", "content": request.system}] if request.system is not None else []
         messages.append({"role": "user", "content": content})
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

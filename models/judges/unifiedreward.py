@@ -115,6 +115,7 @@ def make_spec(upstream_model: str = "UnifiedReward") -> JudgeSpec:
 def make(upstream_model: str = "UnifiedReward") -> Judge:
     spec = make_spec(upstream_model)
     dims = {d.name: d for d in spec.dimensions}
+    assert spec.pairwise_dimensions is not None  # make_spec gives the pairwise mode
     pair_dims = {d.name: d for d in spec.pairwise_dimensions}
 
     def parse(generation: Generation) -> dict[str, float]:

@@ -98,6 +98,7 @@ def make(
             if not soft_scores or not hard.is_integer():
                 scores[dim] = hard
                 continue
+            assert generation.tokens is not None  # soft_scores
             top = generation.tokens[parsing.token_at(starts, match.start(1))].top
             mass = parsing.probabilities(top, _DIGITS)
             parsing.require_positive_mass(NAME, mass, f"digit 1-5 at '{label}'", raw)

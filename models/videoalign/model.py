@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from models.registry import RewardModel, Stages
 from models.spec import Batching, Dimension, FrameSampling, ModelSpec, Pairwise, Resolution
 from models.videoalign import checkpoint, prompt
 from models.videoalign.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Qwen2VLForConditionalGeneration
 
 # qwen-vl-utils (the version VideoAlign's vision_process.py derives from) for videos.
 IMAGE_FACTOR = 28  # patch 14 x spatial merge 2
@@ -108,17 +112,17 @@ def video_patches(
 class VideoReward:
     """A loaded checkpoint: Qwen2-VL, the reward head, the tokenizer, normalisation."""
 
-    model: torch.nn.Module  # Qwen2VLForConditionalGeneration
+    model: Qwen2VLForConditionalGeneration
     head: torch.nn.Linear
-    tokenizer: object
-    reward_ids: tuple[int, int, int]
+    tokenizer: PreTrainedTokenizerBase
+    reward_ids: tuple[int, ...]  # VQ, MQ, TA
     mean: torch.Tensor  # [3]
     std: torch.Tensor  # [3]
 
     def pre(self, frames: torch.Tensor, num_frames: torch.Tensor, prompts: Sequence[str]) -> _Prepared:
         """Host work, no device compute: per-item patch grids, the tokenised rubric prompts, right-padded
         ids and mask (pinned on CUDA so the copy in ``core`` is asynchronous)."""
-        merge = self.model.config.vision_config.spatial_merge_size
+        merge = self.model.config.vision_config.spatial_merge_size  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
         temporal, patch = 2, 14
         counts = [int(n) for n in num_frames]
         h, w = frames.shape[2] // patch, frames.shape[3] // patch
@@ -143,7 +147,7 @@ class VideoReward:
     def core(self, x: _Prepared) -> torch.Tensor:
         """Device work: patches, vision tower, language model, reward head -> float32 [B, 4]."""
         device, dtype = self.head.weight.device, self.head.weight.dtype
-        merge = self.model.config.vision_config.spatial_merge_size
+        merge = self.model.config.vision_config.spatial_merge_size  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
         frames = x.frames.to(device, non_blocking=True)
         patches = torch.cat([video_patches(frames[b, :n], merge=merge)[0] for b, n in enumerate(x.counts)])
         input_ids = x.input_ids.to(device, non_blocking=True)
@@ -219,7 +223,7 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     embed = "model.language_model.embed_tokens"
     if embed + ".weight" not in plain and not any(k.startswith(embed + ".lora_") for k in lora):
         raise CheckpointError(f"{step}: no trained embeddings for the reward tokens ({embed}.weight)")
-    head = torch.nn.Linear(model.config.text_config.hidden_size, 3, bias=False)
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 3, bias=False)  # type: ignore[union-attr]  # transformers types a sub-config dict | config | None; a config once loaded
     head_weight = plain.pop("rm_head.weight")
     if tuple(head_weight.shape) != tuple(head.weight.shape):
         raise CheckpointError(
@@ -239,9 +243,9 @@ def load(directory: Path, base_dirs: dict[str, Path] | None = None, placement: P
     # A plain cast, rotary frequency tables (``inv_freq`` buffers) included: VideoAlign builds the
     # model the same way for training and inference (``create_model_and_processor``:
     # ``model.to(torch.bfloat16)``), so its checkpoints were trained on bf16 tables.
-    model.to(device=placement.device, dtype=placement.dtype).eval()
+    model.to(device=placement.device, dtype=placement.dtype).eval()  # type: ignore[call-arg]  # transformers' @wraps(Module.to) hides that `to` is a method
     head.to(device=placement.device, dtype=placement.dtype).eval()
-    reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))
+    reward_ids = tuple(tokenizer.convert_tokens_to_ids(list(prompt.REWARD_TOKENS)))  # type: ignore[arg-type]  # a list for a list
     stats = norm_stats(config)
     mean = torch.tensor([stats[d][0] for d in ("VQ", "MQ", "TA")], device=placement.device)
     std = torch.tensor([stats[d][1] for d in ("VQ", "MQ", "TA")], device=placement.device)

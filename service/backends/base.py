@@ -29,10 +29,10 @@ class FrameBatch:
         copied once, straight into its slot of the batch: from pinned host memory to a GPU that copy
         is asynchronous; clips already on the device (NVDEC) never touch the host.
         """
-        clips = [torch.as_tensor(c) for c in clips]
-        longest = max(len(c) for c in clips)
-        frames = torch.empty((len(clips), longest, *clips[0].shape[1:]), dtype=torch.uint8, device=device)
-        for i, clip in enumerate(clips):
+        tensors = [torch.as_tensor(c) for c in clips]
+        longest = max(len(c) for c in tensors)
+        frames = torch.empty((len(tensors), longest, *tensors[0].shape[1:]), dtype=torch.uint8, device=device)
+        for i, clip in enumerate(tensors):
             frames[i, : len(clip)].copy_(clip, non_blocking=True)
             frames[i, len(clip) :].zero_()
         counts = torch.tensor([len(c) for c in clips], dtype=torch.int32)
@@ -43,7 +43,7 @@ class FrameBatch:
         cls, clips: Sequence[torch.Tensor | np.ndarray], prompts: Sequence[str], device: torch.device | str = "cpu"
     ) -> list[tuple[list[int], FrameBatch]]:
         """One batch per frame size (H, W), in first-seen order: (positions of its clips, batch)."""
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
         for i, clip in enumerate(clips):
             groups.setdefault(tuple(clip.shape[1:3]), []).append(i)
         return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from models.placement import CPU, Placement
 from models.registry import RewardModel
 from service.backends.base import FrameBatch
 from service.errors import BadInput
+
+if TYPE_CHECKING:
+    from models.compile import Compile
 
 
 class InProcessBackend:
@@ -29,7 +33,7 @@ class InProcessBackend:
         models: dict[str, RewardModel],
         threads: int = 0,
         placement: Placement = CPU,
-        compile: str = "none",
+        compile: Compile = "none",
         max_batch_size: int | None = None,
     ) -> None:
         self._models = models

@@ -83,9 +83,11 @@ class TritonBackend:
         # The channel connects lazily and belongs to the running event loop, so it is made here.
         self._client = grpcaio.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         if self.transport != "grpc":
+            make_region = TRANSPORTS[self.transport]
+            assert make_region is not None  # only "grpc" has none
             self._regions = asyncio.Queue()
             for i in range(self.max_concurrent_batches * max(1, len(self._models))):
-                self._all_regions.append(TRANSPORTS[self.transport](f"vrs{os.getpid()}_{id(self):x}_{i}"))
+                self._all_regions.append(make_region(f"vrs{os.getpid()}_{id(self):x}_{i}"))
                 self._regions.put_nowait(self._all_regions[-1])
 
     async def close(self) -> None:
@@ -136,6 +138,7 @@ class TritonBackend:
             raise to_service_error(exc, name, self.url, self.timeout_s) from exc
         finally:
             if region is not None:
+                assert self._regions is not None  # the region came from it
                 self._regions.put_nowait(region)
         scores = result.as_numpy(contract.SCORES)
         if scores is None:
@@ -143,6 +146,7 @@ class TritonBackend:
         return scores.astype(np.float32, copy=False)
 
     async def _send(self, name: str, batch: FrameBatch, wire: Wire, arrays: dict[str, np.ndarray], region):
+        assert self._client is not None  # infer() checked
         if region is not None:
             await region.fit(self._client, arrays[contract.FRAMES].nbytes)
             await asyncio.to_thread(region.write, arrays[contract.FRAMES])
@@ -222,6 +226,22 @@ class ShmRegion:
         self.size = 0
         self.registered = False  # set to False when Triton may have forgotten it (a restart)
         self._handle = None
+
+    # What a subclass provides.
+    def _create(self, size: int):
+        raise NotImplementedError
+
+    def _destroy(self) -> None:
+        raise NotImplementedError
+
+    async def _register(self, client: grpcaio.InferenceServerClient) -> None:
+        raise NotImplementedError
+
+    async def _unregister(self, client: grpcaio.InferenceServerClient) -> None:
+        raise NotImplementedError
+
+    def write(self, array: np.ndarray) -> None:
+        raise NotImplementedError
 
     async def fit(self, client: grpcaio.InferenceServerClient, nbytes: int) -> None:
         """Make the region hold at least ``nbytes`` (re-created only when it grows) and be registered
@@ -314,7 +334,7 @@ class CudaShmRegion(ShmRegion):
             cudashm.set_shared_memory_region(self._handle, [array])
 
 
-TRANSPORTS = {"grpc": None, "system_shm": SystemShmRegion, "cuda_shm": CudaShmRegion}
+TRANSPORTS: dict[str, type[ShmRegion] | None] = {"grpc": None, "system_shm": SystemShmRegion, "cuda_shm": CudaShmRegion}
 
 
 def unknown_region(exc: InferenceServerException) -> bool:

@@ -160,7 +160,7 @@ def _json(refs: list[dict[str, Any]], prompt: Prompt, options: dict[str, Any], g
     """JSON body: ``items`` for /v1/score, ``videos`` + ``prompt``/``prompts`` for compare and rank."""
     one = prompt is None or isinstance(prompt, str)
     if group:
-        return {**options, "videos": refs, ("prompt" if one else "prompts"): prompt if one else list(prompt)}
+        return {**options, "videos": refs, ("prompt" if one else "prompts"): prompt if one else list(prompt)}  # type: ignore[arg-type]  # a sequence: not `one`
     prompts = [prompt] * len(refs) if one else list(prompt)  # type: ignore[arg-type]
     if len(prompts) != len(refs):
         raise ValueError(f"{len(prompts)} prompts for {len(refs)} videos; give one prompt or one per video")

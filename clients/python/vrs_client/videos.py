@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class Frames:
 Video = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Frames]
 """A path, an http(s) URL, container bytes (mp4, webm, ...), a uint8 [T,H,W,3] array (give ``fps``), or Frames."""
 
-Part = tuple[str, Union[bytes, IO[bytes]], str]  # (file name, content, content type), as httpx takes it
+Part = tuple[str, Union[bytes, IO[bytes], io.RawIOBase], str]  # (file name, content, content type), as httpx takes it
 
 
 def _is_url(video: Video) -> bool:

@@ -50,7 +50,7 @@ def frames_digest(frames: np.ndarray) -> str:
     """sha256 of the frames' .npy file (``header`` + bytes), computed without writing it."""
     frames = check_frames(frames)
     h = hashlib.sha256(header(frames.shape))
-    h.update(memoryview(frames).cast("B"))
+    h.update(memoryview(frames).cast("B"))  # type: ignore[arg-type]  # numpy 1.x stubs: ndarray a Buffer only on 3.12+
     return h.hexdigest()
 
 
@@ -61,7 +61,7 @@ class NpyReader(io.RawIOBase):
     def __init__(self, frames: np.ndarray) -> None:
         super().__init__()
         self._frames = check_frames(frames)
-        self._parts = (memoryview(header(self._frames.shape)), memoryview(self._frames).cast("B"))
+        self._parts = (memoryview(header(self._frames.shape)), memoryview(self._frames).cast("B"))  # type: ignore[arg-type]  # as above
         self.size = sum(p.nbytes for p in self._parts)
         self._pos = 0
 

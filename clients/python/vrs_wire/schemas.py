@@ -206,7 +206,7 @@ class RankedItem(ItemScore):
 
 class RankResponse(ScoreResponse):
     ranking: list[int] = Field(description="Input indices, best first (`top_k` of them).")
-    results: list[RankedItem] = Field(description="Every video, in input order.")
+    results: list[RankedItem] = Field(description="Every video, in input order.")  # type: ignore[assignment]  # pydantic: a subclass narrows a field
 
 
 class ModelsResponse(BaseModel):
