@@ -3,7 +3,9 @@
 Contract: with no keys configured, nothing changes. With keys, every request needs one of
 them, except the open paths: the probes and scrapes (``/healthz``, ``/readyz``, ``/metrics``)
 and the API's own description (``/docs``, its assets, ``/openapi.json``), which hold no data.
-A missing or wrong key is a 401 with ``WWW-Authenticate: Bearer``, before the body is read.
+A missing or wrong key is a 401 with ``WWW-Authenticate: Bearer``, before the body is read, and
+so is a request with more than one ``Authorization`` header (which one a proxy or a framework
+reads differs; none is guessed).
 Keys are compared in constant time, against every configured key, so neither the key nor
 which key matched leaks through timing. The OpenAPI document declares the ``bearer``
 security scheme on the protected operations, so ``/docs`` offers an "Authorize" button.
@@ -51,7 +53,10 @@ class BearerAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or is_open(scope["path"]):
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"")
+        given = [value for name, value in scope["headers"] if name.lower() == b"authorization"]
+        if len(given) > 1:
+            return await _unauthorized(send, "more than one Authorization header")
+        header = given[0] if given else b""
         kind, _, token = header.partition(b" ")
         if kind.lower() != b"bearer" or not token.strip():
             return await _unauthorized(send, "missing API key: send 'Authorization: Bearer <key>'")

@@ -299,6 +299,10 @@ def test_api_keys_guard_the_api_but_not_probes_or_metrics(keyed_gateway: Running
             wrong = c.post("/v1/score", json=body, headers={"Authorization": header})
             assert wrong.status_code == 401, header
         assert c.get("/v1/models").status_code == 401
+        for doubled in ([KEYS[0], "wrong"], ["wrong", KEYS[0]], [KEYS[0], KEYS[1]]):  # none is picked: refused
+            headers = [("Authorization", f"Bearer {key}") for key in doubled]
+            twice = c.get("/v1/models", headers=headers)
+            assert twice.status_code == 401 and "more than one" in twice.json()["error"]["message"], doubled
         for key in KEYS:
             right = c.post("/v1/score", json=body, headers={"Authorization": f"Bearer {key}"})
             assert right.status_code == 200, right.text
