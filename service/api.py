@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -48,9 +49,20 @@ T = TypeVar("T")
 
 CLIENT_GONE = 499  # nginx's "client closed request": the status recorded for an answer nobody reads
 
+MAX_RETRY_AFTER_S = 3600  # what a Retry-After says at most (an upstream's hint may say more)
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 502, 503, 504)
 }
+
+
+def _retry_after(exc: ServiceError) -> int | None:
+    """The whole seconds of ``exc``'s ``Retry-After``: its ``retry_after_s`` rounded, within
+    [1, ``MAX_RETRY_AFTER_S``]; None without one or when it is not a finite number."""
+    seconds = getattr(exc, "retry_after_s", None)
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(1, round(seconds)))
 
 
 def create_app(settings: Settings | None = None, models: dict[str, RewardModel] | None = None) -> FastAPI:
@@ -97,8 +109,8 @@ def create_app(settings: Settings | None = None, models: dict[str, RewardModel] 
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after_s", None)
-        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+        retry_after = _retry_after(exc)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -16,13 +16,20 @@ class JudgeUpstream(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str | None = Field(default=None, description="Base URL of an OpenAI-compatible server, e.g. http://gpu:8001")
+    url: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server, e.g. http://gpu:8001 (credentials in it, "
+        "http://user:password@gpu:8001, are sent as HTTP basic auth and shown nowhere).",
+    )
     directory: Path | None = Field(default=None, description="A Qwen2-VL / Qwen2.5-VL checkpoint run in process.")
     model: str | None = Field(default=None, description="Served model name, if not the judge's default.")
     api_key: SecretStr | None = None
     max_concurrency: int = Field(default=8, ge=1, description="Requests in flight to this server at once.")
     max_attempts: int = Field(default=5, ge=1)
-    timeout_s: float = Field(default=300.0, gt=0)
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds per try, sending to the last byte read.")
+    max_answer_bytes: int = Field(
+        default=16 * 1024**2, ge=1, description="Longer answers are refused (upstream_rejected), not read."
+    )
     pairwise: bool = Field(
         default=False, description="/v1/compare asks the model with both videos (judges with a pairwise mode)."
     )
@@ -35,12 +42,18 @@ class JudgeUpstream(BaseModel):
     def _one_place(self) -> JudgeUpstream:
         if (self.url is None) == (self.directory is None):
             raise ValueError("a judge upstream needs exactly one of url or directory")
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("a judge url is http:// or https:// and names a host")
+            if (parts.username is not None or parts.password is not None) and self.api_key is not None:
+                raise ValueError("a judge url with credentials and an api_key: give one of them")
         return self
 
     @property
     def where(self) -> str:
-        """The upstream's host:port, or ``in-process``."""
-        return urlsplit(self.url).netloc if self.url is not None else "in-process"
+        """The upstream's host[:port] as the URL writes it (never its credentials), or ``in-process``."""
+        return urlsplit(self.url).netloc.rpartition("@")[2] if self.url is not None else "in-process"
 
 
 class Settings(BaseSettings):

@@ -42,6 +42,7 @@ from service.errors import BadInput, NotCached, ServiceError, Timeout, Unprocess
 from service.fetch import UrlFetcher
 from service.ingest import ScoreInput
 from service.judge_backend import JudgeBackend, JudgeScorer
+from service.judge_client import answer_by
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -243,13 +244,15 @@ class Engine:
         # budget would answer a lone request 429 again and again instead of 413).
         downloads = Holding(self.bytes_in_flight, min(self.settings.max_request_bytes, self.bytes_in_flight.limit))
         with self.admission.admit([spec.name for spec in specs], len(items)) as ticket:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+            judges_deadline = answer_by.set(deadline)  # a judge does not wait out a retry past it
             try:
-                deadline = time.monotonic() + self.settings.request_timeout_s
                 async with asyncio.timeout(self.settings.request_timeout_s):
                     return await self._score(items, specs, together, cache, ticket, downloads, deadline)
             except TimeoutError as exc:
                 raise Timeout(f"scoring took longer than {self.settings.request_timeout_s:g} s") from exc
             finally:
+                answer_by.reset(judges_deadline)
                 downloads.release()
 
     def _prompt_error(self, i: int, prompt: str | None, specs: list[ModelSpec]) -> ServiceError | None:

@@ -11,11 +11,17 @@ with or without the ``/v1`` the OpenAI SDK puts there) with
 - ``temperature``, ``max_tokens``, and ``logprobs`` + ``top_logprobs`` when the judge wants soft
   scores (vLLM answers at most ``--max-logprobs`` alternatives, 20 by default).
 
+Credentials in the URL (``http://user:password@host:8001/v1``) are taken out of it and sent as
+HTTP basic auth; the base URL the runner keeps, and every message it writes, hold none.
+
 Failures are typed (``models.judges.spec``): connection errors, timeouts, 429 and 5xx are retried
 with exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date, capped
 at ``max_backoff_s``), and end as ``UpstreamUnavailable`` after ``max_attempts`` (carrying the
-last ``Retry-After``, if any); other 4xx and answers that are not chat completions end at once as
-``UpstreamRejected``. At most
+last ``Retry-After``, if any), or at once when the wait before the next try would end past the
+caller's deadline (``answer_by``); other 4xx and answers that are not chat completions end at
+once as ``UpstreamRejected``. A try is bounded as a whole by ``timeout_s`` (sending, waiting and
+reading, however slowly the bytes trickle in); an answer is read up to ``max_answer_bytes``
+(past it: ``UpstreamRejected``), an error answer up to ``ERROR_BODY_BYTES``. At most
 ``max_concurrency`` requests are in flight to the upstream at a time (the upstream batches
 continuously, so there is no micro-batching here); a request waiting out a backoff holds no slot.
 """
@@ -24,11 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import email.utils
 import io
+import json
+import math
 import random
 import time
+from contextvars import ContextVar
 from typing import Any, Self
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
@@ -39,6 +50,27 @@ from models.judges.spec import Generation, TokenLogprob, UpstreamRejected, Upstr
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 PATH = "/v1/chat/completions"
+MAX_ANSWER_BYTES = 16 * 1024**2  # default cap on an answer's (decoded) body
+ERROR_BODY_BYTES = 1024  # what is read of an error answer, for its message
+MAX_RETRY_AFTER_S = 3600.0  # a longer Retry-After is read as this
+LOGPROB_SLACK = 1e-6  # a logprob up to this above 0 is rounding, read as 0
+
+answer_by: ContextVar[float | None] = ContextVar("judge_answer_by", default=None)
+"""``time.monotonic()`` by which the caller needs its answer (the gateway sets its request's
+deadline; tasks started under it inherit it). A retry whose wait (the upstream's ``Retry-After``,
+else the backoff) ends past it is not waited for: the runner gives up at once."""
+
+
+def split_url(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """``url`` -> (the base URL without credentials, trailing ``/`` or the ``/v1`` the OpenAI SDK
+    puts there; the credentials it held as HTTP basic auth, or None). Two URLs of one server
+    written differently (``/v1`` or not, a trailing ``/``) give the same base URL."""
+    parts = urlsplit(url)
+    base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    base = base.rstrip("/").removesuffix("/v1").rstrip("/")
+    if parts.username is None and parts.password is None:
+        return base, None
+    return base, httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def jpeg_base64(frame: np.ndarray, quality: int = 95) -> str:
@@ -73,7 +105,12 @@ def chat_payload(request: ChatRequest, jpeg_quality: int = 95) -> dict:
 
 
 def parse_completion(data: Any, wants_logprobs: bool) -> Generation:
-    """A chat-completion JSON body -> ``Generation``; ``UpstreamRejected`` if it is not one."""
+    """A chat-completion JSON body -> ``Generation``; ``UpstreamRejected`` if it is not one.
+
+    With ``wants_logprobs`` the answer must carry them: a list with an entry per generated token
+    (none only for an empty answer), each token and alternative a string with a logprob that is a
+    finite number <= 0 (up to ``LOGPROB_SLACK`` above 0 is rounding, read as 0), so the parsers
+    get only probabilities in [0, 1]."""
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"] or ""
@@ -84,13 +121,21 @@ def parse_completion(data: Any, wants_logprobs: bool) -> Generation:
         entries = (choice.get("logprobs") or {}).get("content")
         if entries is None:
             raise UpstreamRejected("asked for logprobs and got none (does the upstream support logprobs?)")
+        if not isinstance(entries, list):
+            raise TypeError("logprobs.content is not a list")
+        if not entries and text:
+            raise UpstreamRejected("asked for logprobs and got none for a non-empty answer")
         tokens = []
         for e in entries:
+            token, logprob = _token(e)
             top: dict[str, float] = {}
-            for alt in e.get("top_logprobs") or []:
-                top.setdefault(alt["token"], float(alt["logprob"]))
-            top.setdefault(e["token"], float(e["logprob"]))
-            tokens.append(TokenLogprob(token=e["token"], logprob=float(e["logprob"]), top=top))
+            alternatives = e.get("top_logprobs") or []
+            if not isinstance(alternatives, list):
+                raise TypeError("top_logprobs is not a list")
+            for alt in alternatives:
+                top.setdefault(*_token(alt))
+            top.setdefault(token, logprob)
+            tokens.append(TokenLogprob(token=token, logprob=logprob, top=top))
         return Generation(text=text, tokens=tuple(tokens))
     except UpstreamRejected:
         raise
@@ -98,19 +143,45 @@ def parse_completion(data: Any, wants_logprobs: bool) -> Generation:
         raise UpstreamRejected(f"not a chat completion ({type(exc).__name__}: {exc}): {str(data)[:300]}") from exc
 
 
+def _token(entry: Any) -> tuple[str, float]:
+    """One logprobs entry (a token or an alternative) -> (token, logprob); ``UpstreamRejected``
+    unless the token is a string and the logprob a finite number <= ``LOGPROB_SLACK``."""
+    token, logprob = entry["token"], entry["logprob"]
+    if not isinstance(token, str):
+        raise UpstreamRejected(f"a logprobs token is not a string: {shown(token)}")
+    if isinstance(logprob, bool) or not isinstance(logprob, int | float):
+        raise UpstreamRejected(f"the logprob of token {shown(token)} is not a number: {shown(logprob)}")
+    try:
+        value = float(logprob)
+    except OverflowError:  # an integer past float's range
+        value = math.inf
+    if not (math.isfinite(value) and value <= LOGPROB_SLACK):
+        raise UpstreamRejected(f"the logprob of token {shown(token)} is {shown(logprob)}, not a finite number <= 0")
+    return token, min(value, 0.0)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def retry_after_s(response: httpx.Response) -> float | None:
-    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any."""
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), if any: at least 0, at
+    most ``MAX_RETRY_AFTER_S``; None when absent, unreadable, negative or not finite."""
     value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+        try:
+            seconds = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not (math.isfinite(seconds) and seconds >= 0.0):
         return None
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 class OpenAIChatRunner:
@@ -126,23 +197,39 @@ class OpenAIChatRunner:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         timeout_s: float = 300.0,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
         jpeg_quality: int = 95,
     ) -> None:
-        if max_concurrency < 1 or max_attempts < 1:
-            raise ValueError("max_concurrency and max_attempts must be >= 1")
-        self.base_url = base_url.rstrip("/").removesuffix("/v1")  # the OpenAI SDK's base URL ends in /v1
+        if max_concurrency < 1 or max_attempts < 1 or max_answer_bytes < 1:
+            raise ValueError("max_concurrency, max_attempts and max_answer_bytes must be >= 1")
+        self.base_url, credentials = split_url(base_url)
+        if credentials is not None and api_key:
+            raise ValueError("credentials in the URL and an api_key: give one of them")
+        self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.timeout_s = timeout_s
+        self.max_answer_bytes = max_answer_bytes
         self.jpeg_quality = jpeg_quality
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
+            auth=credentials,
             timeout=timeout_s,
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
         )
         self._slots = asyncio.Semaphore(max_concurrency)
+
+    def sharing(self, *, max_attempts: int, timeout_s: float, max_answer_bytes: int) -> OpenAIChatRunner:
+        """A runner with these per-request settings that shares this one's connections and
+        concurrency bound (judges on one server). Closing either closes both."""
+        if max_attempts < 1 or max_answer_bytes < 1:
+            raise ValueError("max_attempts and max_answer_bytes must be >= 1")
+        other = copy.copy(self)
+        other.max_attempts, other.timeout_s, other.max_answer_bytes = max_attempts, timeout_s, max_answer_bytes
+        return other
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -161,36 +248,43 @@ class OpenAIChatRunner:
         where = f"{self.base_url}{PATH} (model {request.model!r})"
         failure: UpstreamUnavailable | None = None
         for attempt in range(1, self.max_attempts + 1):
+            hinted: float | None = None
             try:
-                async with self._slots:
-                    response = await self._client.post(PATH, json=body)
-            except httpx.TransportError as exc:  # connect/read errors and timeouts
+                async with self._slots, asyncio.timeout(self.timeout_s):  # the slot's wait is not the try's
+                    status, content, hinted = await self._post(body, where)
+            except TimeoutError:  # ours; the caller's own timeout cancels instead
+                failure = UpstreamUnavailable(f"{where}: no answer within {self.timeout_s:g} s", attempts=attempt)
+                delay = self._backoff(attempt)
+            except httpx.TransportError as exc:  # connect/read errors and httpx's own timeouts
                 failure = UpstreamUnavailable(f"{where}: {type(exc).__name__}: {exc}", attempts=attempt)
                 delay = self._backoff(attempt)
             else:
-                status = response.status_code
+                text = content.decode("utf-8", "replace")
                 if status == 200:
                     try:
-                        data = response.json()
+                        data = json.loads(content)
                     except ValueError as exc:
-                        raise UpstreamRejected(
-                            f"{where}: answer is not JSON: {response.text[:300]!r}", status=status
-                        ) from exc
+                        raise UpstreamRejected(f"{where}: answer is not JSON: {text[:300]!r}", status=status) from exc
                     return parse_completion(data, request.params.wants_logprobs)
                 if status not in RETRYABLE:
-                    raise UpstreamRejected(
-                        f"{where}: HTTP {status}: {response.text[:500]}", status=status, attempts=attempt
-                    )
-                hinted = retry_after_s(response)
+                    raise UpstreamRejected(f"{where}: HTTP {status}: {text[:500]}", status=status, attempts=attempt)
                 failure = UpstreamUnavailable(
-                    f"{where}: HTTP {status}: {response.text[:200]}",
-                    status=status,
-                    attempts=attempt,
-                    retry_after_s=hinted,
+                    f"{where}: HTTP {status}: {text[:200]}", status=status, attempts=attempt, retry_after_s=hinted
                 )
                 delay = min(hinted, self.max_backoff_s) if hinted is not None else self._backoff(attempt)
-            if attempt < self.max_attempts:
-                await asyncio.sleep(delay)
+            if attempt == self.max_attempts:
+                break
+            deadline = answer_by.get()
+            wait = hinted if hinted is not None else delay
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise UpstreamUnavailable(
+                    f"{failure} (gave up after {attempt} of {self.max_attempts} attempts: "
+                    f"the next would start after the request's deadline)",
+                    status=failure.status,
+                    attempts=attempt,
+                    retry_after_s=failure.retry_after_s,
+                )
+            await asyncio.sleep(delay)
         assert failure is not None
         raise UpstreamUnavailable(
             f"{failure} (gave up after {self.max_attempts} attempts)",
@@ -198,3 +292,29 @@ class OpenAIChatRunner:
             attempts=self.max_attempts,
             retry_after_s=failure.retry_after_s,
         )
+
+    async def _post(self, body: dict, where: str) -> tuple[int, bytes, float | None]:
+        """One try: (status, body, Retry-After). A 200's body is read whole up to ``max_answer_bytes``
+        (past it: ``UpstreamRejected``); another status's only up to ``ERROR_BODY_BYTES``."""
+        async with self._client.stream("POST", PATH, json=body) as response:
+            status = response.status_code
+            limit = self.max_answer_bytes if status == 200 else ERROR_BODY_BYTES
+            content, more = await _read_at_most(response, limit)
+            if more and status == 200:
+                raise UpstreamRejected(
+                    f"{where}: the answer is longer than max_answer_bytes ({self.max_answer_bytes} bytes)",
+                    status=status,
+                )
+            return status, content, retry_after_s(response)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of the (decoded) body, and whether it has more; stops reading there."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False

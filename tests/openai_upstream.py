@@ -13,9 +13,12 @@ engine start-up (model load, profiling, compile) plus a Qwen2-VL multimodal requ
 on the 2 shared CPU cores here, for a model of random weights that answers noise anyway. This
 server is the part of vLLM's contract the client depends on, with a real model behind it.
 
-For failure tests, ``Upstream.faults`` is a queue of ``(status, headers)`` answered (in order)
-before any real answer; ``Upstream.arrivals`` records when each request arrived and
-``Upstream.max_in_flight`` the most requests it was handling at once.
+For failure tests, ``Upstream.replies`` is a queue of Starlette responses sent as they are (a
+malformed completion, a huge or trickling body), then ``Upstream.faults`` a queue of ``(status,
+headers)`` answered with an error body, both in order before any real answer;
+``Upstream.arrivals`` records when each request arrived, ``Upstream.authorizations`` the
+``Authorization`` header each carried, and ``Upstream.max_in_flight`` the most requests it was
+handling at once.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,7 +37,7 @@ import numpy as np
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from models.judges.runner import ChatRequest
@@ -56,8 +60,10 @@ def _data(url: str, media: str) -> str:
 class Upstream:
     runner: TransformersRunner
     model_name: str
+    replies: deque[Response] = field(default_factory=deque)
     faults: deque = field(default_factory=deque)
     arrivals: list[float] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     hold_s: float = 0.0  # extra time each answer takes (to make overlap observable)
@@ -89,8 +95,11 @@ class Upstream:
             model=body["model"], text="".join(texts), params=params, system=system, images=tuple(images), video=video
         )
 
-    async def chat(self, http: Request) -> JSONResponse:
+    async def chat(self, http: Request) -> Response:
         self.arrivals.append(time.monotonic())
+        self.authorizations.append(http.headers.get("authorization"))
+        if self.replies:
+            return self.replies.popleft()
         if self.faults:
             status, headers = self.faults.popleft()
             return JSONResponse({"object": "error", "message": f"injected {status}", "code": status}, status, headers)
@@ -153,6 +162,38 @@ class Upstream:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+
+
+def completion_reply(text: str, logprobs: list | None = None) -> Response:
+    """A chat completion of ``text`` with ``logprobs.content`` = ``logprobs``, as raw JSON (NaN and
+    Infinity written as Python's json writes them, as a careless server would)."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    body = {"object": "chat.completion", "choices": [choice | {"logprobs": {"content": logprobs}}]}
+    return Response(json.dumps(body), media_type="application/json")
+
+
+@dataclass
+class Streamed:
+    """A body of ``count`` chunks ``pause_s`` apart, then ``tail``, with ``status``. ``sent`` counts
+    the chunks made so far (paced, it tells how much a client had read when it stopped)."""
+
+    chunk: bytes
+    count: int
+    pause_s: float = 0.0
+    tail: bytes = b""
+    status: int = 200
+    sent: int = 0
+
+    def response(self) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(self.count):
+                self.sent += 1
+                yield self.chunk
+                if self.pause_s:
+                    await asyncio.sleep(self.pause_s)
+            yield self.tail
+
+        return StreamingResponse(body(), status_code=self.status, media_type="application/json")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import torch
 from models.judges import JUDGES, unifiedreward, videoscore2, yesno
 from models.judges.runner import build_pair_request, build_request
 from models.judges.spec import Generation, JudgeAnswerError, JudgeSpec, TokenLogprob, UpstreamRejected
-from service.judge_client import chat_payload, parse_completion, retry_after_s
+from service.judge_client import MAX_RETRY_AFTER_S, chat_payload, parse_completion, retry_after_s
 
 VS2 = JUDGES["videoscore2"]
 UR = JUDGES["unifiedreward"]
@@ -380,6 +380,66 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert 8.0 < retry_after_s(httpx.Response(429, headers={"Retry-After": later})) <= 10.0
     assert retry_after_s(httpx.Response(503)) is None
     assert retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+
+
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        ("inf", None),
+        ("1e400", None),  # float: inf
+        ("nan", None),
+        ("-5", None),
+        ("1e300", MAX_RETRY_AFTER_S),  # capped
+        ("86400", MAX_RETRY_AFTER_S),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", MAX_RETRY_AFTER_S),  # far future: capped
+        ("0", 0.0),
+    ],
+)
+def test_retry_after_is_finite_non_negative_and_capped(header, seconds):
+    import httpx
+
+    assert retry_after_s(httpx.Response(503, headers={"Retry-After": header})) == seconds
+
+
+def _one_token(token, logprob, top=None) -> dict:
+    entry = {"token": token, "logprob": logprob, "top_logprobs": top if top is not None else []}
+    return {"choices": [{"message": {"content": "No"}, "logprobs": {"content": [entry]}}]}
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        _one_token("No", 1000.0),  # was: OverflowError in math.exp, a 500
+        _one_token("No", 0.5),
+        _one_token("No", float("nan")),  # was: a NaN score, 422 non_finite_score
+        _one_token("No", float("inf")),
+        _one_token("No", float("-inf")),
+        _one_token("No", 10**400),  # a JSON integer past float's range
+        _one_token("No", "-0.2"),
+        _one_token("No", True),
+        _one_token("No", None),
+        _one_token("No", -0.2, [{"token": "Yes", "logprob": 3.0}]),  # an alternative's logprob
+        _one_token(7, -0.2),  # was: TypeError in Generation.token_spans, a 500
+        _one_token(None, -0.2),
+        _one_token("No", -0.2, [{"token": 7, "logprob": -1.0}]),
+        _one_token("No", -0.2, {"token": "Yes"}),  # top_logprobs not a list
+        {"choices": [{"message": {"content": "No"}, "logprobs": {"content": []}}]},  # text without logprobs
+        {"choices": [{"message": {"content": "No"}, "logprobs": {"content": {"token": "No"}}}]},
+        {"choices": [{"message": {"content": "No"}, "logprobs": {"content": ["No"]}}]},
+    ],
+)
+def test_completion_logprobs_must_be_tokens_with_finite_logprobs_at_most_0(completion):
+    with pytest.raises(UpstreamRejected):
+        parse_completion(completion, wants_logprobs=True)
+
+
+def test_completion_logprobs_within_rounding_of_0_are_0_and_an_empty_answer_needs_none():
+    generation = parse_completion(_one_token("No", 5e-7, [{"token": "No", "logprob": 1e-6}]), wants_logprobs=True)
+    assert generation.tokens[0].logprob == 0.0 and generation.tokens[0].top == {"No": 0.0}
+    empty = {"choices": [{"message": {"content": ""}, "logprobs": {"content": []}}]}
+    assert parse_completion(empty, wants_logprobs=True) == Generation(text="", tokens=())
+    integral = parse_completion(_one_token("No", 0, [{"token": "Yes", "logprob": -3}]), wants_logprobs=True)
+    assert integral.tokens[0].top == {"Yes": -3.0, "No": 0.0}
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ text; retries honour 429 + Retry-After and 503s; the concurrency bound holds; fa
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from service.judge_client import OpenAIChatRunner, jpeg_base64
 from tests import videos
 from tests.conftest import free_port
 from tests.judge_checkpoints import qwen2vl_judge
-from tests.openai_upstream import Upstream, decode_jpeg, serving
+from tests.openai_upstream import Streamed, Upstream, decode_jpeg, serving
 
 MODEL = "tiny-judge"
 
@@ -52,11 +54,14 @@ def fresh(upstream):
     """The upstream with no faults queued and its counters reset."""
     server, url = upstream
     server.faults.clear()
+    server.replies.clear()
     server.arrivals.clear()
+    server.authorizations.clear()
     server.max_in_flight = 0
     server.hold_s = 0.0
     yield server, url
     server.faults.clear()
+    server.replies.clear()
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +222,56 @@ async def test_concurrency_to_one_upstream_is_bounded(fresh, frames):
     assert server.max_in_flight == 2  # never more than the bound, and the bound is used
 
 
+async def test_credentials_in_the_url_go_as_basic_auth_and_into_no_message(fresh, frames):
+    server, url = fresh
+    secret = "pa:ss@word"
+    host = url.removeprefix("http://")
+    j = tiny(JUDGES["unifiedreward"], max_tokens=1)
+    async with OpenAIChatRunner(f"http://judge-user:pa%3Ass%40word@{host}/v1", max_attempts=1) as remote:
+        assert remote.base_url == url
+        assert (await remote.generate(build_request(j.spec, frames, "a cat"))).text
+        assert server.authorizations == ["Basic " + base64.b64encode(f"judge-user:{secret}".encode()).decode()]
+        server.faults.append((503, {}))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await remote.generate(build_request(j.spec, frames, "a cat"))
+    assert url in str(caught.value) and "word" not in str(caught.value) and "judge-user" not in str(caught.value)
+    with pytest.raises(ValueError, match="one of them"):
+        OpenAIChatRunner(f"http://u:p@{host}", api_key="key")
+
+
+async def test_a_try_is_bounded_by_timeout_s_however_slowly_the_answer_trickles(fresh, frames):
+    server, _ = fresh
+    completion = b'{"choices": [{"message": {"content": "No"}}]}'
+    trickle = Streamed(b" ", count=15, pause_s=0.2, tail=completion)  # a byte per 0.2 s: each read is quick
+    server.replies.append(trickle.response())
+    j = tiny(JUDGES["unifiedreward"], max_tokens=1)
+    async with OpenAIChatRunner(fresh[1], max_attempts=1, timeout_s=1.0) as remote:
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable, match="no answer within 1 s"):
+            await remote.generate(build_request(j.spec, frames, "a cat"))
+    assert time.monotonic() - started < 2.5 and trickle.sent < 15
+
+
+async def test_an_answer_past_max_answer_bytes_is_rejected_unread_and_error_bodies_are_read_in_part(fresh, frames):
+    server, url = fresh
+    mib = b" " * 1024**2
+    # 1 MiB per 50 ms: the count when the runner gives up says how much it read (a server may go on
+    # making a body nobody reads: uvicorn drops what is sent after a disconnect)
+    huge = Streamed(mib, count=64, pause_s=0.05, tail=b'{"choices": [{"message": {"content": "No"}}]}')
+    server.replies.append(huge.response())
+    j = tiny(JUDGES["unifiedreward"], max_tokens=1)
+    async with OpenAIChatRunner(url, max_attempts=1, max_answer_bytes=2 * 1024**2) as remote:
+        with pytest.raises(UpstreamRejected, match="max_answer_bytes") as caught:
+            await remote.generate(build_request(j.spec, frames, "a cat"))
+        assert caught.value.status == 200 and huge.sent < 32  # stopped reading at the cap
+        error = Streamed(b"x" * 1024**2, count=64, pause_s=0.05, status=503)
+        server.replies.append(error.response())
+        with pytest.raises(UpstreamUnavailable, match="HTTP 503: x") as down:
+            await remote.generate(build_request(j.spec, frames, "a cat"))
+        assert len(str(down.value)) < 1000 and error.sent < 32
+        assert (await remote.generate(build_request(j.spec, frames, "a cat"))).text  # a fresh connection
+
+
 async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(judge_dir, local, fresh, frames):
     _, url = fresh
     backend = JudgeBackend.from_config(
@@ -259,6 +314,10 @@ async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(jud
         JudgeBackend.from_config({"gpt-judge": JudgeUpstream(url=url)})
     with pytest.raises(ValueError, match="exactly one"):
         JudgeUpstream(url=url, directory=judge_dir)
+    with pytest.raises(ValueError, match="one of them"):
+        JudgeUpstream(url="http://user:pass@gpu:8001", api_key="key")
+    with pytest.raises(ValueError, match="names a host"):
+        JudgeUpstream(url="gpu:8001/v1")
 
 
 async def test_videoscore2_soft_scores_from_the_models_own_logprobs_on_a_forced_answer(local, frames):

@@ -12,6 +12,8 @@ Expected scores are recomputed here from the same model on the frames the gatewa
 from __future__ import annotations
 
 import base64
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from service.pairwise import sigmoid
 from tests import videos
 from tests.conftest import RunningServer, free_port, start_server, test_settings
 from tests.judge_checkpoints import qwen2vl_judge, taught
-from tests.openai_upstream import Upstream, decode_jpeg, serving
+from tests.openai_upstream import Upstream, completion_reply, decode_jpeg, serving
 
 MODEL = "tiny-judge"  # the upstream's served model name
 PROMPT = "a fox in the snow"
@@ -420,6 +422,77 @@ def test_an_overloaded_upstream_is_503_with_its_retry_after(remote, upstream, gr
     assert response.status_code == 503 and response.headers["retry-after"] == "7"
     assert response.json()["error"]["code"] == "upstream_unavailable"
     assert post(remote, "/v1/score", body).status_code == 200  # one fault, then the upstream answers
+
+
+@pytest.mark.parametrize("header, sent", [("inf", None), ("1e400", None), ("nan", None), ("1e300", "3600")])
+def test_an_upstream_retry_after_that_is_not_finite_is_dropped_and_a_huge_one_capped(
+    remote, upstream, group_mp4, header, sent
+):
+    server, _ = upstream
+    server.faults.append((503, {"Retry-After": header}))
+    body = {"items": [{"video": data(group_mp4[0])}], "models": ["yes-no"], "cache": "bypass"}
+    response = post(remote, "/v1/score", body)  # was: inf a 500 (OverflowError), 1e300 sent as 301 digits
+    assert response.status_code == 503 and response.json()["error"]["code"] == "upstream_unavailable"
+    assert response.headers.get("retry-after") == sent
+
+
+def test_a_retry_after_past_the_request_deadline_is_not_waited_for(upstream, runner, group_mp4):
+    server, url = upstream
+    yes_no = JudgeUpstream(url=url, model=MODEL, top_logprobs=len(runner.tokenizer), max_attempts=3)
+    running = gateway(models=["signal"], judges={"yes-no": yes_no}, request_timeout_s=5.0)
+    try:
+        server.faults.extend([(503, {"Retry-After": "20"})] * 2)
+        arrivals = len(server.arrivals)
+        started = time.monotonic()
+        response = post(running, "/v1/score", {"items": [{"video": data(group_mp4[0])}], "models": ["yes-no"]})
+        assert response.status_code == 503, response.text  # was: slept 20 s, a 504 at the deadline
+        assert time.monotonic() - started < 4.0 and len(server.arrivals) == arrivals + 1
+        assert response.headers["retry-after"] == "20" and "deadline" in response.json()["error"]["message"]
+    finally:
+        server.faults.clear()
+        running.stop()
+
+
+def test_credentials_in_a_judge_url_are_sent_and_shown_nowhere(upstream, runner, group_mp4, caplog):
+    server, url = upstream
+    host, secret = url.removeprefix("http://"), "PASS-w0rd"
+    yes_no = JudgeUpstream(
+        url=f"http://judgeuser:{secret}@{host}/v1", model=MODEL, top_logprobs=len(runner.tokenizer), max_attempts=1
+    )
+    caplog.set_level(logging.DEBUG)
+    running = gateway(models=["signal"], judges={"yes-no": yes_no})
+    try:
+        ready, models = httpx.get(running.url + "/readyz"), httpx.get(running.url + "/v1/models")
+        assert ready.json()["placement"]["yes-no"]["upstream"] == host
+        assert models.json()["placement"]["yes-no"]["upstream"] == host
+        body = {"items": [{"video": data(group_mp4[0])}], "models": ["yes-no"], "cache": "bypass"}
+        answered = post(running, "/v1/score", body)
+        assert answered.status_code == 200, answered.text
+        assert server.authorizations[-1] == "Basic " + base64.b64encode(f"judgeuser:{secret}".encode()).decode()
+        server.faults.append((503, {}))
+        down = post(running, "/v1/score", body)
+        assert down.status_code == 503 and host in down.json()["error"]["message"]
+    finally:
+        running.stop()
+    for shown in (ready.text, models.text, down.text, *(r.getMessage() for r in caplog.records)):
+        assert secret not in shown and "judgeuser" not in shown
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"token": "No", "logprob": 1000.0, "top_logprobs": []},  # was: a 500 (OverflowError in math.exp)
+        {"token": "No", "logprob": float("nan"), "top_logprobs": []},  # was: 422 non_finite_score
+        {"token": 7, "logprob": -0.1, "top_logprobs": []},  # was: a 500 (TypeError)
+    ],
+)
+def test_an_upstream_answer_with_malformed_logprobs_is_502(remote, upstream, group_mp4, entry):
+    server, _ = upstream
+    server.replies.append(completion_reply("No", [entry]))
+    body = {"items": [{"video": data(group_mp4[0])}], "models": ["yes-no"], "cache": "bypass"}
+    response = post(remote, "/v1/score", body)
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_rejected"
 
 
 def test_an_upstream_that_rejects_the_request_is_502(failing, group_mp4):

@@ -193,7 +193,9 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamRejected(UpstreamError):
     """The upstream refused the request (4xx other than 429) or answered something that is not a
-    chat completion (a configuration error: wrong model name, no logprobs support, too many images)."""
+    well-formed chat completion (a configuration error: wrong model name, no logprobs support, too
+    many images; or a broken server: an answer past the size cap, logprobs that are not finite
+    numbers <= 0 or tokens that are not strings)."""
 
 
 # ---- a judge = spec + parsers -----------------------------------------------------------------
