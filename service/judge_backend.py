@@ -3,9 +3,11 @@ the engine calls for a judge instead of the micro-batcher and the tensor backend
 
 ``JudgeBackend.from_config({"videoscore2": JudgeUpstream(url="http://gpu:8001/v1"), ...})`` builds
 each judge from the table (``models.judges.JUDGES``) with its upstream model name and generation
-overrides, and one runner per upstream: an ``OpenAIChatRunner`` per URL (shared by judges on the
-same server, so the concurrency bound is per server) or a ``TransformersRunner`` per checkpoint
-directory (loaded on the configured placement).
+overrides, and one runner per upstream: an ``OpenAIChatRunner`` per server (judges whose URLs name
+the same base URL, ``/v1`` or not, with the same credentials share its connections and its
+concurrency bound, the smallest ``max_concurrency`` among them; each keeps its own
+``max_attempts``, ``timeout_s`` and ``max_answer_bytes``) or a ``TransformersRunner`` per
+checkpoint directory (loaded on the configured placement).
 
 To the rest of the gateway a judge is a model: ``model_spec(name)`` is its ``ModelSpec`` (its
 dimensions with their ranges, the frame policy the decoder applies, and a version that carries
@@ -25,7 +27,9 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -36,7 +40,7 @@ from models.placement import CPU, Placement
 from models.spec import Batching, FrameSampling, ModelSpec, Pairwise
 from service.config import JudgeUpstream
 from service.errors import judge_failure
-from service.judge_client import OpenAIChatRunner
+from service.judge_client import OpenAIChatRunner, split_url
 
 __all__ = ["JudgeBackend", "JudgeItem", "JudgeScorer", "JudgeUpstream", "model_spec"]
 
@@ -101,28 +105,38 @@ class JudgeBackend:
         unknown = sorted(set(upstreams) - set(JUDGES))
         if unknown:
             raise ValueError(f"unknown judges {unknown}; known: {sorted(JUDGES)}")
-        runners: dict[object, Runner] = {}
+        servers: dict[tuple[str, ...], OpenAIChatRunner] = {}  # one per server: shared connections and bound
+        bounds: dict[tuple[str, ...], int] = {}
+        for where in upstreams.values():
+            if where.url is not None:
+                key = _server(where)
+                bounds[key] = min(bounds.get(key, where.max_concurrency), where.max_concurrency)
+        loaded: dict[Path, Runner] = {}
         judges = {}
         for name, where in upstreams.items():
             j = _configured(JUDGES[name], where)
-            key = where.url or where.directory
-            if key not in runners:
-                if where.url is not None:
-                    runners[key] = OpenAIChatRunner(
+            runner: Runner
+            if where.url is not None:
+                key = _server(where)
+                if key not in servers:
+                    servers[key] = OpenAIChatRunner(
                         where.url,
                         api_key=where.api_key.get_secret_value() if where.api_key else None,
-                        max_concurrency=where.max_concurrency,
-                        max_attempts=where.max_attempts,
-                        timeout_s=where.timeout_s,
+                        max_concurrency=bounds[key],
                     )
-                else:
+                runner = servers[key].sharing(
+                    max_attempts=where.max_attempts, timeout_s=where.timeout_s, max_answer_bytes=where.max_answer_bytes
+                )
+            else:
+                assert where.directory is not None  # JudgeUpstream: exactly one of url, directory
+                if where.directory not in loaded:
                     from models.judges.transformers_runner import TransformersRunner  # torch + transformers
 
-                    assert where.directory is not None  # JudgeUpstream: exactly one of url, directory
-                    runners[key] = TransformersRunner.load(
+                    loaded[where.directory] = TransformersRunner.load(
                         where.directory, dtype=placement.dtype, device=str(placement.device)
                     )
-            judges[name] = _Served(j, runners[key], where, placement)
+                runner = loaded[where.directory]
+            judges[name] = _Served(j, runner, where, placement)
         return cls(judges)
 
     @property
@@ -140,9 +154,10 @@ class JudgeBackend:
         return self._judges[name].upstream.pairwise
 
     def concurrency(self, name: str) -> int:
-        """Requests the judge's runner serves at once (the admission estimate divides by it)."""
-        served = self._judges[name]
-        return served.upstream.max_concurrency if served.upstream.url is not None else 1
+        """Requests the judge's runner serves at once (the admission estimate divides by it): its
+        server's bound (the smallest ``max_concurrency`` of the judges there), 1 in process."""
+        runner = self._judges[name].runner
+        return runner.max_concurrency if isinstance(runner, OpenAIChatRunner) else 1
 
     def describe(self, name: str) -> dict[str, str]:
         """Where the judge runs, for ``/v1/models`` and ``/readyz``."""
@@ -158,7 +173,10 @@ class JudgeBackend:
             *(judge(served.runner, served.judge, it.frames, it.prompt, it.fps) for it in items),
             return_exceptions=True,
         )
-        for r in results:  # judge failures are per item; anything else is a bug and propagates
+        # Judge failures are per item; anything else is a bug and propagates (a 500 with its traceback):
+        # what an upstream says is validated where it arrives (judge_client.parse_completion), so a
+        # parser never sees malformed tokens, and an exception here is ours, not the upstream's.
+        for r in results:
             if isinstance(r, BaseException) and not isinstance(r, JudgeError):
                 raise r
         return cast(list[JudgeOutput | JudgeError], results)  # every other exception was raised above
@@ -169,11 +187,18 @@ class JudgeBackend:
         return await judge_pair(served.runner, served.judge, a.frames, b.frames, a.prompt)
 
     async def aclose(self) -> None:
-        closed = set()
         for served in self._judges.values():
-            if id(served.runner) not in closed and isinstance(served.runner, OpenAIChatRunner):
-                closed.add(id(served.runner))
-                await served.runner.aclose()
+            if isinstance(served.runner, OpenAIChatRunner):
+                await served.runner.aclose()  # idempotent: runners sharing a server close it once
+
+
+def _server(where: JudgeUpstream) -> tuple[str, ...]:
+    """Which judges share a runner: those with the same base URL (written with or without ``/v1``
+    or a trailing ``/``) and the same credentials."""
+    assert where.url is not None
+    base, _ = split_url(where.url)
+    userinfo = urlsplit(where.url).netloc.rpartition("@")[0]
+    return base, userinfo, where.api_key.get_secret_value() if where.api_key else ""
 
 
 def _configured(j: Judge, where: JudgeUpstream) -> Judge:

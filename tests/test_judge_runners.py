@@ -272,6 +272,33 @@ async def test_an_answer_past_max_answer_bytes_is_rejected_unread_and_error_bodi
         assert (await remote.generate(build_request(j.spec, frames, "a cat"))).text  # a fresh connection
 
 
+async def test_judges_on_one_server_share_one_bound_the_smallest_and_keep_their_own_retries(fresh, frames):
+    server, url = fresh
+    server.hold_s = 0.2
+    backend = JudgeBackend.from_config(
+        {
+            "yes-no": JudgeUpstream(url=f"{url}/v1", model=MODEL, max_concurrency=4, max_attempts=1),
+            "unifiedreward": JudgeUpstream(url=url, model=MODEL, max_concurrency=2, max_attempts=2, max_tokens=1),
+            "videoscore2": JudgeUpstream(url=f"{url}/v1/", model=MODEL, max_concurrency=8, max_tokens=1),
+        }
+    )
+    try:
+        assert [backend.concurrency(n) for n in backend.names] == [2, 2, 2]
+        items = [JudgeItem(frames, f"a fox {i}") for i in range(3)]
+        done = await asyncio.gather(*(backend.score(name, items) for name in backend.names))
+        assert sum(len(d) for d in done) == 9 and len(server.arrivals) == 9
+        assert server.max_in_flight == 2
+        server.hold_s = 0.0
+        server.faults.append((503, {}))  # unifiedreward tries twice: the second answers
+        (answered,) = await backend.score("unifiedreward", items[:1])
+        assert not isinstance(answered, UpstreamUnavailable)
+        server.faults.append((503, {}))  # yes-no tries once
+        (down,) = await backend.score("yes-no", items[:1])
+        assert isinstance(down, UpstreamUnavailable) and down.attempts == 1
+    finally:
+        await backend.aclose()
+
+
 async def test_judge_backend_answers_every_item_with_scores_or_its_own_error(judge_dir, local, fresh, frames):
     _, url = fresh
     backend = JudgeBackend.from_config(
