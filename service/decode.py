@@ -199,6 +199,7 @@ def sample_container(
 ) -> list[Clip]:
     """Decode a container (bytes, or a stream at its start) along ``path`` (all checks, the index and
     the seeks are the same on every path)."""
+    origin = None if isinstance(data, bytes) else data.tell()
     with open_container(data, limits, path.hwaccel) as container:
         if not container.streams.video:
             kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
@@ -233,9 +234,7 @@ def sample_container(
                 for indices in [sample_indices(len(timestamps), fps, spec.sampling)]
             ]
             wanted_by = [set(indices) for indices, _ in plans]
-            stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
-            # Frame threads each add a decode surface on NVDEC (32 at most); the hardware needs none.
-            stream.thread_type = "SLICE" if path.hwaccel is not None else "AUTO"
+            _prepare(stream, limits, path)
 
             def convert(frame: av.VideoFrame, index: int) -> list[torch.Tensor | None]:
                 """RGB once, resized for each spec that samples this frame: memory stays at the outputs' size."""
@@ -252,6 +251,14 @@ def sample_container(
 
             union = sorted(set().union(*wanted_by))
             got = _decode_at(container, stream, timestamps, keyframes, union, convert, limits)
+            if got is None:  # count frames in order, from the very start: a fresh demuxer (a seek to 0
+                # lands past the start of a stream whose timestamps begin below 0 or wrap, as MPEG-TS's do)
+                if origin is not None:
+                    data.seek(origin)  # type: ignore[union-attr]  # a stream: origin is set
+                with open_container(data, limits, path.hwaccel) as again:
+                    first = again.streams.video[0]
+                    _prepare(first, limits, path)
+                    got = _decode_in_order(again, first, union, convert, limits)
         except av.FFmpegError as exc:
             raise Unprocessable(f"corrupt or truncated video: {exc.strerror or exc}", code="corrupt_video") from exc
         return [
@@ -259,6 +266,13 @@ def sample_container(
             Clip(_stack(cast(list[torch.Tensor], [got[i][m] for i in indices])), indices, len(timestamps), fps)
             for m, (indices, _) in enumerate(plans)
         ]
+
+
+def _prepare(stream, limits: Limits, path: FramePath) -> None:
+    """Decoder settings for the frames themselves: the pixel limit, and threads (frame threads
+    each add a decode surface on NVDEC, 32 at most; the hardware needs none)."""
+    stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+    stream.thread_type = "SLICE" if path.hwaccel is not None else "AUTO"
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -280,8 +294,8 @@ def _index(container, stream, limits: Limits) -> tuple[list[int | None], list[in
     last: tuple[int | None, int | None] = (None, None)  # (pts, duration) of the latest frame
     for packet in container.demux(stream):
         limits.check_time()
-        if packet.size == 0:
-            continue  # flush packet
+        if packet.size == 0 or packet.is_discard:
+            continue  # a flush packet, or one an edit list hides (decoded as a reference, never shown)
         stamps.append(packet.pts)
         if packet.pts is not None and (last[0] is None or packet.pts >= last[0]):
             last = (packet.pts, packet.duration or None)
@@ -320,19 +334,22 @@ def _frame_rate(stream, timestamps: list[int | None]) -> float:
 
 def _decode_at(
     container, stream, timestamps, keyframes, indices, convert: Convert, limits: Limits
-) -> dict[int, list[torch.Tensor | None]]:
-    """Decode and convert the frames at ``indices`` (source index -> converted); matched by
-    timestamp, or by order when the stream has no timestamps."""
+) -> dict[int, list[torch.Tensor | None]] | None:
+    """Decode and convert the frames at ``indices`` (source index -> converted), matched by
+    timestamp; None when they must be counted in order instead (the stream has no timestamps, or
+    the decoder's did not line up with the demuxer's). Each seek asks for the keyframe at or
+    before the next target, not the target: a demuxer asked for a frame that precedes a keyframe
+    in display order but follows it in decoding order (open GOPs) lands on that later keyframe,
+    past the frame."""
     if timestamps[0] is None:
-        container.seek(0, stream=stream, backward=True, any_frame=False)  # back from the end of the index
-        return _decode_in_order(container, stream, indices, convert, limits)
+        return None
     index_of = {timestamps[i]: i for i in indices}
     wanted = set(index_of)
     targets = sorted(wanted)
     got: dict[int, list[torch.Tensor | None]] = {}
     t = 0
     aimed = _keyframe_at_or_before(keyframes, targets[0])
-    container.seek(targets[0], stream=stream, backward=True, any_frame=False)
+    container.seek(targets[0] if aimed is None else aimed, stream=stream, backward=True, any_frame=False)
     while True:
         # Seek again whenever a keyframe lies between here and the next target (decoding from it
         # skips the frames in between), but only to a keyframe later than the last one aimed at:
@@ -355,11 +372,9 @@ def _decode_at(
                 break
         if not jump:
             break  # all targets passed, or the stream ended
-        container.seek(targets[t], stream=stream, backward=True, any_frame=False)
+        container.seek(aimed, stream=stream, backward=True, any_frame=False)
     if len(got) < len(targets):
-        # The decoder's timestamps did not line up with the demuxer's: count frames instead.
-        container.seek(0, stream=stream, backward=True, any_frame=False)
-        return _decode_in_order(container, stream, indices, convert, limits)
+        return None
     return {index_of[pts]: value for pts, value in got.items()}
 
 

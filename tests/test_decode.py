@@ -108,12 +108,15 @@ def test_container_frames_match_the_source(fmt):
 def test_streams_tagged_with_a_matrix_ffmpeg_cannot_convert_still_decode(colorspace):
     """FFmpeg 8's converter refuses these matrix tags (EOPNOTSUPP), which made valid videos 422
     "corrupt or truncated"; their frames now convert as untagged ones, as older FFmpeg did."""
-    frames = videos.moving_scene(8, 120, 160)
-    tagged = sample_frames(
-        EncodedVideo(videos.encode(frames, colorspace=colorspace)), spec_with(signal.SPEC.sampling), LIMITS
-    )
-    plain = sample_frames(EncodedVideo(videos.encode(frames)), spec_with(signal.SPEC.sampling), LIMITS)
-    torch.testing.assert_close(tagged.frames, plain.frames, rtol=0, atol=0)
+    data = videos.encode(videos.moving_scene(8, 120, 160), colorspace=colorspace)
+    tagged = sample_frames(EncodedVideo(data), spec_with(signal.SPEC.sampling), LIMITS)
+    with av.open(io.BytesIO(data)) as container:  # the same frames, their tag cleared by hand
+        untagged = []
+        for frame in container.decode(video=0):
+            frame.colorspace = 2  # AVCOL_SPC_UNSPECIFIED
+            untagged.append(frame.to_ndarray(format="rgb24"))
+    # One encode: two encodes of the same frames at these tags differ (FFmpeg's RGB->YUV at them varies).
+    np.testing.assert_array_equal(tagged.frames.numpy(), np.stack(untagged))
 
 
 @pytest.mark.parametrize("fmt, codec", [("mpeg", "mpeg2video"), ("nut", "ffv1"), ("nut", "mpeg4")])
@@ -250,3 +253,65 @@ def test_truncated_variable_frame_rate_video_is_still_refused():
     with pytest.raises(Unprocessable) as refused:
         sample_frames(EncodedVideo(data[:cut]), signal.SPEC, LIMITS)
     assert refused.value.code == "truncated_video"
+
+
+def _every_frame(data: bytes) -> list[np.ndarray]:
+    """The reference: every frame a sequential decode gives, in order."""
+    with av.open(io.BytesIO(data)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+WRAP_MS = (1 << 33) // 90 - 2000  # MPEG-TS timestamps (33 bits at 90 kHz) wrap 2 s into the video
+
+
+@pytest.mark.parametrize(
+    "fmt, times_ms",
+    [
+        ("mp4", [-400 + 40 * i for i in range(120)]),  # an edit list hides the first 10 frames (a trimmed clip)
+        ("mpegts", [WRAP_MS + 40 * i for i in range(120)]),
+    ],
+    ids=["mp4-edit-list", "mpegts-wrap"],
+)
+def test_streams_that_start_hidden_or_wrap_sample_what_a_full_decode_gives(fmt, times_ms):
+    """Found by a probe: the edit list's hidden frames were counted (240 frames taken for 250, and
+    refused or shifted), and a wrapping MPEG-TS was refused (its count-in-order fallback seeked to
+    0, which lands mid-stream)."""
+    data = videos.encode_vfr(videos.moving_scene(120, 64, 96), times_ms, fmt, nominal_fps=25)
+    everything = _every_frame(data)
+    spec = spec_with(FrameSampling(mode="count", count=16, max_frames=16))
+    clip = sample_frames(EncodedVideo(data), spec, LIMITS)
+    assert clip.total_frames == len(everything) == (110 if fmt == "mp4" else 120)
+    assert clip.indices == sample_indices(len(everything), clip.fps, spec.sampling)
+    for got, i in zip(clip.frames, clip.indices):
+        np.testing.assert_array_equal(got.numpy(), everything[i])
+
+
+def test_a_frame_just_before_an_open_gops_keyframe_is_reached_by_its_seek(monkeypatch):
+    """In an open GOP the B-frames just before a keyframe in display order are decoded after it: a
+    seek asked for such a frame lands on that keyframe, past it, and the whole video was decoded
+    again by counting. Seeks now ask for the keyframe before the frame."""
+
+    def no_fallback(*args):
+        raise AssertionError("timestamp matching failed and fell back to counting frames")
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 64, 96, "yuv420p"
+        stream.options = {
+            "preset": "veryfast",
+            "x264-params": "keyint=25:min-keyint=25:scenecut=0:bframes=3:open-gop=1",
+        }
+        for array in videos.moving_scene(97, 64, 96):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buf.getvalue()
+    everything = _every_frame(data)
+    monkeypatch.setattr(decode, "_decode_in_order", no_fallback)
+    spec = spec_with(FrameSampling(mode="count", count=5, max_frames=5))
+    clip = sample_frames(EncodedVideo(data), spec, LIMITS)
+    assert 24 in clip.indices  # just before the keyframe at 25
+    for got, i in zip(clip.frames, clip.indices):
+        np.testing.assert_array_equal(got.numpy(), everything[i])
