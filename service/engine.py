@@ -21,6 +21,7 @@ import logging
 import re
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -325,6 +326,8 @@ class Engine:
             from_others = _decode_found(found, theirs, call)
             if leftover := [p for p in theirs if p not in from_others]:  # their leader failed or was slow
                 computed |= await self._compute(call, leftover, publish)
+        except ServiceError as exc:
+            raise _with_twins(exc, call, missing)
         finally:
             await flight.release()
         by_key = {call.keys[p]: v for p, v in (computed | from_others).items()}
@@ -517,16 +520,37 @@ async def _all_or_nothing(awaitables) -> list:
     return results
 
 
-def _raise_all(errors: list[BaseException]) -> None:
-    """Raise the error of the lowest item with the others attached in item order, whatever order
-    they happened in (an unexpected error first: it is a bug)."""
+def _with_twins(exc: ServiceError, call: _Call, pairs: list[Pair]) -> BaseException:
+    """``exc`` (and its ``others``) with a copy of each item's error for every other item of
+    ``pairs`` that shares one of its cache keys: equal videos in one call are computed once, and
+    each of them is named."""
+    errors = [exc, *exc.others]
+    exc.others = []
+    named = {e.item for e in errors}
+    for error in list(errors):
+        if error.item is None:
+            continue
+        keys = {call.keys[(error.item, m)] for m in range(len(call.specs))}
+        for j in sorted({j for j, m in pairs if call.keys[(j, m)] in keys} - named):
+            errors.append(copy.copy(error).for_item(j))
+            named.add(j)
+    return _lowest(errors)
+
+
+def _raise_all(errors: Sequence[BaseException]) -> None:
     if errors:
-        bad = [e for e in errors if isinstance(e, ServiceError)]
-        if len(bad) < len(errors):
-            raise next(e for e in errors if not isinstance(e, ServiceError))
-        bad.sort(key=lambda e: (e.item is None, e.item or 0))  # stable: one item's errors keep their order
-        bad[0].others = bad[1:]
-        raise bad[0]
+        raise _lowest(errors)
+
+
+def _lowest(errors: Sequence[BaseException]) -> BaseException:
+    """The error of the lowest item with the others attached in item order, whatever order they
+    happened in (an unexpected error first: it is a bug)."""
+    bad = [e for e in errors if isinstance(e, ServiceError)]
+    if len(bad) < len(errors):
+        return next(e for e in errors if not isinstance(e, ServiceError))
+    bad.sort(key=lambda e: (e.item is None, e.item or 0))  # stable: one item's errors keep their order
+    bad[0].others = bad[1:]
+    return bad[0]
 
 
 def _sampled_fps(clip: decode.Clip) -> float | None:

@@ -116,6 +116,9 @@ def test_every_bad_item_is_listed(client, bad_videos, clean_mp4):
     ]
     error = assert_error(client.post("/v1/score", json={"items": items}), 415, "unsupported_media", 0)
     assert [(o["item"], o["code"]) for o in error["others"]] == [(2, "no_video_stream")]
+    # The same bad video twice is decoded once, and both items are named (the second was not).
+    error = assert_error(client.post("/v1/score", json={"items": items + items[:1]}), 415, "unsupported_media", 0)
+    assert [(o["item"], o["code"]) for o in error["others"]] == [(2, "no_video_stream"), (3, "unsupported_media")]
 
 
 @pytest.mark.parametrize(
