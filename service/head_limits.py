@@ -37,9 +37,11 @@ now and then held it forever. Here:
 
 - The rest must arrive by the body's deadline (``service/body_limits.py``'s rule: headers
   complete + ``body_read_timeout_s`` + bytes received / ``body_min_bytes_per_s``), and the whole
-  body may not pass ``max_body_bytes``; past either, the connection is closed. When the rest is
-  in, a kept-alive connection serves its next request, or waits for one under uvicorn's
-  keep-alive timeout as after any answer.
+  body may pass ``max_body_bytes`` by at most ``DRAIN_SLACK_BYTES`` or the limit itself, whichever
+  is smaller (a body a little over the limit is read and dropped, so its client reads the 413
+  rather than a reset); past either, the connection is closed. When the rest is in, a kept-alive
+  connection serves its next request, or waits for one under uvicorn's keep-alive timeout as
+  after any answer.
 - A connection that is to close after the answer (the client sent ``Connection: close``, or the
   answer did) is not closed while the body is still arriving: closing a socket with unread data
   makes the kernel send a reset, and the client, which sends its whole body before it reads,
@@ -63,6 +65,10 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 log = logging.getLogger(__name__)
+
+
+DRAIN_SLACK_BYTES = 64 * 1024**2  # an answered body may pass the request limit by this much (at most
+# the limit itself) and still be read and dropped
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         super().on_body(body)  # dropped if the answer is complete
-        if self._rest_timer is not None and self._body_bytes > self.limits.max_body_bytes:
+        if self._rest_timer is not None and self._body_bytes > self._drain_limit:
             self._check_rest()
 
     def on_message_complete(self) -> None:
@@ -179,6 +185,11 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             self._rest_timer = None
         super().connection_lost(exc)
 
+    @property
+    def _drain_limit(self) -> int:
+        """Bytes of an answered body read and dropped before the connection is closed instead."""
+        return self.limits.max_body_bytes + min(self.limits.max_body_bytes, DRAIN_SLACK_BYTES)
+
     def _close_after_body(self) -> None:
         """The answer's ``close``: at once, unless the answered request's body is still arriving;
         then end our side now and close once the rest is in (or late, or too large)."""
@@ -191,7 +202,7 @@ class HeadLimitsProtocol(HttpToolsProtocol):
 
     def _check_rest(self) -> None:
         """Close the connection if the rest of an answered body is past its deadline or the body past
-        ``max_body_bytes``; else check again at the deadline (later as more bytes arrive)."""
+        its drain limit; else check again at the deadline (later as more bytes arrive)."""
         if self._rest_timer is not None:
             self._rest_timer.cancel()
             self._rest_timer = None
@@ -199,12 +210,12 @@ class HeadLimitsProtocol(HttpToolsProtocol):
             return
         limits = self.limits
         deadline = self._body_start + limits.body_read_timeout_s + self._body_bytes / limits.body_min_bytes_per_s
-        if self._body_bytes > limits.max_body_bytes or self.loop.time() >= deadline:
+        if self._body_bytes > self._drain_limit or self.loop.time() >= deadline:
             log.info(
                 "%s: body still arriving after its answer (%d bytes), too slowly or over %d bytes; closing",
                 self.client,
                 self._body_bytes,
-                limits.max_body_bytes,
+                self._drain_limit,
             )
             self.transport.close()
         else:
