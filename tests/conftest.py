@@ -14,6 +14,7 @@ import pytest
 import torch
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
@@ -58,6 +59,18 @@ def start_server(app, host: str = "127.0.0.1", port: int | None = None, start_ti
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     return RunningServer(f"http://{host}:{port}", app, server, thread)
+
+
+async def forward(request: Request, gateway_url: str) -> Response:
+    """For a proxy in front of a real gateway: send ``request``'s body to the same path there and
+    answer what the gateway answered."""
+    async with httpx.AsyncClient(timeout=60) as upstream:
+        forwarded = await upstream.post(
+            f"{gateway_url}{request.url.path}",
+            content=await request.body(),
+            headers={"content-type": request.headers["content-type"]},
+        )
+    return Response(forwarded.content, forwarded.status_code, media_type="application/json")
 
 
 # URL-ingest tests serve videos from 127.0.0.2; the gateway allows exactly that address, so

@@ -246,20 +246,29 @@ def _head(path: bytes, length: int | None, content_type: bytes = b"application/j
     return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\n%s\r\n%s\r\n" % (path, content_type, framing, extra)
 
 
-def _answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
-    """Read one Content-Length framed response: status, headers (lower-case names), body."""
+def _response(sock: socket.socket) -> bytes:
+    """Read one Content-Length framed response, head and body, as bytes."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed mid-response: {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines[1:])}
-    while len(body) < int(headers[b"content-length"]):
+    length = next(
+        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk, f"connection closed mid-body: {data!r}"
         body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Read one Content-Length framed response (``_response``): status, headers (lower-case names), body."""
+    head, _, body = _response(sock).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in lines[1:])}
     return int(lines[0].split()[1]), headers, body
 
 

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +21,7 @@ from vrs_client import Client
 
 from service.api import create_app
 from tests import videos
-from tests.conftest import RunningServer, free_port, start_server, test_settings
+from tests.conftest import RunningServer, forward, free_port, start_server, test_settings
 
 VRS = str(Path(sys.executable).with_name("vrs"))
 
@@ -180,13 +179,7 @@ def test_a_server_lost_mid_run_stops_it_and_what_was_scored_is_written(scoring_g
     async def forward_then_go_away(request: Request) -> Response:
         proxy[0].server.should_exit = True  # stops listening while this request is answered
         await asyncio.sleep(0.5)
-        async with httpx.AsyncClient(timeout=60) as upstream:
-            forwarded = await upstream.post(
-                f"{scoring_gateway.url}{request.url.path}",
-                content=await request.body(),
-                headers={"content-type": request.headers["content-type"]},
-            )
-        return Response(forwarded.content, forwarded.status_code, media_type="application/json")
+        return await forward(request, scoring_gateway.url)
 
     proxy.append(start_server(Starlette(routes=[Route("/v1/score", forward_then_go_away, methods=["POST"])])))
     out = tmp_path / "out.json"

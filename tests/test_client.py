@@ -25,7 +25,7 @@ from vrs_client import APIError, AsyncClient, Client, Frames, Retry
 from vrs_client.retry import retry_after_s
 
 from tests import videos
-from tests.conftest import free_port, start_server
+from tests.conftest import forward, free_port, start_server
 from tests.videos import unique_clip
 
 
@@ -47,13 +47,7 @@ def proxy(scoring_gateway) -> Iterator[tuple[str, Script]]:
             status, headers = script.answers.pop(0)
             error = {"code": "overloaded" if status == 429 else "backend_unavailable", "message": "busy", "item": None}
             return JSONResponse({"error": error}, status_code=status, headers=headers)
-        async with httpx.AsyncClient(timeout=60) as upstream:
-            forwarded = await upstream.post(
-                f"{scoring_gateway.url}{request.url.path}",
-                content=await request.body(),
-                headers={"content-type": request.headers["content-type"]},
-            )
-        return Response(forwarded.content, forwarded.status_code, media_type="application/json")
+        return await forward(request, scoring_gateway.url)
 
     running = start_server(Starlette(routes=[Route("/v1/{op}", handle, methods=["POST"])]))
     yield running.url, script

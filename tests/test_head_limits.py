@@ -19,7 +19,7 @@ from starlette.routing import Route
 from service.api import create_app
 from service.head_limits import HeadLimits
 from tests.conftest import start_server, test_settings
-from tests.test_body_limits import ServeProcess
+from tests.test_body_limits import ServeProcess, _response
 
 HEADER_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 16 * 1024
@@ -107,23 +107,6 @@ def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
     """Send a GET with its head at once and read one response (Content-Length framed)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return _response(sock)
-
-
-def _response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
-    )
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed mid-body: {data!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def test_keep_alive_idle_between_requests_is_governed_by_keep_alive_timeout(gateway):

@@ -22,19 +22,17 @@ import av
 import httpx
 import numpy as np
 import pytest
-import torch
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 from vrs_client.videos import video_ref
 
-from models import signal as signal_model
-from models.registry import RewardModel, builtin_models
-from models.spec import Dimension
+from models.registry import builtin_models
 from service.api import create_app
 from tests import videos
 from tests.conftest import ORIGIN_HOST, RunningServer, free_port, start_server, test_settings
 from tests.deploy_tools import chromium
+from tests.test_admission import COST_S, SLOW
 
 VRS = Path(sys.executable).with_name("vrs")
 
@@ -205,25 +203,11 @@ def test_a_client_leaving_mid_body_is_not_a_server_error(tmp_path: Path):
     assert not errors, errors
 
 
-SLEEP_S = 0.25  # per video
-
-
-def _sleepy_forward(frames: torch.Tensor, num_frames: torch.Tensor, prompts) -> torch.Tensor:
-    time.sleep(SLEEP_S * len(frames))
-    return num_frames.float().view(-1, 1)
-
-
-SLEEPY = RewardModel(
-    spec=signal_model.SPEC.model_copy(update={"name": "sleepy", "dimensions": (Dimension(name="frames"),)}),
-    forward=_sleepy_forward,
-)
-
-
 @pytest.fixture
 def sleepy_gateway() -> Iterator[RunningServer]:
     """A gateway whose model takes a known 0.25 s per video, one video per batch."""
-    settings = test_settings(models=["sleepy"], default_model="sleepy", max_batch_size=1, max_wait_ms=0.0)
-    running = start_server(create_app(settings, models=builtin_models() | {"sleepy": SLEEPY}))
+    settings = test_settings(models=["slow"], default_model="slow", max_batch_size=1, max_wait_ms=0.0)
+    running = start_server(create_app(settings, models=builtin_models() | {"slow": SLOW}))
     yield running
     running.stop()
 
@@ -243,14 +227,14 @@ def test_scoring_stops_when_its_client_disconnects(sleepy_gateway: RunningServer
     """The work of a client that has gone used to run to its end (4 s here), holding admission and
     the model; it is cancelled: at most the batch running at the disconnect finishes."""
     engine = sleepy_gateway.app.state.engine
-    batches = engine.batchers["sleepy"].batch_sizes
+    batches = engine.batchers["slow"].batch_sizes
     port = int(sleepy_gateway.url.rsplit(":", 1)[1])
     body = _score_body([videos.unique_clip() for _ in range(16)], cache="bypass")  # 16 x 0.25 s = 4 s
     sock = _send_head_and(port, "/v1/score", "application/json", body, send=len(body))
     _until(lambda: batches.total() >= 1, "the first batch")
     sock.close()
     _until(lambda: engine.admission.pending_pairs == 0, "the request to end")
-    time.sleep(4 * SLEEP_S)  # what was still going to run has run
+    time.sleep(4 * COST_S)  # what was still going to run has run
     assert batches.total() <= 6, batches  # not 16
     assert _requests_total(sleepy_gateway.url) == {"499": 1.0}
 
